@@ -1,0 +1,82 @@
+"""Options and input handling shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ravl_med.config import IngestConfig, load_config
+from ravl_med.data.manifest import Manifest
+from ravl_med.data.scan import ScanResult
+
+__all__ = ["add_ingest_options", "load_ingest_config", "open_dataset", "print_scan_report"]
+
+
+def add_ingest_options(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--classes``, ``--workers``, ``--no-progress``."""
+    parser.add_argument(
+        "--config", type=Path, help="ingestion YAML config (default: built-in defaults, see configs/ingest.yaml)"
+    )
+    parser.add_argument(
+        "--classes",
+        help="comma-separated class names; manifest labels outside them are refused (overrides the config)",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="image reading processes (default: 0, in-process)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def load_ingest_config(args: argparse.Namespace) -> IngestConfig:
+    config = load_config(args.config, IngestConfig)
+    if args.classes:
+        config.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    return config
+
+
+def open_dataset(path: Path, config: IngestConfig) -> Manifest:
+    """A manifest CSV, or a folder scanned recursively for images (label-free)."""
+    if path.is_dir():
+        return Manifest.from_folder(path)
+    return Manifest.read(path, classes=config.classes)
+
+
+def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
+    """The human-readable summary and problem list of a scan, on stdout."""
+    summary = result.summary()
+    print(f"usable images: {summary['usable']}    refused: {summary['refused']}    warnings: {summary['warnings']}")
+    for title, key in (
+        ("labels", "labels"),
+        ("splits", "splits"),
+        ("view positions", "view_positions"),
+        ("formats", "formats"),
+        ("modalities", "modalities"),
+        ("photometric interpretations", "photometric_interpretations"),
+        ("transfer syntaxes", "transfer_syntaxes"),
+        ("intensity mapping", "voi_applied"),
+        ("refused, by reason", "refused_by_reason"),
+    ):
+        if summary[key]:
+            print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in summary[key].items()))
+    sizes = summary["image_sizes"]
+    if sizes:
+        print(
+            "image sizes (rows x columns): "
+            f"rows {sizes['rows']['min']}-{sizes['rows']['max']} (median {sizes['rows']['median']}), "
+            f"columns {sizes['columns']['min']}-{sizes['columns']['max']} (median {sizes['columns']['median']}); "
+            "most common " + ", ".join(f"{k} ({v})" for k, v in sizes["most_common"].items())
+        )
+    for heading, items in (("problems (refused)", result.problems), ("warnings (kept)", result.warnings)):
+        if not items:
+            continue
+        print(f"{heading}:")
+        for item in items[:max_listed]:
+            where = f"row {item.row}: " if item.row is not None else ""
+            print(f"  {where}{item.path}: {item.reason}: {item.detail}")
+        if len(items) > max_listed:
+            print(f"  ... and {len(items) - max_listed} more (see the quarantine file)")
+
+
+def write_json(data: object, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,147 @@
+"""Run configurations: YAML files validated on load.
+
+Each command reads one YAML file into a pydantic model. Unknown keys and bad values are refused
+with a :class:`ConfigError` whose message names the file, the dotted key, what was given and what
+is allowed, e.g.::
+
+    configs/ingest.yaml: intensity.voi: got 'windw'; allowed: 'auto', 'lut', 'window', 'none'
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "IngestConfig",
+    "IntensityConfig",
+    "QualityConfig",
+    "RegionConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says which key and why."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class IntensityConfig(StrictModel):
+    """How modality values become display values in [0, 1] (see ``VOIWindow``)."""
+
+    voi: Literal["auto", "lut", "window", "none"] = "auto"
+    #: (centre, width) in modality units; overrides the files' own windows when set.
+    window: tuple[float, Annotated[float, Field(gt=0)]] | None = None
+    fallback: Literal["value_range", "minmax", "percentile"] = "value_range"
+    percentiles: tuple[Annotated[float, Field(ge=0, le=100)], Annotated[float, Field(ge=0, le=100)]] = (0.5, 99.5)
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError(f"lower percentile {value[0]} must be below upper {value[1]}")
+        return value
+
+
+class RegionConfig(StrictModel):
+    """Candidate regions laid on each model-ready image (see ``RegionGrid``)."""
+
+    grid_sizes: list[Annotated[int, Field(ge=1, le=32)]] = Field(default_factory=lambda: [4], min_length=1)
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    within: Literal["content", "image"] = "content"
+
+
+class QualityConfig(StrictModel):
+    """What an image must satisfy to be used (see ``RadiographQC`` and ``CollapseGreyChannels``)."""
+
+    min_side: Annotated[int, Field(ge=8)] = 64
+    max_side: Annotated[int, Field(ge=8)] = 16384
+    #: Modalities expected for chest radiographs; others load with a warning.
+    expected_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    #: Allowed channel difference of a "grey" RGB image, as a fraction of its value range.
+    colour_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.04
+
+
+class IngestConfig(StrictModel):
+    """The ingestion path: from a file on disk to a model-ready (1, size, size) tensor in [0, 1]."""
+
+    image_size: Annotated[int, Field(ge=16, le=4096)] = 224
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    regions: RegionConfig = Field(default_factory=RegionConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    #: Class names a manifest's labels must come from; empty means "whatever the manifest says".
+    classes: list[str] = Field(default_factory=list)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """The allowed keys at ``loc`` (a pydantic error location) of ``model``, for error messages."""
+    current: typing.Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return ""
+    return ", ".join(getattr(current, "model_fields", {}))
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; allowed keys here: {_allowed(model, loc)}"
+    if error["type"] == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{key}: got {error['input']!r}; allowed: {expected}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: got {error.get('input')!r}; {error['msg']}"
+
+
+def parse_config(data: object, model: type[ModelT], source: str = "config") -> ModelT:
+    """Validates an already-parsed mapping against ``model``; raises :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{source}: {_describe(e, model)}" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None, model: type[ModelT]) -> ModelT:
+    """Reads a YAML config into ``model``; ``None`` gives the defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has unknown keys or bad values.
+    """
+    if path is None:
+        return model()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, model, str(path))

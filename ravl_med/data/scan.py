@@ -1,0 +1,208 @@
+"""Reading every image of a manifest through the ingestion pipeline, with per-file errors.
+
+Used by ``ravl-med validate`` (read, summarise, quarantine) and ``ravl-med ingest`` (the same, plus
+writing each model-ready image). Images are processed in a ``torch.utils.data.DataLoader`` so the
+work spreads over ``workers`` processes; a file that fails becomes a :class:`~ravl_med.data.manifest.Problem`
+and the scan goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ravl_med.config import IngestConfig
+from ravl_med.data.errors import IngestError
+from ravl_med.data.manifest import Manifest, Problem
+from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+
+__all__ = ["ScanResult", "scan_manifest"]
+
+#: Per-image fields a scan records (never patient identifiers).
+RECORD_FIELDS = (
+    "key",
+    "path",
+    "split",
+    "label",
+    "source_format",
+    "modality",
+    "photometric_interpretation",
+    "transfer_syntax",
+    "view_position",
+    "rows",
+    "columns",
+    "pixel_spacing_row_mm",
+    "pixel_spacing_col_mm",
+    "voi_applied",
+)
+
+SampleSink = Callable[[dict, dict], dict]
+
+
+class _ScanDataset(Dataset):
+    """Item i -> ("ok", record) or ("error", Problem); never raises for a bad file."""
+
+    def __init__(self, manifest: Manifest, config: IngestConfig, sink: SampleSink | None) -> None:
+        self.rows = manifest.table.to_dict("records")
+        self.config, self.sink = config, sink
+        self.transform = None  # built lazily in each worker process
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        if self.transform is None:
+            logging.getLogger("monai").setLevel(logging.ERROR)
+            self.transform = ingest_transforms(self.config, regions=False)
+        row = self.rows[index]
+        try:
+            sample = run_ingest_transforms(self.transform, {"image": row["path"]})
+        except IngestError as err:
+            return "error", Problem.from_error(err, path=row["path"], key=row["key"])
+        record = _record(sample["image"].meta, row)
+        if self.sink is not None:
+            try:
+                record.update(self.sink(sample, row))
+            except OSError as err:  # an output problem is the run's problem, not the image's
+                raise RuntimeError(f"cannot write the output for image {row['key']}: {err}") from err
+        return "ok", record
+
+
+def _record(meta: dict, row: dict) -> dict:
+    rows, cols = (int(v) for v in meta["original_shape"])
+    spacing = np.asarray(meta.get("pixel_spacing", (np.nan, np.nan)), dtype=float)
+    return {
+        "key": row["key"],
+        "path": row["path"],
+        "split": row.get("split", ""),
+        "label": row.get("label", ""),
+        "source_format": str(meta.get("source_format", "")),
+        "modality": str(meta.get("modality", "")),
+        "photometric_interpretation": str(
+            "MONOCHROME1" if meta.get("inverted_monochrome1") else meta.get("photometric_interpretation", "")
+        ),
+        "transfer_syntax": str(meta.get("transfer_syntax", "")),
+        # The manifest's own view position wins; DICOM's fills the gap.
+        "view_position": str(row.get("view_position") or meta.get("view_position", "")),
+        "rows": rows,
+        "columns": cols,
+        "pixel_spacing_row_mm": float(spacing[0]),
+        "pixel_spacing_col_mm": float(spacing[1]),
+        "voi_applied": str(meta.get("voi_applied", "")),
+    }
+
+
+@dataclass
+class ScanResult:
+    """What a scan found.
+
+    Attributes:
+        records: one row per usable image (columns :data:`RECORD_FIELDS` plus what the sink added).
+        problems: refused manifest rows and files, in manifest order.
+        warnings: usable images with something to check (e.g. unexpected modality).
+    """
+
+    records: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def usable(self) -> int:
+        return len(self.records)
+
+    def summary(self) -> dict:
+        """Counts for the report: per label, split, view, format, photometric, transfer syntax, size."""
+        table = self.records
+        labels: Counter[str] = Counter()
+        for label in table.get("label", pd.Series(dtype=str)):
+            labels.update(part.strip() for part in str(label).split("|") if part.strip())
+
+        def counts(column: str) -> dict[str, int]:
+            if column not in table or table.empty:
+                return {}
+            return {str(k) or "(none)": int(v) for k, v in table[column].fillna("").value_counts().items()}
+
+        sizes = {}
+        if not table.empty:
+            sizes = {
+                "rows": _describe(table["rows"]),
+                "columns": _describe(table["columns"]),
+                "most_common": {f"{r}x{c}": int(n) for (r, c), n in Counter(zip(table["rows"], table["columns"])).most_common(5)},
+            }
+        return {
+            "usable": self.usable,
+            "refused": len(self.problems),
+            "warnings": len(self.warnings),
+            "refused_by_reason": dict(Counter(p.reason for p in self.problems).most_common()),
+            "labels": dict(labels.most_common()),
+            "splits": counts("split"),
+            "view_positions": counts("view_position"),
+            "formats": counts("source_format"),
+            "modalities": counts("modality"),
+            "photometric_interpretations": counts("photometric_interpretation"),
+            "transfer_syntaxes": counts("transfer_syntax"),
+            "voi_applied": counts("voi_applied"),
+            "image_sizes": sizes,
+        }
+
+
+def _describe(values: pd.Series) -> dict[str, int]:
+    return {"min": int(values.min()), "median": int(values.median()), "max": int(values.max())}
+
+
+def scan_manifest(
+    manifest: Manifest,
+    config: IngestConfig | None = None,
+    *,
+    workers: int = 0,
+    sink: SampleSink | None = None,
+    progress: bool = True,
+    description: str = "reading images",
+) -> ScanResult:
+    """Runs every manifest row through the ingestion pipeline (without the region grid).
+
+    Args:
+        manifest: the checked manifest; its own ``problems`` are carried into the result.
+        config: ingestion settings.
+        workers: DataLoader worker processes (0: in this process).
+        sink: called in the worker as ``sink(sample, manifest_row) -> extra record fields`` for each
+            usable image (``ravl-med ingest`` writes the image there). Must be picklable.
+        progress: show a progress bar.
+        description: progress bar label.
+    """
+    config = config or IngestConfig()
+    dataset = _ScanDataset(manifest, config, sink)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
+    records: list[dict] = []
+    problems: list[Problem] = list(manifest.problems)
+    warnings: list[Problem] = []
+    expected = set(config.quality.expected_modalities)
+    with torch.inference_mode():
+        for status, item in tqdm(loader, total=len(dataset), desc=description, unit="img", disable=not progress):
+            if status == "error":
+                problems.append(item)
+                continue
+            records.append(item)
+            if item["source_format"] == "DICOM" and expected and item["modality"] not in expected:
+                warnings.append(
+                    Problem(
+                        path=item["path"],
+                        key=item["key"],
+                        reason="unexpected_modality",
+                        detail=f"modality {item['modality'] or '(empty)'} is not one of {sorted(expected)}",
+                    )
+                )
+    columns = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS))
+    return ScanResult(records=pd.DataFrame(records, columns=columns), problems=problems, warnings=warnings)
+
+
+def _identity(item):
+    return item
