@@ -47,8 +47,9 @@ class DisplayFlip:
         return not (self.transpose or self.flip_rows or self.flip_cols)
 
     def apply_image(self, img):
-        """Image (C, H, W) -> displayed image (C, H', W')."""
-        out = img.transpose(-1, -2) if self.transpose else img
+        """Image (C, H, W) tensor or array -> displayed image (C, H', W') tensor."""
+        out = img if isinstance(img, torch.Tensor) else torch.as_tensor(img)
+        out = out.transpose(-1, -2) if self.transpose else out
         dims = [d for d, flag in ((-2, self.flip_rows), (-1, self.flip_cols)) if flag]
         return out.flip(dims) if dims else out
 

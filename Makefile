@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make test` and `make demo` each install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= outputs/demo
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test demo clean
+
+# The virtual environment with the package (editable) and its test dependencies. pip, not uv or
+# poetry: pip takes torch/torchvision from the local wheel store and respects the torch<=2.14.1 cap.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Exit code 5 ("no tests collected") is a failure with its own message, never a silent pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc; }
+
+demo: $(STAMP)
+	$(BIN)/ravl-med phantom write --suite smoke --setting drain-pneumothorax-v0.9 --out $(DEMO_DIR)/phantom
+	$(BIN)/ravl-med validate $(DEMO_DIR)/phantom/manifest.csv --quarantine $(DEMO_DIR)/quarantine.csv
+	$(BIN)/ravl-med ingest $(DEMO_DIR)/phantom/manifest.csv --out $(DEMO_DIR)/ingested
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,26 @@
+"""Shared fixtures. Real chest X-ray samples are read from ../shared and skipped when absent."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+# No hub lookups in tests: each failed one would stall ~45 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CXR_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "cxr-samples"
+SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+
+@pytest.fixture(scope="session")
+def cxr_samples() -> Path:
+    """Folder of real chest X-ray fixtures (see its README); the test is skipped without it."""
+    if not CXR_SAMPLES.is_dir():
+        pytest.skip(f"real chest X-ray samples not found at {CXR_SAMPLES}")
+    return CXR_SAMPLES
