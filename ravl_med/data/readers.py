@@ -37,7 +37,8 @@ from monai.data import ImageReader, NibabelReader, PILReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, ensure_tuple
 from PIL import Image, UnidentifiedImageError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ravl_med.data.errors import IngestError
 
@@ -63,6 +64,42 @@ def _single_path(data: Sequence[os.PathLike] | os.PathLike) -> Path:
     if not path.is_file():
         raise IngestError("missing_file", f"no such file: {path}")
     return path
+
+
+def _one_line(err: BaseException | str, limit: int = 200) -> str:
+    """``Type: message`` (or the text) on one line, cut to ``limit`` characters.
+
+    Decoder plugins report over several lines; quarantine lists and summaries hold one line per file.
+    """
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:limit]
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _ends_early(ds: pydicom.Dataset, size: int, caught: Sequence[warnings.WarningMessage]) -> bool:
+    """Whether pydicom stopped reading ``ds`` because its file (``size`` bytes) ran out.
+
+    pydicom does not raise for a cut file: it warns when a delimiter is missing (and may then drop
+    every element it had read), silently keeps a short last value, and ignores a partial element
+    header at the end.
+    """
+    if any("end of file" in str(w.message).lower() for w in caught):
+        return True
+    if len(ds) == 0:
+        return True  # the file ends right after its meta information
+    last = ds.get_item(max(ds.keys()))
+    tell = getattr(last, "value_tell", None)  # only raw (not yet converted) elements have it
+    if tell is None or last.length == 0xFFFFFFFF:
+        return False
+    if last.value is not None and len(last.value) < last.length:
+        return True
+    file_meta = getattr(ds, "file_meta", None)
+    deflated = file_meta is not None and file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    # Fewer than 8 bytes after the last element: a cut element header (offsets are into the
+    # decompressed stream for deflated files, so the check does not apply to them).
+    return not deflated and 0 < size - (tell + last.length) < 8
 
 
 def _base_meta(shape: tuple[int, ...], spacing: tuple[float, float], source_format: str) -> dict:
@@ -117,22 +154,27 @@ class RadiographDicomReader(ImageReader):
     def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> pydicom.Dataset:
         path = _single_path(data)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # header quirks pydicom can read past
-                return pydicom.dcmread(path, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:  # header quirks pydicom can read past
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(path, **kwargs)
+            if not any(k in ds for k in _PIXEL_KEYWORDS) and _ends_early(ds, path.stat().st_size, caught):
+                raise IngestError("truncated", "the file ends before its pixel data")
+            return ds
+        except IngestError:
+            raise
         except pydicom.errors.InvalidDicomError:
             pass  # no preamble or file meta: some valid data sets are stored raw, so try once more.
         except (EOFError, struct.error) as err:
             raise IngestError("truncated", f"the DICOM header ends early ({type(err).__name__})") from err
         except Exception as err:  # noqa: BLE001 - pydicom raises many types for damaged headers
-            raise IngestError("corrupt_header", f"{type(err).__name__}: {err}"[:200]) from err
+            raise IngestError("corrupt_header", _one_line(err)) from err
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path, force=True, **kwargs)
         except Exception as err:  # noqa: BLE001
             raise IngestError("not_dicom", "no DICOM preamble and no parseable data set") from err
-        if "Rows" not in ds or not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" not in ds or not any(k in ds for k in _PIXEL_KEYWORDS):
             raise IngestError("not_dicom", "no DICOM preamble, and no image data set found without one")
         return ds
 
@@ -147,11 +189,13 @@ class RadiographDicomReader(ImageReader):
         except Exception as err:  # noqa: BLE001 - decoder plugins raise arbitrary types
             message = str(err)
             if "less than" in message or "truncat" in message.lower() or "too short" in message:
-                raise IngestError("truncated", message[:200]) from err
-            raise IngestError("undecodable", f"{type(err).__name__}: {message}"[:200]) from err
+                raise IngestError("truncated", _one_line(message)) from err
+            raise IngestError("undecodable", _one_line(err)) from err
 
     def _decode(self, ds: pydicom.Dataset) -> tuple[np.ndarray, dict]:
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if len(ds) == 0:
+            raise IngestError("truncated", "the file ends before its first data element")
+        if not any(k in ds for k in _PIXEL_KEYWORDS):
             raise IngestError("no_pixel_data")
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1:
@@ -177,14 +221,22 @@ class RadiographDicomReader(ImageReader):
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if pixels.ndim != (2 if samples == 1 else 3):
             raise IngestError("volume", f"decoded to shape {pixels.shape}")
+        photometric = str(ds.get("PhotometricInterpretation", "") or "")
+        if samples == 1 and photometric.strip().upper() == "PALETTE COLOR":
+            # The stored values index a colour table: the image is what the table maps them to
+            # (then refused as colour unless the table is grey).
+            pixels = apply_color_lut(pixels, ds)
+            samples, photometric = 3, "RGB"
+            stored_range = np.array([0, np.iinfo(pixels.dtype).max])
 
         bits_stored = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        stored_range = (
-            np.array([-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1])
-            if signed
-            else np.array([0, 2**bits_stored - 1])
-        )
+        if photometric != "RGB" or samples != 3 or "RedPaletteColorLookupTableDescriptor" not in ds:
+            stored_range = (
+                np.array([-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1])
+                if signed
+                else np.array([0, 2**bits_stored - 1])
+            )
         if samples == 1 and np.issubdtype(pixels.dtype, np.integer):
             data = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
             value_range = np.sort(np.asarray(apply_modality_lut(stored_range, ds), dtype=np.float64))
@@ -197,7 +249,7 @@ class RadiographDicomReader(ImageReader):
         meta = _base_meta(data.shape, self._spacing(ds), "DICOM")
         meta.update(
             value_range=value_range,
-            photometric_interpretation=str(ds.get("PhotometricInterpretation", "") or ""),
+            photometric_interpretation=photometric,
             modality=str(ds.get("Modality", "") or ""),
             view_position=str(ds.get("ViewPosition", "") or ""),
             patient_orientation="\\".join(str(v) for v in ensure_tuple(ds.get("PatientOrientation", "") or "")),
@@ -229,7 +281,10 @@ class RadiographDicomReader(ImageReader):
             item = lut_seq[0]
             descriptor = item.get("LUTDescriptor")
             lut_data = item.get("LUTData")
-            if descriptor is not None and lut_data is not None and len(descriptor) == 3:
+            if isinstance(lut_data, bytes):  # LUT Data is US or OW; OW arrives as raw 16-bit words
+                little_endian = ds.original_encoding[1] is not False
+                lut_data = np.frombuffer(lut_data[: len(lut_data) // 2 * 2], dtype="<u2" if little_endian else ">u2")
+            if descriptor is not None and lut_data is not None and len(descriptor) == 3 and np.size(lut_data):
                 voi["voi_lut_first"] = int(descriptor[1])
                 voi["voi_lut_bits"] = int(descriptor[2])
                 voi["voi_lut_data"] = np.asarray(lut_data, dtype=np.float32).ravel()
@@ -259,14 +314,14 @@ class RadiographPILReader(PILReader):
         try:
             return super().read(path, **kwargs)
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise IngestError("undecodable", f"{type(err).__name__}: {err}"[:200]) from err
+            raise IngestError("undecodable", _one_line(err)) from err
 
     def get_data(self, img: Image.Image) -> tuple[np.ndarray, dict]:
         try:
             data, header = super().get_data(img)
         except OSError as err:  # Pillow decodes lazily: a cut file fails here
             reason = "truncated" if "truncated" in str(err) else "undecodable"
-            raise IngestError(reason, f"{type(err).__name__}: {err}"[:200]) from err
+            raise IngestError(reason, _one_line(err)) from err
         meta = _base_meta(data.shape, (float("nan"), float("nan")), str(img.format or "image"))
         bits = _PIL_MODE_BITS.get(img.mode)
         if bits is None and img.mode == "I":  # 32-bit container; 16-bit PNGs often open this way
@@ -289,14 +344,14 @@ class RadiographNiftiReader(NibabelReader):
         try:
             return super().read(path, **kwargs)
         except Exception as err:  # noqa: BLE001 - nibabel raises several types for bad files
-            raise IngestError("undecodable", f"{type(err).__name__}: {err}"[:200]) from err
+            raise IngestError("undecodable", _one_line(err)) from err
 
     def get_data(self, img: nib.Nifti1Image) -> tuple[np.ndarray, dict]:
         try:
             data = np.asanyarray(img.dataobj)
         except Exception as err:  # noqa: BLE001
             reason = "truncated" if isinstance(err, EOFError) or "truncat" in str(err).lower() else "undecodable"
-            raise IngestError(reason, f"{type(err).__name__}: {err}"[:200]) from err
+            raise IngestError(reason, _one_line(err)) from err
         while data.ndim > 2 and data.shape[-1] == 1:
             data = data[..., 0]
         if data.ndim != 2:
