@@ -83,3 +83,12 @@ def test_write_round_trip_and_quarantine_formats(tmp_path):
     csv = pd.read_csv(write_problems(problems, tmp_path / "q.csv"))
     assert csv.to_dict("records") == [{"path": "x.dcm", "reason": "truncated", "detail": "ends early", "key": "k", "row": 3}]
     assert pd.read_json(write_problems(problems, tmp_path / "q.json")).loc[0, "reason"] == "truncated"
+
+
+def test_keys_do_not_depend_on_how_the_path_is_written(tmp_path):
+    # Regression: keys were hashed from the path as written, so "./a.png", "a.png" and the absolute
+    # path of the same file got different keys.
+    keys = []
+    for written in ("a.png", "./a.png", str(tmp_path / "a.png")):
+        keys.append(Manifest.read(_manifest(tmp_path, [{"path": written, "label": "x"}])).table["key"][0])
+    assert keys == [image_key("a.png")] * 3

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ravl_med.config import IngestConfig, load_config
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.scan import ScanResult
+
+if TYPE_CHECKING:
+    from ravl_med.data.scan import ScanResult
 
 __all__ = ["add_ingest_options", "load_ingest_config", "open_dataset", "print_scan_report"]
 

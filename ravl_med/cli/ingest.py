@@ -11,7 +11,6 @@ from PIL import Image
 from ravl_med.cli.common import add_ingest_options, load_ingest_config, open_dataset, print_scan_report, write_json
 from ravl_med.data.atomic import atomic_path
 from ravl_med.data.manifest import write_problems
-from ravl_med.data.scan import scan_manifest
 
 EXIT_NOTHING_USABLE = 1
 
@@ -62,6 +61,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ravl_med.data.scan import scan_manifest  # torch/MONAI: imported only when the command runs
+
     config = load_ingest_config(args)
     manifest = open_dataset(args.path, config)
     out_dir: Path = args.out

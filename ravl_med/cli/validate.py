@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ravl_med.cli.common import add_ingest_options, load_ingest_config, open_dataset, print_scan_report, write_json
 from ravl_med.data.manifest import write_problems
-from ravl_med.data.scan import scan_manifest
 
 EXIT_NOTHING_USABLE = 1
 
@@ -37,6 +36,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ravl_med.data.scan import scan_manifest  # torch/MONAI: imported only when the command runs
+
     config = load_ingest_config(args)
     manifest = open_dataset(args.path, config)
     result = scan_manifest(manifest, config, workers=args.workers, progress=not args.no_progress)

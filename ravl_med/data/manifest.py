@@ -134,7 +134,8 @@ class Manifest:
             classes: allowed class names; labels outside them are refused as ``unknown_label``.
 
         Raises:
-            IngestError: (``bad_row``) the file is missing, unreadable or lacks a required column.
+            IngestError: ``missing_file`` when the CSV does not exist; ``bad_row`` when it is not a
+                readable CSV or lacks a required column.
         """
         path = Path(path)
         if not path.is_file():
@@ -168,7 +169,7 @@ class Manifest:
         for index, row in enumerate(table.to_dict("records")):
             relative = row["path"].strip()
             resolved = (root / relative).resolve() if relative else root
-            key = row["key"].strip() or image_key(relative)
+            key = row["key"].strip() or image_key(_relative(str(resolved), root))
             labels = [part.strip() for part in row["label"].split(LABEL_SEPARATOR) if part.strip()]
             split = row["split"].strip().lower() or "train"
             reason, detail = None, ""
