@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
+DEMO_SETTING ?= chest_drain-pneumothorax-v0.90-s0
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -27,9 +28,9 @@ test: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc; }
 
 demo: $(STAMP)
-	$(BIN)/ravl-med phantom write --suite smoke --setting drain-pneumothorax-v0.9 --out $(DEMO_DIR)/phantom
-	$(BIN)/ravl-med validate $(DEMO_DIR)/phantom/manifest.csv --quarantine $(DEMO_DIR)/quarantine.csv
-	$(BIN)/ravl-med ingest $(DEMO_DIR)/phantom/manifest.csv --out $(DEMO_DIR)/ingested
+	$(BIN)/ravl-med phantom write --suite smoke --setting $(DEMO_SETTING) --out $(DEMO_DIR)/phantom
+	$(BIN)/ravl-med validate $(DEMO_DIR)/phantom/$(DEMO_SETTING)/manifest.csv --quarantine $(DEMO_DIR)/quarantine.csv
+	$(BIN)/ravl-med ingest $(DEMO_DIR)/phantom/$(DEMO_SETTING)/manifest.csv --out $(DEMO_DIR)/ingested
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
