@@ -73,7 +73,7 @@ def ingest_transforms(
         InvertMonochrome1d(image_key),
     ]
     if resize:
-        modes = ("bilinear",) + ("nearest",) * len(mask_keys)
+        modes = ("auto",) + ("nearest",) * len(mask_keys)
         steps.append(Letterboxd(image_keys, config.image_size, mode=modes, ref_key=image_key, box_keys=box_keys))
     if regions:
         steps.append(
@@ -101,7 +101,7 @@ def as_ingest_error(err: BaseException) -> IngestError:
     root = err
     while root.__cause__ is not None:
         root = root.__cause__
-    return IngestError("undecodable", f"{type(root).__name__}: {root}"[:200])
+    return IngestError("undecodable", " ".join(f"{type(root).__name__}: {root}".split())[:200])  # one line
 
 
 def run_ingest_transforms(transform: Compose, sample: Mapping) -> dict:

@@ -221,6 +221,14 @@ class RadiographDicomReader(ImageReader):
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if pixels.ndim != (2 if samples == 1 else 3):
             raise IngestError("volume", f"decoded to shape {pixels.shape}")
+
+        bits_stored = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        stored_range = (
+            np.array([-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1])
+            if signed
+            else np.array([0, 2**bits_stored - 1])
+        )
         photometric = str(ds.get("PhotometricInterpretation", "") or "")
         if samples == 1 and photometric.strip().upper() == "PALETTE COLOR":
             # The stored values index a colour table: the image is what the table maps them to
@@ -228,15 +236,6 @@ class RadiographDicomReader(ImageReader):
             pixels = apply_color_lut(pixels, ds)
             samples, photometric = 3, "RGB"
             stored_range = np.array([0, np.iinfo(pixels.dtype).max])
-
-        bits_stored = int(ds.get("BitsStored", 8 * pixels.dtype.itemsize) or 8)
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        if photometric != "RGB" or samples != 3 or "RedPaletteColorLookupTableDescriptor" not in ds:
-            stored_range = (
-                np.array([-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1])
-                if signed
-                else np.array([0, 2**bits_stored - 1])
-            )
         if samples == 1 and np.issubdtype(pixels.dtype, np.integer):
             data = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
             value_range = np.sort(np.asarray(apply_modality_lut(stored_range, ds), dtype=np.float64))

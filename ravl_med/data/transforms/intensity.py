@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import ScaleIntensityRange, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
 from ravl_med.data.errors import IngestError
@@ -127,15 +127,19 @@ def window_to_unit(img, center: float, width: float, function: str = "LINEAR"):
         the windowed image, same type and shape, values in [0, 1].
     """
     function = function.upper()
+    # In float64: a damaged header's window (|centre| past float32's range) must still give values
+    # in [0, 1], not inf - inf = NaN.
+    values = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor)).to(torch.float64)
     if function == "SIGMOID":
-        values = convert_to_tensor(img, dtype=torch.float32)
         out = torch.sigmoid(4.0 * (values - center) / width)
-        return out if isinstance(img, torch.Tensor) else out.numpy()
-    if function == "LINEAR_EXACT":
-        lower, upper = center - width / 2.0, center + width / 2.0
+    elif function == "LINEAR_EXACT":
+        out = ((values - center) / width + 0.5).clamp(0.0, 1.0)
+    elif width <= 1.0:  # LINEAR of width 1 is a threshold at centre - 0.5 (a zero-width ramp)
+        out = (values > center - 0.5).to(torch.float64)
     else:  # LINEAR, and unknown functions, which the standard says to treat as LINEAR
-        lower, upper = center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
-    return ScaleIntensityRange(a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True)(img)
+        out = ((values - (center - 0.5)) / (width - 1.0) + 0.5).clamp(0.0, 1.0)
+    out = out.to(torch.float32)
+    return out if isinstance(img, torch.Tensor) else out.numpy()
 
 
 class VOIWindow(Transform):
@@ -190,16 +194,22 @@ class VOIWindow(Transform):
         values = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
         index = (values - first).round().clamp(0, table.numel() - 1).long()
         top = float(2 ** int(meta.get("voi_lut_bits", 16)) - 1)
-        mapped = table[index] / (top if top > 0 else float(table.max()))
+        scale = top if top > 0 else float(table.max())
+        mapped = table[index] / (scale if scale > 0 else 1.0)  # an all-zero table must not give 0 / 0
         mapped = mapped.clamp(0.0, 1.0)
         return MetaTensor(mapped, meta=dict(img.meta)) if isinstance(img, MetaTensor) else mapped
 
     def _fallback(self, img, meta: Mapping):
         if self.fallback == "percentile":
             low, high = self.percentiles
-            return ScaleIntensityRangePercentiles(lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True)(img)
+            values = convert_to_tensor(img, track_meta=False)
+            lo, hi = (float(v) for v in np.percentile(values.float().cpu().numpy(), (low, high)))
+            if hi > lo:
+                return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
+            # Most pixels share one value: the percentiles meet, and MONAI's scaling would then
+            # return the image shifted but unscaled (far outside [0, 1]). Use min-max instead.
         lo, hi = (np.asarray(meta.get("value_range", (math.nan, math.nan)), dtype=np.float64).tolist() + [math.nan])[:2]
-        if self.fallback == "minmax" or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        if self.fallback != "value_range" or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             values = convert_to_tensor(img, track_meta=False)
             lo, hi = float(values.amin()), float(values.amax())
         return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)

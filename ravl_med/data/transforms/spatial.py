@@ -166,18 +166,19 @@ class Letterbox(Transform):
 
     Args:
         size: output side length, pixels.
-        mode: interpolation (``bilinear``/``area`` for images, ``nearest`` for masks).
-        anti_aliasing: Gaussian smoothing before downsampling (images only).
+        mode: ``auto`` (images: area averaging when shrinking, which anti-aliases without the
+            darkened border a zero-padded Gaussian pre-blur leaves, and bilinear when enlarging),
+            or any MONAI ``Resize`` mode; ``nearest`` for masks.
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, size: int, mode: str = "bilinear", anti_aliasing: bool = True) -> None:
-        self.size = int(size)
-        nearest = mode == "nearest"
-        self.resize = Resize(
-            spatial_size=self.size, size_mode="longest", mode=mode, anti_aliasing=anti_aliasing and not nearest
-        )
+    def __init__(self, size: int, mode: str = "auto") -> None:
+        self.size, self.mode = int(size), mode
+        self.resize = {
+            m: Resize(spatial_size=self.size, size_mode="longest", mode=m, anti_aliasing=False)
+            for m in (("area", "bilinear") if mode == "auto" else (mode,))
+        }
         self.pad = SpatialPad(spatial_size=(self.size, self.size), method="symmetric", value=0)
 
     def geometry(self, shape: Sequence[int]) -> tuple[tuple[float, float], tuple[int, int]]:
@@ -197,7 +198,8 @@ class Letterbox(Transform):
 
     def __call__(self, img):
         shape = tuple(int(s) for s in img.shape[-2:])
-        out = self.pad(self.resize(img))
+        mode = self.mode if self.mode != "auto" else ("area" if max(shape) > self.size else "bilinear")
+        out = self.pad(self.resize[mode](img))
         if isinstance(out, MetaTensor):
             (sy, sx), (oy, ox) = self.geometry(shape)
             out.meta["original_shape"] = torch.tensor(shape)
@@ -213,7 +215,8 @@ class Letterboxd(MapTransform):
     Args:
         keys: image-like keys to resize and pad.
         size: output side length, pixels.
-        mode: interpolation per key (one value or one per key); use ``nearest`` for masks.
+        mode: interpolation per key (one value or one per key, see :class:`Letterbox`); use
+            ``nearest`` for masks.
         ref_key: the key whose spatial shape the boxes refer to.
         box_keys: keys of (R, 4) box tensors in the reference image's pixels.
     """
@@ -222,7 +225,7 @@ class Letterboxd(MapTransform):
         self,
         keys: KeysCollection,
         size: int,
-        mode: str | Sequence[str] = "bilinear",
+        mode: str | Sequence[str] = "auto",
         ref_key: str = "image",
         box_keys: KeysCollection = (),
         allow_missing_keys: bool = False,
