@@ -34,6 +34,7 @@ import pandas as pd
 
 from ravl_med.data.errors import IngestError
 from ravl_med.data.manifest import ATTRIBUTE_COLUMNS, LABEL_SEPARATOR, SPLITS
+from ravl_med.xrv import torchxrayvision
 
 __all__ = [
     "DROP_REASONS",
@@ -203,7 +204,7 @@ def _check_root(root: str | Path) -> Path:
 
 def _bundled(name: str) -> Path:
     """A label file that ships with torchxrayvision."""
-    import torchxrayvision.datasets as xrv_datasets
+    xrv_datasets = torchxrayvision().datasets
 
     return Path(xrv_datasets.datapath) / name
 
@@ -251,7 +252,7 @@ def _require_columns(path: Path, required: Iterable[str | tuple[str, ...]], what
 
 def _load_xrv(class_name: str, csv_for_errors: Path, **kwargs):
     """Builds a torchxrayvision dataset object (labels and table only; no image is read)."""
-    import torchxrayvision as xrv
+    xrv = torchxrayvision()
 
     cls = getattr(xrv.datasets, class_name)
     try:
@@ -758,7 +759,7 @@ def build_siim(
     rle["ImageId"] = rle["ImageId"].str.strip()
     rle[" EncodedPixels"] = rle[" EncodedPixels"].str.strip()
     source = io.StringIO(rle.to_csv(index=False))
-    import torchxrayvision.datasets as xrv_datasets
+    xrv_datasets = torchxrayvision().datasets
 
     # The class caches its walk of the image folder module-wide, whatever the folder; start clean
     # and leave nothing behind, so a second dataset root is never matched against the first one's files.

@@ -1,5 +1,6 @@
 """Vision-language backbones: registry, offline weights, zero-shot scoring and region embeddings."""
 
+from ravl_med.models.hybrid import HybridCLIP
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.registry import BackboneSpec, add_backbone_config, create_backbone, get_backbone_spec, list_backbones
@@ -18,6 +19,7 @@ __all__ = [
     "CXR_TEMPLATES",
     "BackboneSpec",
     "ChecksumError",
+    "HybridCLIP",
     "KeyReport",
     "RadiographPreprocess",
     "RegionEmbedder",

@@ -8,6 +8,12 @@ Two modes:
     passed through the tower's own ``attnpool`` (the same layers the whole image goes through). A box
     equal to the whole image reproduces the image embedding (the RoIAlign bins then sample the
     feature cells at their centres).
+  - CNN hybrid towers (:class:`~ravl_med.models.hybrid.CNNImageTower`: timm EfficientNet and other
+    timm CNNs, torchxrayvision DenseNet): the trunk runs once; each box is RoIAlign-ed on the trunk's
+    last map (EfficientNet: the last block's output, before ``conv_head``; DenseNet: the last dense
+    block's output, before ``norm5``) to the size of the whole image's map, then the tower's own
+    head (EfficientNet ``conv_head`` + ``bn2`` with its activation; DenseNet ``norm5`` + ReLU), global
+    average pooling and the projection. A whole-image box reproduces the image embedding.
   - ViT (open_clip ``VisionTransformer``), ``vit_pool`` (**project choice**):
     ``"token_mean"`` (default, as the method doc states it): the transformer runs once on the whole
     image; the patch tokens whose patch centre lies inside the box are averaged (the nearest token
@@ -38,6 +44,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ravl_med.data.transforms import CropRegions
+from ravl_med.models.hybrid import CNNImageTower
 
 __all__ = ["RegionEmbedder"]
 
@@ -57,8 +64,9 @@ class RegionEmbedder:
     ``torch.no_grad()`` for discovery. The model's train/eval mode is left to the caller.
 
     Args:
-        model: an open_clip ``CLIP`` (or its image tower) with a ``ModifiedResNet`` or
-            ``VisionTransformer`` image tower (``crop`` mode works with any tower).
+        model: an open_clip ``CLIP`` or :class:`~ravl_med.models.hybrid.HybridCLIP` (or its image
+            tower) with a ``ModifiedResNet``, ``VisionTransformer`` or hybrid ``CNNImageTower``
+            image tower (``crop`` mode works with any tower).
         mode: ``"one_pass"`` or ``"crop"``.
         vit_pool: ViT only: ``"token_mean"`` or ``"masked_cls"`` (see the module docstring).
         vit_norm: ViT ``token_mean`` only: ``"pool_then_norm"`` averages the raw tokens then applies ``ln_post``;
@@ -85,9 +93,9 @@ class RegionEmbedder:
         self.model, self.mode, self.vit_norm, self.vit_pool = model, mode, vit_norm, vit_pool
         self.crop_batch_size, self.sampling_ratio = int(crop_batch_size), int(sampling_ratio)
         self.tower = _image_tower(model)
-        if mode == "one_pass" and not isinstance(self.tower, (ModifiedResNet, VisionTransformer)):
+        if mode == "one_pass" and not isinstance(self.tower, (ModifiedResNet, VisionTransformer, CNNImageTower)):
             raise NotImplementedError(
-                f"one-pass region embeddings need a ModifiedResNet or VisionTransformer tower, "
+                f"one-pass region embeddings need a ModifiedResNet, VisionTransformer or CNNImageTower tower, "
                 f"got {type(self.tower).__name__}; use mode='crop'"
             )
         if isinstance(self.tower, VisionTransformer) and mode == "one_pass" and self.tower.attn_pool is not None:
@@ -95,14 +103,14 @@ class RegionEmbedder:
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Args:
-            images: (B, 3, H, W) preprocessed images.
+            images: (B, K, H, W) preprocessed images (K = the tower's input channels, 3 or 1).
             boxes: B tensors (R_i, 4), x0, y0, x1, y1 in pixels of ``images``.
 
         Returns:
             B tensors (R_i, D), L2-normalised rows.
         """
         if images.ndim != 4:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+            raise ValueError(f"images must be (B, K, H, W), got {tuple(images.shape)}")
         if len(boxes) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(boxes)} box tensors")
         rois = [torch.as_tensor(b, dtype=torch.float32, device=images.device).reshape(-1, 4) for b in boxes]
@@ -114,6 +122,8 @@ class RegionEmbedder:
             flat = self._crop(images, rois)
         elif isinstance(self.tower, ModifiedResNet):
             flat = self._one_pass_resnet(images, rois)
+        elif isinstance(self.tower, CNNImageTower):
+            flat = self._one_pass_cnn_tower(images, rois)
         elif self.vit_pool == "masked_cls":
             flat = self._one_pass_vit_masked_cls(images, rois)
         else:
@@ -145,6 +155,20 @@ class RegionEmbedder:
             aligned=True,
         )  # (sum R, C, grid, grid)
         return tower.attnpool(pooled)
+
+    def _one_pass_cnn_tower(self, images: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
+        tower = self.tower
+        features = tower.trunk(images)  # (B, C', h, w), stride 32 for EfficientNet and DenseNet
+        # Pool each box to the whole image's grid, so a whole-image box samples every cell at its centre.
+        pooled = roi_align(
+            features,
+            [r.to(features.dtype) for r in rois],
+            output_size=tuple(features.shape[-2:]),
+            spatial_scale=features.shape[-1] / images.shape[-1],
+            sampling_ratio=self.sampling_ratio,
+            aligned=True,
+        )  # (sum R, C', h, w)
+        return tower.embed_feature_map(pooled)
 
     def _token_weights(self, box: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """(R, 4) boxes, (N, 2) token centres (x, y) -> (R, N) averaging weights, rows sum to 1."""

@@ -11,6 +11,7 @@ rendered finding. Without the archive a small built-in template set is used.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import tarfile
@@ -69,11 +70,11 @@ FALLBACK: dict[str, list[str]] = {
 
 
 def _archive_path() -> Path | None:
-    try:
-        import torchxrayvision  # noqa: PLC0415 - optional source of phrasing
-    except Exception:  # noqa: BLE001 - any import failure means "no archive"
+    # Located without importing torchxrayvision (its import silences warnings process-wide).
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or spec.origin is None:
         return None
-    path = Path(torchxrayvision.__file__).parent / "data" / "NLMCXR_reports.tgz"
+    path = Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
     return path if path.is_file() else None
 
 
