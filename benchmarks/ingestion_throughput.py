@@ -1,6 +1,6 @@
 """Throughput of the ingestion pipeline: DICOM files -> model-ready (1, 224, 224) tensors.
 
-Writes N synthetic 1024 x 1024 CR radiographs (uncompressed, 16 bits stored, MONOCHROME2) into a
+Writes N phantom 1024 x 1024 DX radiographs (uncompressed, 16 bits stored, MONOCHROME2) into a
 temporary folder, then times full passes of a ``monai.data.DataLoader`` over a
 ``monai.data.Dataset`` with :func:`ravl_med.data.pipeline.ingest_transforms` at each requested
 worker count, and prints images per second and the speed-up over ``num_workers=0``.
@@ -30,43 +30,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ravl_med.config import IngestConfig
+from ravl_med.data.phantom.anatomy import DEVICES
+from ravl_med.data.phantom.dicom import phantom_dataset, write_dicom
+from ravl_med.data.phantom.render import render_phantom
 from ravl_med.data.pipeline import ingest_transforms
 
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 SIDE = 1024
+DEVICE = next(d for d in DEVICES if d.bits_stored == 16 and not d.monochrome1)
 
 
-def synthetic_radiograph(seed: int, side: int = SIDE) -> np.ndarray:
-    """Stored values (side, side) uint16: two dark lung fields, a bright mediastinum, noise."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:side, 0:side] / side
-    image = 0.75 - 0.45 * (np.exp(-(((cols - 0.3) / 0.12) ** 2 + ((rows - 0.45) / 0.25) ** 2))
-                           + np.exp(-(((cols - 0.7) / 0.12) ** 2 + ((rows - 0.45) / 0.25) ** 2)))
-    image += rng.normal(0.0, 0.02, size=image.shape)
-    return (np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
-
-
-def write_cr(path: Path, pixels: np.ndarray) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.ViewPosition = "PA"
-    ds.PatientOrientation = ["L", "F"]
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = [0.14, 0.14]
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def write_radiograph(path: Path, seed: int, side: int = SIDE) -> None:
+    """One phantom chest radiograph as a 16-bit MONOCHROME2 DX file (uncompressed), side x side."""
+    rendered = render_phantom(seed, "no finding", size=side)
+    ds = phantom_dataset(
+        rendered.image, DEVICE, key=f"bench-{seed}", patient_number=seed, sex=rendered.sex,
+        age_band=rendered.age_band, view_position="PA", pixel_spacing_mm=0.14, institution="benchmark",
+    )
+    write_dicom(ds, path)
 
 
 def one_pass(dataset: Dataset, workers: int, batch_size: int) -> float:
@@ -103,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = []
         for i in range(args.n):
             path = folder / f"cr_{i:04d}.dcm"
-            write_cr(path, synthetic_radiograph(i))
+            write_radiograph(path, i)
             paths.append(path)
         size_mb = sum(p.stat().st_size for p in paths) / 2**20
         elapsed = time.perf_counter() - start
