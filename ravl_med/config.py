@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "ConfigError",
+    "FinetuneConfig",
     "IngestConfig",
     "IntensityConfig",
     "QualityConfig",
@@ -81,6 +82,66 @@ class IngestConfig(StrictModel):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     #: Class names a manifest's labels must come from; empty means "whatever the manifest says".
     classes: list[str] = Field(default_factory=list)
+
+
+class FinetuneConfig(StrictModel):
+    """Contrastive fine-tuning of a backbone on a manifest of image-report pairs (``ravl-med finetune``).
+
+    Steps are optimizer steps (one per ``grad_accum_steps`` micro-batches); ``batch_size`` is per
+    process, so the effective batch is ``batch_size * grad_accum_steps * world_size``.
+    """
+
+    #: Registered backbone name (``ravl_med.models.list_backbones()``) or ``open_clip:<name>``.
+    backbone: str = "tiny-rn"
+    #: Local starting weights (file or folder) and their expected sha256; ``None``: random init.
+    checkpoint: Path | None = None
+    sha256: str | None = None
+    #: Manifest CSV of image-report pairs (``train`` rows train, ``val`` rows validate).
+    manifest: Path | None = None
+    #: Class names, in the order of zero-shot outputs; first labels must come from them.
+    classes: list[str] = Field(min_length=2)
+    #: Zero-shot prompt templates with one ``{}``; ``None``: ``CXR_TEMPLATES``.
+    templates: list[str] | None = None
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    grad_accum_steps: Annotated[int, Field(ge=1)] = 1
+    #: Keep the text tower fixed (only the image tower and the temperature train).
+    freeze_text: bool = False
+    #: MedCLIP-style soft targets: pairs sharing a label count as positives.
+    label_aware: bool = False
+    #: Write a full training state every N optimizer steps (0: only at the end of each epoch).
+    checkpoint_every: Annotated[int, Field(ge=0)] = 500
+    #: Training states kept on disk (older ones are deleted).
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+    seed: Annotated[int, Field(ge=0)] = 0
+    #: DataLoader worker processes (0: load in the training process).
+    workers: Annotated[int, Field(ge=0)] = 0
+    output_dir: Path = Path("runs/finetune")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: ``auto``: bf16 autocast on CUDA when supported, fp32 otherwise.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("templates must not be empty (leave it out for the default CXR templates)")
+            bad = [t for t in value if t.count("{}") != 1]
+            if bad:
+                raise ValueError(f"each template needs exactly one '{{}}' for the class name: {bad}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("classes must be distinct")
+        return value
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

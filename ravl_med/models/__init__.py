@@ -1,5 +1,6 @@
 """Vision-language backbones: registry, offline weights, zero-shot scoring and region embeddings."""
 
+from ravl_med.models.embed import EmbeddingSet, embed_dataset
 from ravl_med.models.hybrid import HybridCLIP
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
@@ -19,6 +20,7 @@ __all__ = [
     "CXR_TEMPLATES",
     "BackboneSpec",
     "ChecksumError",
+    "EmbeddingSet",
     "HybridCLIP",
     "KeyReport",
     "RadiographPreprocess",
@@ -27,6 +29,7 @@ __all__ = [
     "add_backbone_config",
     "class_text_embeddings",
     "create_backbone",
+    "embed_dataset",
     "file_sha256",
     "get_backbone_spec",
     "list_backbones",
