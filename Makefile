@@ -31,6 +31,8 @@ demo: $(STAMP)
 	$(BIN)/ravl-med phantom write --suite smoke --setting $(DEMO_SETTING) --out $(DEMO_DIR)/phantom
 	$(BIN)/ravl-med validate $(DEMO_DIR)/phantom/$(DEMO_SETTING)/manifest.csv --quarantine $(DEMO_DIR)/quarantine.csv
 	$(BIN)/ravl-med ingest $(DEMO_DIR)/phantom/$(DEMO_SETTING)/manifest.csv --out $(DEMO_DIR)/ingested
+	$(BIN)/ravl-med finetune --config configs/finetune.yaml \
+	  --manifest $(DEMO_DIR)/phantom/$(DEMO_SETTING)/manifest.csv --out $(DEMO_DIR)/finetune
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
