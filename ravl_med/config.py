@@ -17,12 +17,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "AUDIT_METHODS",
+    "AuditConfig",
     "ConfigError",
+    "DiscoveryConfig",
+    "EvaluationConfig",
     "FinetuneConfig",
     "IngestConfig",
     "IntensityConfig",
     "QualityConfig",
     "RegionConfig",
+    "ReportConfig",
     "load_config",
 ]
 
@@ -206,3 +211,120 @@ def load_config(path: str | Path | None, model: type[ModelT]) -> ModelT:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_config(data, model, str(path))
+
+
+# --------------------------------------------------------------------------------------------- #
+# Audit (``ravl-med audit``): RaVL stage 1 on a fine-tuned model, with baselines and ground truth.
+
+#: Discovery methods an audit can run (RaVL and the baselines of ``ravl_med.discover``).
+AUDIT_METHODS = ("ravl", "random", "distilling_failures", "george", "domino")
+
+
+class DiscoveryConfig(StrictModel):
+    """RaVL discovery parameters (defaults = :class:`~ravl_med.discover.RaVLDiscoverer`'s)."""
+
+    #: T of the zero-shot softmax p(q | x) = softmax(<e, t_q> / T).
+    temperature: Annotated[float, Field(gt=0)] = 0.07
+    #: k is swept over [low * C, high * C] (C = number of classes).
+    k_range: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (2, 5)
+    #: Include high * C in the sweep (the authors' code does not).
+    k_range_inclusive: bool = True
+    #: Keep clusters with influence >= this (paper: 0.25).
+    influence_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
+    #: The best silhouette must exceed this, else "no structure" (paper: 0).
+    min_silhouette: Annotated[float, Field(ge=-1, lt=1)] = 0.0
+    #: Exact K-Medoids on the full distance matrix up to this many regions, sampled (CLARA) above.
+    exact_max_regions: Annotated[int, Field(ge=2)] = 20000
+    clara_samples: Annotated[int, Field(ge=1)] = 5
+    clara_sample_size: Annotated[int, Field(ge=2)] = 4000
+    silhouette_sample_size: Annotated[int, Field(ge=2)] = 5000
+    #: Bootstrap resamples for the 95% intervals of the per-class tables (every method).
+    n_boot: Annotated[int, Field(ge=0)] = 1000
+    #: Regions listed per cluster in the JSON (``top_regions``).
+    n_top_regions: Annotated[int, Field(ge=1)] = 25
+    #: Threads for K-Medoids (1 was measured fastest on 2 cores; -1: automatic).
+    n_jobs: int = 1
+
+    @field_validator("k_range")
+    @classmethod
+    def _ordered_k(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError(f"k_range low {value[0]} must not exceed high {value[1]}")
+        return value
+
+
+class EvaluationConfig(StrictModel):
+    """Ground-truth evaluation of the ranked regions (Precision@k), when the manifest allows it."""
+
+    #: ``auto``: phantom manifests (``mask_artefact`` column) use the artefact masks, digits manifests
+    #: (``square_quadrant``) the quadrant rule; ``none`` skips the evaluation.
+    ground_truth: Literal["auto", "mask", "quadrant", "none"] = "auto"
+    #: k of Precision@k (paper: 10).
+    precision_k: Annotated[int, Field(ge=1)] = 10
+    #: Mask overlap rule (``ravl_med.discover.metrics.OVERLAP_RULES``) and its fraction.
+    overlap_rule: Literal["either", "both", "feature", "region", "any"] = "either"
+    overlap_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+
+class ReportConfig(StrictModel):
+    """What the human-readable outputs show."""
+
+    #: Regions per gallery (tiles: the image with the box drawn, and the zoomed region).
+    gallery_regions: Annotated[int, Field(ge=1, le=100)] = 12
+    #: Tiles per gallery row.
+    gallery_columns: Annotated[int, Field(ge=1, le=10)] = 3
+    #: Side of each tile panel, pixels.
+    tile_size: Annotated[int, Field(ge=48, le=512)] = 160
+    #: Galleries per baseline method (RaVL always gets one per kept cluster); 0: none.
+    baseline_galleries: Annotated[int, Field(ge=0)] = 1
+
+
+class AuditConfig(StrictModel):
+    """A shortcut audit of a fine-tuned model (``ravl-med audit``; see ``configs/audit.yaml``)."""
+
+    #: Registered backbone name (``ravl_med.models.list_backbones()``) or ``open_clip:<name>``.
+    backbone: str = "tiny-rn"
+    #: Fine-tuned weights (file, or a fine-tuning output folder) and their expected sha256.
+    checkpoint: Path | None = None
+    sha256: str | None = None
+    #: Labelled evaluation manifest (deployment distribution: the shortcut is not enforced).
+    manifest: Path | None = None
+    #: Manifest split to audit; ``None``: every row.
+    split: str | None = "test"
+    #: Class names, in zero-shot output order (rows whose labels are not among them are refused).
+    classes: list[str] = Field(min_length=1)
+    #: Prompt templates with one ``{}``; ``None``: ``CXR_TEMPLATES``.
+    templates: list[str] | None = None
+    #: Ingestion, including the candidate region grid (``ingest.regions``).
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    #: ``one_pass`` (RoIAlign on the feature map) or ``crop`` (crop and re-encode each region).
+    region_mode: Literal["one_pass", "crop"] = "one_pass"
+    #: Methods to run, RaVL first by convention; every method gets the same outputs.
+    methods: list[Literal["ravl", "random", "distilling_failures", "george", "domino"]] = Field(
+        default_factory=lambda: ["ravl"], min_length=1)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    output_dir: Path = Path("runs/audit")
+    #: Embedding cache (resumable); ``None``: ``output_dir/cache``.
+    cache_dir: Path | None = None
+    #: Images per forward pass (and per cache shard).
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    _one_slot = field_validator("templates")(classmethod(lambda cls, v: FinetuneConfig._one_slot(v)))
+    _distinct = field_validator("classes")(classmethod(lambda cls, v: FinetuneConfig._distinct(v)))
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("methods must be distinct")
+        return value
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """``cache_dir``, or ``output_dir/cache`` when unset."""
+        return Path(self.cache_dir) if self.cache_dir is not None else Path(self.output_dir) / "cache"

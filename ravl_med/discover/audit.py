@@ -1,0 +1,427 @@
+"""A shortcut audit of a fine-tuned model: RaVL stage 1 (and baselines) from a config to a report.
+
+:func:`run_audit` chains the pipeline: backbone + verified checkpoint -> the evaluation split of a
+manifest -> image and region embeddings (:func:`~ravl_med.models.embed.embed_dataset`, cached under
+``cache_dir`` so that a killed audit restarted with the same config computes only the missing
+batches) -> class text embeddings and zero-shot scores -> each discovery method -> ground-truth
+Precision@k when the manifest has it -> the outputs in ``output_dir``::
+
+    audit.json                    config, outcome, notes, per method the ranked clusters (tables, CIs,
+                                  influence, attribute), Precision@k; image keys only
+    report.html                   self-contained report for clinicians (galleries embedded)
+    clusters.csv                  the per-class tables of every cluster, flat
+    gallery-cluster-<rank>.png    RaVL: the top regions of each kept cluster
+    gallery-<method>-cluster-<rank>.png   baselines (``report.baseline_galleries`` per method)
+
+Ground truth (``evaluation.ground_truth: auto``): phantom manifests (column ``mask_artefact``) mark a
+region spurious when it overlaps the artefact mask (:func:`~ravl_med.discover.region_overlaps_mask`);
+the mask goes through the same ingestion steps as its image, so it lies in the ingested image's
+pixels, and the region boxes (model-input pixels) are scaled back by ingest size / model input size.
+Digits manifests (column ``square_quadrant``) mark the region whose centre lies in the square's
+quadrant (:func:`~ravl_med.discover.quadrant_is_spurious`; the images are square, so the letterbox is
+the identity).
+
+No output holds a file path of an image or a DICOM header field: images are named by their manifest
+keys (opaque hashes unless the manifest sets its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ravl_med import __version__
+from ravl_med.config import AuditConfig, ConfigError
+from ravl_med.data.atomic import atomic_path
+
+from ._base import BaseDiscoverer, scores_from_embeddings
+from .baselines import (
+    DistillingFailuresDiscoverer,
+    DominoDiscoverer,
+    GeorgeDiscoverer,
+    RandomDiscoverer,
+)
+from .metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
+from .ravl import RaVLDiscoverer
+from .report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
+
+__all__ = ["AuditResult", "build_discoverer", "ground_truth_regions", "run_audit"]
+
+logger = logging.getLogger(__name__)
+
+AUDIT_JSON, REPORT_HTML, CLUSTERS_CSV = "audit.json", "report.html", "clusters.csv"
+
+
+@dataclass
+class AuditResult:
+    """What :func:`run_audit` computed and wrote.
+
+    Attributes:
+        config: the config as run.
+        output_dir: where the files are.
+        embeddings: the :class:`~ravl_med.models.embed.EmbeddingSet` (boxes in model-input pixels).
+        text_embeddings: (C, D) class text embeddings.
+        image_scores, region_scores: (N, C) and (M, C) zero-shot probabilities.
+        discoverers: fitted discoverers by method name (config order).
+        region_is_spurious: (M,) ground truth per region, ``None`` without ground truth.
+        precision: Precision@k of each method's top cluster (empty without ground truth).
+        batches_computed, batches_reused: embedding batches computed in this run / read from the cache.
+        audit: the dict written to ``audit.json``.
+        files: output files by role (``json``, ``html``, ``csv``, ``galleries``).
+    """
+
+    config: AuditConfig
+    output_dir: Path
+    embeddings: object
+    text_embeddings: np.ndarray
+    image_scores: np.ndarray
+    region_scores: np.ndarray
+    discoverers: dict[str, BaseDiscoverer]
+    region_is_spurious: np.ndarray | None
+    precision: dict[str, float]
+    batches_computed: int
+    batches_reused: int
+    audit: dict
+    files: dict = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        """The method the summary is about (the first configured)."""
+        return next(iter(self.discoverers))
+
+    @property
+    def outcome(self) -> str:
+        """The primary method's outcome (one of ``ravl_med.discover.OUTCOMES``)."""
+        return self.discoverers[self.primary].outcome_
+
+    def summary_lines(self) -> list[str]:
+        """A short plain summary: the top finding, Precision@k per method, where the report is."""
+        disc = self.discoverers[self.primary]
+        lines = [f"{self.primary}: outcome {disc.outcome_}"]
+        if disc.ranked_clusters_:
+            top = disc.ranked_clusters_[0]
+            row = next((r for r in top.table if r.class_index == top.attribute), None)
+            detail = ""
+            if row is not None and row.acc_in is not None and row.acc_out is not None:
+                detail = (f": accuracy for {top.attribute_name} {row.acc_in:.0%} with the feature ({row.n_in} images) "
+                          f"vs {row.acc_out:.0%} without ({row.n_out} images)")
+            lines.append(f"top finding: cluster 1 ({top.n_regions} regions, {top.n_images} images) tied to "
+                         f"'{top.attribute_name}'{detail}; influence "
+                         f"{'n/a' if top.influence is None else f'{top.influence:.2f}'}; "
+                         f"{len(disc.ranked_clusters_)} cluster(s) kept")
+        else:
+            lines.append("nothing found: " + (disc.notes_[-1] if disc.notes_ else "no cluster kept"))
+        if self.precision:
+            k = self.config.evaluation.precision_k
+            lines.append(f"Precision@{k}: " + ", ".join(f"{m} {p:.2f}" for m, p in self.precision.items()))
+        lines.append(f"report: {self.files.get('html')}")
+        return lines
+
+
+# --------------------------------------------------------------------------------------------- #
+# Pieces
+
+
+def build_discoverer(method: str, config: AuditConfig) -> BaseDiscoverer:
+    """The discoverer of ``method`` with the audit's parameters (seed, bootstrap, listed regions)."""
+    d = config.discovery
+    common = {"n_boot": d.n_boot, "n_top_regions": d.n_top_regions, "random_state": config.seed}
+    if method == "ravl":
+        return RaVLDiscoverer(
+            temperature=d.temperature, k_range=tuple(d.k_range), k_range_inclusive=d.k_range_inclusive,
+            influence_threshold=d.influence_threshold, min_silhouette=d.min_silhouette,
+            exact_max_regions=d.exact_max_regions, clara_samples=d.clara_samples,
+            clara_sample_size=d.clara_sample_size, silhouette_sample_size=d.silhouette_sample_size,
+            n_jobs=d.n_jobs, **common)
+    baselines = {"random": RandomDiscoverer, "distilling_failures": DistillingFailuresDiscoverer,
+                 "george": GeorgeDiscoverer, "domino": DominoDiscoverer}
+    if method not in baselines:
+        raise ConfigError(f"methods: unknown method {method!r}; allowed: ravl, {', '.join(baselines)}")
+    return baselines[method](**common)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA device is available")
+    return device
+
+
+def _load_model(config: AuditConfig, device: str):
+    """(model, preprocess, tokenizer, sha256 or None, notes); checkpoint problems become ConfigError."""
+    from ravl_med.models import create_backbone
+    from ravl_med.models.weights import WeightsError, file_sha256, resolve_checkpoint
+
+    notes = []
+    digest = config.sha256
+    try:
+        if config.checkpoint is not None:
+            path = resolve_checkpoint(config.checkpoint)
+            if digest is None:
+                digest = file_sha256(path)
+                notes.append("no sha256 given for the checkpoint: its weights were not checked against an expected "
+                             f"digest (their sha256 is {digest}).")
+        else:
+            notes.append("no checkpoint given: the backbone's initial weights were audited.")
+        model, preprocess, tokenizer = create_backbone(config.backbone, checkpoint=config.checkpoint,
+                                                       sha256=config.sha256, device=device)
+    except (WeightsError, FileNotFoundError, KeyError, ValueError) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(f"checkpoint/backbone: {message}") from None
+    return model, preprocess, tokenizer, digest, notes
+
+
+def _mask_path(value: str, root: Path) -> Path | None:
+    value = str(value or "").strip()
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: int) -> tuple[np.ndarray | None, dict | None]:
+    """Which regions hold the planted feature, from the manifest's masks or quadrant labels.
+
+    Args:
+        config: the audit config (``evaluation`` and ``ingest``).
+        dataset: the audited :class:`~ravl_med.data.dataset.RadiographDataset` (its ``table``).
+        embeddings: the :class:`EmbeddingSet`; its boxes are in model-input pixels.
+        model_side: the model input side N (``preprocess.image_size``).
+
+    Returns:
+        ``(region_is_spurious (M,) bool, info)`` or ``(None, None)`` when there is no ground truth.
+    """
+    evaluation = config.evaluation
+    table = dataset.table
+    kind = evaluation.ground_truth
+    if kind == "auto":
+        kind = "mask" if "mask_artefact" in table.columns else "quadrant" if "square_quadrant" in table.columns else "none"
+    if kind == "none":
+        return None, None
+    column = {"mask": "mask_artefact", "quadrant": "square_quadrant"}[kind]
+    if column not in table.columns:
+        raise ConfigError(f"evaluation.ground_truth: {kind!r} needs a {column!r} column in the manifest")
+    side = config.ingest.image_size
+    # embed_dataset scaled the ingested boxes by N / S; undo it to reach the ingested image's pixels.
+    boxes = np.asarray(embeddings.region_boxes, dtype=np.float64) * (side / float(model_side))
+    if kind == "quadrant":
+        square = np.array([int(float(v)) if str(v).strip() not in ("", "nan") else -1 for v in table[column]])
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        quadrant = (cy >= side / 2).astype(np.int64) * 2 + (cx >= side / 2).astype(np.int64)
+        truth = quadrant_is_spurious(quadrant, embeddings.region_image, square)
+        info = {"kind": "quadrant", "rule": "region centre in the square's quadrant"}
+    else:
+        from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+
+        transform = ingest_transforms(config.ingest, mask_keys=("mask",), regions=False)
+        root = Path(config.manifest).resolve().parent
+        masks: list[np.ndarray | None] = []
+        for _, row in table.iterrows():
+            path = _mask_path(row[column], root)
+            if path is None:
+                masks.append(None)
+                continue
+            if not path.is_file():
+                raise ConfigError(f"evaluation: artefact mask of image {row['key']} not found (column {column})")
+            sample = run_ingest_transforms(transform, {"image": row["path"], "mask": str(path)})
+            mask = np.asarray(sample["mask"])
+            masks.append(mask.reshape(mask.shape[-2:]) > 0)
+        truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=evaluation.overlap_rule,
+                                     threshold=evaluation.overlap_threshold)
+        info = {"kind": "mask", "rule": evaluation.overlap_rule, "threshold": evaluation.overlap_threshold,
+                "images_with_feature": int(sum(m is not None for m in masks))}
+    info.update(k=evaluation.precision_k, n_spurious_regions=int(truth.sum()))
+    return truth, info
+
+
+# --------------------------------------------------------------------------------------------- #
+# The audit
+
+
+def _shards(cache_dir: Path) -> set[Path]:
+    return set(cache_dir.glob("*/shard-*.npz")) if cache_dir.is_dir() else set()
+
+
+def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
+    """Runs a shortcut audit and writes its outputs (see the module docstring).
+
+    Args:
+        config: the audit config (``manifest`` must be set).
+        progress: show progress bars.
+
+    Returns:
+        the :class:`AuditResult`.
+
+    Raises:
+        ConfigError: unusable input (no manifest, bad checkpoint, empty split, missing masks).
+        IngestError: an image of the split cannot be read (check the manifest with ``ravl-med validate``).
+    """
+    import torch
+
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.data.manifest import Manifest
+    from ravl_med.models.embed import embed_dataset
+    from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+
+    if config.manifest is None:
+        raise ConfigError("manifest: no manifest given (set it or pass --manifest)")
+    if not Path(config.manifest).is_file():
+        raise ConfigError(f"manifest not found: {config.manifest}")
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    device = _resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model, preprocess, tokenizer, digest, model_notes = _load_model(config, device)
+    notes += model_notes
+
+    manifest = Manifest.read(config.manifest, classes=config.classes)
+    if manifest.problems:
+        reasons: dict[str, int] = {}
+        for problem in manifest.problems:
+            reasons[problem.reason] = reasons.get(problem.reason, 0) + 1
+        notes.append(f"{len(manifest.problems)} manifest row(s) refused and not audited: "
+                     + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ".")
+    dataset = RadiographDataset(manifest, config.ingest, config.classes, split=config.split)
+    if len(dataset) == 0:
+        raise ConfigError(f"{config.manifest}: no usable rows in split {config.split!r}")
+
+    cache_dir = config.resolved_cache_dir
+    before = _shards(cache_dir)
+    embeddings = embed_dataset(model, preprocess, dataset, mode=config.region_mode, batch_size=config.batch_size,
+                               device=device, cache_dir=cache_dir, progress=progress, precision=config.precision,
+                               fingerprint=digest)
+    n_batches = -(-len(dataset) // config.batch_size)
+    computed = len({p for p in _shards(cache_dir) if p.parent.name == embeddings.fingerprint} - before)
+    templates = list(config.templates) if config.templates else list(CXR_TEMPLATES)
+    with torch.no_grad():
+        text = class_text_embeddings(model, tokenizer, config.classes, templates, device=device).float().cpu().numpy()
+    temperature = config.discovery.temperature
+    image_scores = scores_from_embeddings(embeddings.image_embeddings, text, temperature)
+    region_scores = scores_from_embeddings(embeddings.region_embeddings, text, temperature)
+    labels = np.asarray(embeddings.labels, dtype=np.int64)
+
+    truth, truth_info = ground_truth_regions(config, dataset, embeddings, preprocess.image_size)
+    if truth_info is not None and truth_info["n_spurious_regions"] == 0:
+        notes.append("the ground truth marks no region as holding the planted feature: Precision@k is 0 for every "
+                     "method.")
+
+    discoverers: dict[str, BaseDiscoverer] = {}
+    precision: dict[str, float] = {}
+    for method in config.methods:
+        disc = build_discoverer(method, config)
+        try:
+            disc.fit(embeddings.region_embeddings, embeddings.region_image, labels, image_scores, region_scores,
+                     class_names=config.classes, image_embeddings=embeddings.image_embeddings)
+        except (ValueError, np.linalg.LinAlgError) as err:
+            if method == "ravl":
+                raise
+            # A baseline that cannot run on this data must not cost the user the RaVL result.
+            logger.warning("%s failed: %s", method, err)
+            disc.ranked_clusters_, disc.ranked_regions_ = [], []
+            disc.outcome_ = "no_selection"
+            disc.notes_ = [*getattr(disc, "notes_", []), f"{method} could not run on this data: {err}"]
+        discoverers[method] = disc
+        if truth is not None:
+            precision[method] = precision_at_k(disc.top_ranked_regions(), truth, config.evaluation.precision_k)
+
+    result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
+                         image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
+                         region_is_spurious=truth, precision=precision, batches_computed=computed,
+                         batches_reused=n_batches - computed, audit={})
+    _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- #
+# Outputs
+
+
+def _gallery_name(method: str, rank: int, primary: str) -> str:
+    return f"gallery-cluster-{rank}.png" if method == primary else f"gallery-{method}-cluster-{rank}.png"
+
+
+def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | None, notes: list[str],
+                   truth_info: dict | None) -> None:
+    config, emb, out = result.config, result.embeddings, result.output_dir
+    classes = list(config.classes)
+    labels = np.asarray(emb.labels, dtype=np.int64)
+    predicted = result.image_scores.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
+    scale = config.ingest.image_size / float(model_side)
+    images: dict[int, np.ndarray] = {}
+
+    def image_of(i: int) -> np.ndarray:
+        if i not in images:
+            images[i] = np.asarray(dataset[i]["image"], dtype=np.float32)[0]
+        return images[i]
+
+    k = config.evaluation.precision_k
+    n_gallery = config.report.gallery_regions
+    primary = next(iter(result.discoverers))
+    methods: dict[str, dict] = {}
+    galleries: dict[tuple[str, int], Path] = {}
+    for name, disc in result.discoverers.items():
+        entry = disc.to_dict()
+        entry["precision_at_k"] = result.precision.get(name)
+        limit = len(disc.ranked_clusters_) if name == primary else config.report.baseline_galleries
+        for cluster, regions in zip(entry["ranked_clusters"], disc.ranked_regions_):
+            if result.region_is_spurious is not None:
+                cluster["precision_at_k"] = precision_at_k(regions, result.region_is_spurious, k)
+            shown = [int(r) for r in regions[:n_gallery]]
+            cluster["n_gallery"] = len(shown)
+            cluster["gallery_regions"] = [{
+                "region": r, "image_key": str(emb.keys[emb.region_image[r]]),
+                "label": classes[labels[emb.region_image[r]]], "predicted": classes[predicted[emb.region_image[r]]],
+                "box_model_px": [round(float(v), 2) for v in emb.region_boxes[r]],
+                "spurious": None if result.region_is_spurious is None else bool(result.region_is_spurious[r]),
+            } for r in shown]
+            cluster["gallery"] = None
+            if cluster["rank"] <= limit and shown:
+                tiles = [GalleryTile(image_of(int(emb.region_image[r])), emb.region_boxes[r] * scale,
+                                     f"{j + 1}. {d['image_key'][:8]} {d['label']} (model: {d['predicted']})")
+                         for j, (r, d) in enumerate(zip(shown, cluster["gallery_regions"]))]
+                path = render_gallery(tiles, out / _gallery_name(name, cluster["rank"], primary),
+                                      columns=config.report.gallery_columns, tile_size=config.report.tile_size)
+                cluster["gallery"] = path.name
+                galleries[(name, cluster["rank"])] = path
+        methods[name] = entry
+
+    counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), dtype=np.int64)
+    per_class_acc = {c: (float(np.mean(predicted[labels == y] == y)) if counts[y] else None)
+                     for y, c in enumerate(classes)}
+    audit = {
+        "version": __version__,
+        "config": config.model_dump(mode="json"),
+        "model": {"backbone": config.backbone, "sha256": digest, "input_size": int(model_side)},
+        "primary_method": primary,
+        "outcome": result.discoverers[primary].outcome_,
+        "notes": notes + [f"{primary}: {n}" for n in result.discoverers[primary].notes_],
+        "dataset": {
+            "split": config.split, "n_images": len(labels), "n_regions": len(emb.region_image),
+            "classes": classes, "images_per_class": {c: int(counts[y]) for y, c in enumerate(classes)},
+            "image_keys": [str(k_) for k_ in emb.keys],
+        },
+        "embedding": {"fingerprint": emb.fingerprint, "batches_computed": result.batches_computed,
+                      "batches_reused": result.batches_reused, "cache_dir": str(config.resolved_cache_dir)},
+        "zero_shot": {"temperature": config.discovery.temperature,
+                      "accuracy": float(np.mean(predicted == labels)) if len(labels) else None,
+                      "accuracy_per_class": per_class_acc},
+        "ground_truth": truth_info,
+        "methods": methods,
+    }
+    files = {"json": out / AUDIT_JSON, "html": out / REPORT_HTML, "csv": out / CLUSTERS_CSV,
+             "galleries": sorted(galleries.values())}
+    audit["files"] = {"json": AUDIT_JSON, "html": REPORT_HTML, "csv": CLUSTERS_CSV,
+                      "galleries": [p.name for p in files["galleries"]]}
+    with atomic_path(files["json"]) as tmp:
+        tmp.write_text(json.dumps(audit, indent=2, allow_nan=False) + "\n")
+    write_clusters_csv(audit, files["csv"])
+    write_report_html(audit, galleries, files["html"])
+    result.audit, result.files = audit, files

@@ -1,0 +1,376 @@
+"""Human-readable audit outputs: region galleries (PNG), the self-contained HTML report, the flat CSV.
+
+Everything here works from the audit's JSON-ready dict (see :func:`ravl_med.discover.audit.run_audit`)
+plus the pixels of the gallery images, so the report shows exactly what ``audit.json`` holds. Images
+are referred to by their opaque manifest keys only; no path or DICOM header field is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ravl_med.data.atomic import atomic_path
+
+__all__ = [
+    "BASELINE_FOUND_TEXT",
+    "OUTCOME_TEXT",
+    "GalleryTile",
+    "gallery_size",
+    "render_gallery",
+    "write_clusters_csv",
+    "write_report_html",
+]
+
+#: Plain-words meaning of each discovery outcome, for people who read the report.
+OUTCOME_TEXT = {
+    "found": "At least one image feature was found that the model ties to a class: it raises accuracy for "
+             "that class and lowers it for another.",
+    "no_structure": "The region embeddings showed no cluster structure (no number of clusters gave a positive "
+                    "silhouette), so no image feature could be singled out. This is a legitimate result; it does "
+                    "not prove that the model is free of shortcuts.",
+    "no_candidate": "No group of similar image regions helped one class while hurting another: no spurious "
+                    "correlation was found with these images and classes.",
+    "no_influential": "Some groups of image regions helped one class and hurt another, but none of them drove the "
+                      "wrong predictions often enough to pass the influence threshold: nothing is reported as a "
+                      "shortcut.",
+    "too_few_regions": "There were too few image regions to cluster: nothing could be analysed.",
+    "no_selection": "The method selected no group of images.",
+}
+
+#: A baseline's "found" only means that it ranked groups; it applies no gap or influence filter.
+BASELINE_FOUND_TEXT = ("This baseline ranked groups of regions. It does not test whether a group raises accuracy for "
+                       "one class and lowers it for another; read the tables before drawing conclusions.")
+
+_CAPTION_HEIGHT = 14
+_PAD = 6
+_BOX_COLOUR = (230, 30, 30)
+
+
+@dataclass
+class GalleryTile:
+    """One gallery tile: a whole image with a region box, and a caption.
+
+    Attributes:
+        image: (H, W) float array in [0, 1] (the ingested, model-ready image) or (H, W, 3) uint8.
+        box: (x0, y0, x1, y1) in pixels of ``image`` (exclusive ends).
+        caption: short text under the tile (rank, opaque key prefix, label / prediction).
+    """
+
+    image: np.ndarray
+    box: Sequence[float]
+    caption: str
+
+
+def gallery_size(n_tiles: int, columns: int = 3, tile_size: int = 160) -> tuple[int, int]:
+    """(width, height) in pixels of a gallery of ``n_tiles`` tiles (see :func:`render_gallery`)."""
+    n_tiles = max(int(n_tiles), 1)
+    cols = min(columns, n_tiles)
+    rows = math.ceil(n_tiles / cols)
+    tile_w = 2 * tile_size + 3 * _PAD
+    tile_h = tile_size + _CAPTION_HEIGHT + 2 * _PAD
+    return cols * tile_w, rows * tile_h
+
+
+def _to_rgb(image: np.ndarray) -> Image.Image:
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int = 3, tile_size: int = 160) -> Path:
+    """Writes a PNG grid of tiles: left the whole image (thumbnail) with the box drawn, right the region zoomed.
+
+    Args:
+        tiles: the regions to show, best first (an empty list gives a blank one-tile image).
+        path: destination PNG (written atomically).
+        columns: tiles per row.
+        tile_size: side of each panel, pixels.
+
+    Returns:
+        the path. Its size is :func:`gallery_size` ``(len(tiles), columns, tile_size)``.
+    """
+    width, height = gallery_size(len(tiles), columns, tile_size)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=12)  # Pillow >= 10.1: a scalable font, easier to read
+    except TypeError:
+        font = ImageFont.load_default()
+    cols = min(columns, max(len(tiles), 1))
+    tile_w = 2 * tile_size + 3 * _PAD
+    tile_h = tile_size + _CAPTION_HEIGHT + 2 * _PAD
+    for i, tile in enumerate(tiles):
+        ox, oy = (i % cols) * tile_w, (i // cols) * tile_h
+        image = _to_rgb(tile.image)
+        w, h = image.size
+        x0, y0, x1, y1 = (float(v) for v in tile.box)
+        x0, x1 = max(0.0, min(x0, w)), max(0.0, min(x1, w))
+        y0, y1 = max(0.0, min(y0, h)), max(0.0, min(y1, h))
+        # Thumbnail: the whole image scaled to the panel, box drawn at the thumbnail's scale.
+        scale = tile_size / max(w, h)
+        thumb = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+        canvas.paste(thumb, (ox + _PAD, oy + _PAD))
+        draw.rectangle([ox + _PAD + x0 * scale, oy + _PAD + y0 * scale,
+                        ox + _PAD + max(x0 * scale, x1 * scale - 1), oy + _PAD + max(y0 * scale, y1 * scale - 1)],
+                       outline=_BOX_COLOUR, width=2)
+        # Zoom: the region itself, nearest-neighbour so that small features keep their edges.
+        crop_box = (math.floor(x0), math.floor(y0), max(math.ceil(x1), math.floor(x0) + 1),
+                    max(math.ceil(y1), math.floor(y0) + 1))
+        crop = image.crop(crop_box)
+        cw, ch = crop.size
+        zoom = tile_size / max(cw, ch)
+        crop = crop.resize((max(1, round(cw * zoom)), max(1, round(ch * zoom))), Image.Resampling.NEAREST)
+        zx = ox + 2 * _PAD + tile_size
+        canvas.paste(crop, (zx, oy + _PAD))
+        draw.rectangle([zx, oy + _PAD, zx + crop.size[0] - 1, oy + _PAD + crop.size[1] - 1], outline=_BOX_COLOUR)
+        draw.text((ox + _PAD, oy + _PAD + tile_size + 2), tile.caption[: 2 * tile_size // 6], fill=(0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- #
+# CSV
+
+
+CSV_COLUMNS = (
+    "method", "rank", "cluster", "attribute", "score", "gap_score", "influence", "n_regions", "n_images",
+    "precision_at_k", "class", "n_in", "n_out", "acc_in", "acc_in_low", "acc_in_high", "acc_out", "acc_out_low",
+    "acc_out_high", "gap", "gap_low", "gap_high", "class_influence", "skipped",
+)
+
+
+def _ci(value, index: int):
+    return None if value is None else value[index]
+
+
+def write_clusters_csv(audit: dict, path: str | Path) -> Path:
+    """One row per (method, ranked cluster, class): the per-class tables of every method, flat."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for name, method in audit["methods"].items():
+            for cluster in method["ranked_clusters"]:
+                for row in cluster["table"]:
+                    writer.writerow({
+                        "method": name, "rank": cluster["rank"], "cluster": cluster["cluster"],
+                        "attribute": cluster["attribute_name"], "score": cluster["score"],
+                        "gap_score": cluster["gap_score"], "influence": cluster["influence"],
+                        "n_regions": cluster["n_regions"], "n_images": cluster["n_images"],
+                        "precision_at_k": cluster.get("precision_at_k"), "class": row["class_name"],
+                        "n_in": row["n_in"], "n_out": row["n_out"], "acc_in": row["acc_in"],
+                        "acc_in_low": _ci(row["acc_in_ci"], 0), "acc_in_high": _ci(row["acc_in_ci"], 1),
+                        "acc_out": row["acc_out"], "acc_out_low": _ci(row["acc_out_ci"], 0),
+                        "acc_out_high": _ci(row["acc_out_ci"], 1), "gap": row["gap"],
+                        "gap_low": _ci(row["gap_ci"], 0), "gap_high": _ci(row["gap_ci"], 1),
+                        "class_influence": row["influence"], "skipped": row["skipped"],
+                    })
+    return path
+
+
+# --------------------------------------------------------------------------------------------- #
+# HTML
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#1a1a1a;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{margin-top:1.6em} .meta{color:#555;font-size:.9em}
+.summary{background:#f4f7fb;border-left:4px solid #2d6cdf;padding:.8em 1.2em;margin:1em 0}
+.finding{background:#fff6f0;border-left:4px solid #e06c1e;padding:.6em 1.2em;margin:.8em 0}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:right} th{background:#eee} td.l,th.l{text-align:left} .hurt{color:#b00020} .help{color:#006b2b}
+.muted{color:#777} img.gallery{max-width:100%;border:1px solid #ddd} ul.notes li{margin:.2em 0}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _pct_ci(value, ci) -> str:
+    if value is None:
+        return "n/a"
+    if ci is None:
+        return _pct(value)
+    return f"{_pct(value)} <span class='muted'>({100 * ci[0]:.0f}&ndash;{100 * ci[1]:.0f})</span>"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _cluster_sentence(cluster: dict) -> str:
+    """Plain words: which class the feature is tied to, how strongly, on how many images."""
+    rows = cluster["table"]
+    attribute = cluster["attribute_name"]
+    helped = next((r for r in rows if r["class_name"] == attribute), None)
+    hurt = [r for r in rows if r["gap"] is not None and r["gap"] < 0]
+    if attribute is None:
+        return (f"Cluster {cluster['rank']} ({cluster['n_regions']} regions in {cluster['n_images']} images) cannot "
+                "be tied to a class: for every class, either all or none of its images have a region in it.")
+    parts = [(f"The feature in cluster {cluster['rank']} ({cluster['n_regions']} regions in "
+             f"{cluster['n_images']} images) is tied to <b>{_e(attribute)}</b>.")]
+    if helped is not None and helped["acc_in"] is not None and helped["acc_out"] is not None:
+        parts.append(
+            f"Images of {_e(attribute)} that contain it are classified correctly {_pct(helped['acc_in'])} of the time "
+            f"({helped['n_in']} images) against {_pct(helped['acc_out'])} for those without it "
+            f"({helped['n_out']} images).")
+    for row in hurt:
+        parts.append(
+            f"For <b>{_e(row['class_name'])}</b> the feature goes with lower accuracy: {_pct(row['acc_in'])} with it "
+            f"({row['n_in']} images) against {_pct(row['acc_out'])} without ({row['n_out']} images).")
+    if cluster.get("influence") is not None:
+        parts.append(
+            f"Influence {_pct(cluster['influence'])}: of the misclassified images of a hurt class that contain the "
+            "feature, this share had it as the region that most favoured the wrong answer.")
+    return " ".join(parts)
+
+
+def _class_table(cluster: dict) -> str:
+    head = ("<tr><th class='l'>class</th><th>images with feature</th><th>accuracy with (95% CI)</th>"
+            "<th>images without</th><th>accuracy without (95% CI)</th><th>weighted gap (95% CI)</th>"
+            "<th>influence</th><th class='l'>note</th></tr>")
+    body = []
+    for row in cluster["table"]:
+        gap = row["gap"]
+        css = "" if gap is None else ("help" if gap > 0 else "hurt" if gap < 0 else "")
+        gap_text = "n/a" if gap is None else (
+            f"{gap:+.3f}" + ("" if row["gap_ci"] is None else
+                             f" <span class='muted'>({row['gap_ci'][0]:+.3f} to {row['gap_ci'][1]:+.3f})</span>"))
+        body.append(
+            f"<tr><td class='l'>{_e(row['class_name'])}</td><td>{row['n_in']}</td>"
+            f"<td>{_pct_ci(row['acc_in'], row['acc_in_ci'])}</td><td>{row['n_out']}</td>"
+            f"<td>{_pct_ci(row['acc_out'], row['acc_out_ci'])}</td><td class='{css}'>{gap_text}</td>"
+            f"<td>{_pct(row['influence'])}</td><td class='l'>{_e(row['skipped'])}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
+    meaning = OUTCOME_TEXT.get(method["outcome"], "")
+    if method["outcome"] == "found" and method["method"] != "RaVLDiscoverer":
+        meaning = BASELINE_FOUND_TEXT
+    out = [f"<h2 id='method-{_e(name)}'>{_e(name)} <span class='meta'>({_e(method['method'])})</span></h2>",
+           f"<p><b>Outcome:</b> {_e(method['outcome'])} &mdash; {_e(meaning)}</p>"]
+    if method.get("precision_at_k") is not None:
+        out.append(f"<p><b>Precision@{k}</b> against the ground truth: {method['precision_at_k']:.2f} "
+                   f"(top-ranked cluster).</p>")
+    if method["notes"]:
+        out.append("<ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in method["notes"]) + "</ul>")
+    for cluster in method["ranked_clusters"]:
+        tied = ("not tied to a class" if cluster["attribute_name"] is None
+                else f"tied to &ldquo;{_e(cluster['attribute_name'])}&rdquo;")
+        out.append(f"<h3>{_e(name)} cluster {cluster['rank']}: {tied}</h3>")
+        extras = [f"ranking score {_num(cluster['score'])}", f"sum of |gaps| G {_num(cluster['gap_score'])}",
+                  f"influence {_pct(cluster['influence'])}", f"{cluster['n_regions']} regions",
+                  f"{cluster['n_images']} images"]
+        if cluster.get("precision_at_k") is not None:
+            extras.append(f"Precision@{k} {cluster['precision_at_k']:.2f}")
+        out.append(f"<p class='meta'>{' &middot; '.join(extras)}</p>")
+        out.append(f"<p>{_cluster_sentence(cluster)}</p>")
+        out.append(_class_table(cluster))
+        gallery = galleries.get((name, cluster["rank"]))
+        if gallery is not None:
+            out.append(f"<p class='meta'>The {cluster.get('n_gallery', '')} regions most typical of this cluster: "
+                       "left, the whole image with the region boxed in red; right, the region enlarged.</p>")
+            out.append(f"<img class='gallery' alt='regions of {_e(name)} cluster {cluster['rank']}' "
+                       f"src='{_png_data_uri(gallery)}'>")
+    return "\n".join(out)
+
+
+def _summary(audit: dict) -> str:
+    primary_name = audit["primary_method"]
+    primary = audit["methods"][primary_name]
+    data = audit["dataset"]
+    lines = [(f"<p>{data['n_images']} images of the <b>{_e(data['split'] or 'whole')}</b> split were audited "
+             f"({', '.join(f'{_e(c)}: {n}' for c, n in data['images_per_class'].items())}), "
+             f"{data['n_regions']} candidate regions in all. Zero-shot accuracy of the model on them: "
+             f"{_pct(audit['zero_shot']['accuracy'])}.</p>")]
+    lines.append(f"<p><b>Result ({_e(primary_name)}):</b> {_e(OUTCOME_TEXT.get(primary['outcome'], primary['outcome']))}</p>")
+    if primary["ranked_clusters"]:
+        for cluster in primary["ranked_clusters"][:3]:
+            lines.append(f"<div class='finding'>{_cluster_sentence(cluster)}</div>")
+        more = len(primary["ranked_clusters"]) - 3
+        if more > 0:
+            lines.append(f"<p>{more} more cluster(s) are listed below.</p>")
+        lines.append(
+            "<p>How to read this: <i>accuracy with the feature</i> is the share of images of a class, among those "
+            "with at least one region in the cluster, that the model classifies correctly; <i>without</i> is the same "
+            "for images of the class with no such region. A feature that is not part of the disease (a device, a "
+            "marker, text, a positioning aid) but raises accuracy for one class and lowers it for another is a "
+            "shortcut: check the galleries to see what it is. The 95% intervals come from a bootstrap; wide "
+            "intervals mean few images.</p>")
+    else:
+        lines.append("<p>No cluster is reported. The notes below say why.</p>")
+    if audit.get("ground_truth"):
+        gt = audit["ground_truth"]
+        rows = "".join(
+            f"<tr><td class='l'>{_e(n)}</td><td class='l'>{_e(m['outcome'])}</td>"
+            f"<td>{_num(m.get('precision_at_k'), 2)}</td></tr>" for n, m in audit["methods"].items())
+        lines.append(f"<p>Ground truth ({_e(gt['kind'])}, {gt['n_spurious_regions']} of {data['n_regions']} regions "
+                     f"hold the planted feature):</p><table><tr><th class='l'>method</th><th class='l'>outcome</th>"
+                     f"<th>Precision@{gt['k']}</th></tr>{rows}</table>")
+    if audit["notes"]:
+        lines.append("<p>Notes:</p><ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in audit["notes"]) + "</ul>")
+    return "<div class='summary'><h2 style='margin-top:0;border:0'>Summary</h2>" + "\n".join(lines) + "</div>"
+
+
+def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
+    """Writes the self-contained HTML report (galleries embedded as data URIs; no external resource).
+
+    Args:
+        audit: the audit dict (as written to ``audit.json``).
+        galleries: ``{(method, rank): PNG path}``.
+        path: destination file.
+    """
+    model = audit["model"]
+    k = audit["config"]["evaluation"]["precision_k"]
+    sections = [_method_section(name, method, galleries, k) for name, method in audit["methods"].items()]
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Shortcut audit: {_e(model['backbone'])}</title><style>{_STYLE}</style></head>
+<body>
+<h1>Shortcut audit of a chest X-ray vision-language model</h1>
+<p class="meta">Backbone {_e(model['backbone'])} &middot; weights sha256 {_e(model['sha256'] or 'not given')}
+&middot; classes {_e(', '.join(audit['dataset']['classes']))} &middot; region mode {_e(audit['config']['region_mode'])}
+&middot; ravl-med {_e(audit['version'])}</p>
+{_summary(audit)}
+{''.join(sections)}
+<h2>About this report</h2>
+<p class="meta">Method: RaVL stage 1 (Varma et al., NeurIPS 2024): candidate image regions are embedded with the
+model, clustered, and each cluster is scored by how much it raises accuracy for one class and lowers it for
+another (weighted gap) and by how often it is the region that drove a wrong prediction (influence). Images are
+named by opaque keys only; the report holds no patient identifiers. The same content is in audit.json and
+clusters.csv.</p>
+</body></html>
+"""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(document, encoding="utf-8")
+    return path

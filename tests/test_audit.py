@@ -1,0 +1,303 @@
+"""The audit pipeline (``run_audit``, ``ravl-med audit``): outputs, cache, ground truth, PHI, exit codes.
+
+A random-initialised ``tiny-rn`` saved as a checkpoint is enough for the structure checks here; the
+end-to-end Precision@10 tests on models that learned a shortcut use ``tests/shortcut_fixtures.py``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ravl_med.cli import main
+from ravl_med.config import AuditConfig, IngestConfig, RegionConfig
+from ravl_med.data.dataset import RadiographDataset
+from ravl_med.data.manifest import Manifest
+from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.data.phantom.digits import QUADRANT_BOXES, write_digits
+from ravl_med.discover.audit import build_discoverer, run_audit
+from ravl_med.discover.report import (
+    OUTCOME_TEXT,
+    GalleryTile,
+    gallery_size,
+    render_gallery,
+)
+from ravl_med.models import create_backbone, save_checkpoint
+from ravl_med.models import embed as embed_module
+
+CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
+N_TEST = 24
+IMAGE_SIZE = 64  # ingest size; tiny-rn's input is 128, so boxes are scaled by 2 on the way in
+PHI = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN0098765", "AccessionNumber": "ACC55501",
+       "PatientBirthDate": "19470312", "InstitutionName": "St Elsewhere General"}
+_EMBED_BATCH = embed_module._embed_batch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """A small phantom setting (test split only) with patient identifiers written into one DICOM."""
+    setting = PhantomSetting(name="audit", artefact="chest_drain", spurious_class="pneumothorax", strength=0.0,
+                             n_train=2, n_val=0, n_test=N_TEST, image_size=IMAGE_SIZE, classes=CLASSES)
+    manifest = write_setting(setting, tmp_path_factory.mktemp("phantom"), progress=False).manifest
+    first = Manifest.read(manifest).table.query("split == 'test'").iloc[0]["path"]
+    ds = pydicom.dcmread(first)
+    for name, value in PHI.items():
+        setattr(ds, name, value)
+    ds.save_as(first)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model, _, _ = create_backbone("tiny-rn")
+    folder = tmp_path_factory.mktemp("finetuned")
+    sha = save_checkpoint(model, folder / "model.safetensors")
+    return folder, sha
+
+
+def _config(phantom, checkpoint, out, **overrides) -> AuditConfig:
+    values = {"checkpoint": checkpoint[0], "sha256": checkpoint[1], "manifest": phantom, "classes": CLASSES,
+                  "ingest": IngestConfig(image_size=IMAGE_SIZE), "methods": ["ravl", "random", "george"],
+                  "discovery": {"n_boot": 100}, "output_dir": out, "batch_size": 8, "device": "cpu", "precision": "fp32"}
+    values.update(overrides)
+    return AuditConfig(**values)
+
+
+class CountingEmbed:
+    """Wraps ``embed._embed_batch``: counts calls, optionally raises after ``fail_after`` (a kill)."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def __call__(self, *args, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        return _EMBED_BATCH(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def audited(phantom, checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    return run_audit(_config(phantom, checkpoint, out), progress=False)
+
+
+def _all_output_bytes(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_outputs_written(audited):
+    out = audited.output_dir
+    for name in ("audit.json", "report.html", "clusters.csv"):
+        assert (out / name).is_file(), name
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["outcome"] == audited.outcome
+    assert list(audit["methods"]) == ["ravl", "random", "george"]
+    ravl = audited.discoverers["ravl"]
+    for cluster in ravl.ranked_clusters_:  # one gallery per kept RaVL cluster
+        assert (out / f"gallery-cluster-{cluster.rank}.png").is_file()
+    # The random baseline always ranks one group: its gallery is there, with the documented size.
+    random_cluster = audit["methods"]["random"]["ranked_clusters"][0]
+    assert random_cluster["gallery"] == "gallery-random-cluster-1.png"
+    with Image.open(out / random_cluster["gallery"]) as png:
+        assert png.size == gallery_size(12, 3, 160)
+    assert len(random_cluster["gallery_regions"]) == 12
+    rows = (out / "clusters.csv").read_text().splitlines()
+    n_clusters = sum(len(m["ranked_clusters"]) for m in audit["methods"].values())
+    assert len(rows) == 1 + n_clusters * len(CLASSES)
+
+
+def test_json_matches_estimator(audited):
+    """audit.json holds exactly what the discoverer computes from the audit's own inputs."""
+    emb = audited.embeddings
+    audit = json.loads((audited.output_dir / "audit.json").read_text())
+    for method in ("ravl", "random", "george"):
+        disc = build_discoverer(method, audited.config).fit(
+            emb.region_embeddings, emb.region_image, emb.labels, audited.image_scores, audited.region_scores,
+            class_names=CLASSES, image_embeddings=emb.image_embeddings)
+        expected = disc.to_dict()
+        written = audit["methods"][method]
+        for key in ("outcome", "notes", "params", "n_classes", "class_names"):
+            assert written[key] == expected[key], (method, key)
+        added = {"precision_at_k", "n_gallery", "gallery_regions", "gallery"}
+        got = [{k: v for k, v in c.items() if k not in added} for c in written["ranked_clusters"]]
+        assert got == expected["ranked_clusters"], method
+    # Zero-shot scores agree with the image predictions reported.
+    predicted = audited.image_scores.argmax(1)
+    assert audit["zero_shot"]["accuracy"] == pytest.approx(float(np.mean(predicted == emb.labels)))
+
+
+def test_html_is_self_contained_and_states_the_outcome(audited):
+    text = (audited.output_dir / "report.html").read_text()
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", text, flags=re.IGNORECASE)
+    assert links and all(link.startswith("data:") for link in links)
+    assert "<script" not in text.lower() and "url(" not in text.lower()
+    assert html.escape(OUTCOME_TEXT[audited.outcome], quote=True) in text
+    assert "Summary" in text and "Precision@10" in text
+    assert text.count("data:image/png;base64,") == len(audited.files["galleries"])
+
+
+def test_region_boxes_and_ground_truth_are_in_the_same_frame(audited, phantom):
+    emb = audited.embeddings
+    dataset = RadiographDataset(phantom, IngestConfig(image_size=IMAGE_SIZE), CLASSES, split="test")
+    scale = IMAGE_SIZE / 128
+    for i in (0, 5):
+        np.testing.assert_allclose(emb.region_boxes[emb.regions_of(i)] * scale, dataset[i]["regions"], atol=1e-4)
+    present = dataset.table["artefact_present"].astype(int).to_numpy().astype(bool)
+    truth = audited.region_is_spurious
+    per_image = np.bincount(emb.region_image, weights=truth, minlength=len(dataset))
+    assert np.all(per_image[present] >= 1) and np.all(per_image[~present] == 0)
+    audit = audited.audit
+    assert audit["ground_truth"]["kind"] == "mask"
+    assert set(audited.precision) == {"ravl", "random", "george"}
+
+
+# ----------------------------------------------------------------------------- cache and resumption
+
+
+def test_second_run_computes_no_embeddings(audited, monkeypatch):
+    counter = CountingEmbed()
+    monkeypatch.setattr(embed_module, "_embed_batch", counter)
+    again = run_audit(audited.config, progress=False)
+    assert counter.calls == 0 and again.batches_computed == 0 and again.batches_reused == N_TEST // 8
+    assert again.audit["methods"]["ravl"]["ranked_clusters"] == audited.audit["methods"]["ravl"]["ranked_clusters"]
+
+
+def test_killed_audit_resumes(phantom, checkpoint, tmp_path, monkeypatch):
+    config = _config(phantom, checkpoint, tmp_path / "out", methods=["ravl"], batch_size=4)
+    monkeypatch.setattr(embed_module, "_embed_batch", CountingEmbed(fail_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(config, progress=False)
+    assert not (tmp_path / "out" / "audit.json").exists()
+    counter = CountingEmbed()
+    monkeypatch.setattr(embed_module, "_embed_batch", counter)
+    result = run_audit(config, progress=False)
+    assert counter.calls == N_TEST // 4 - 2
+    assert (result.batches_computed, result.batches_reused) == (N_TEST // 4 - 2, 2)
+
+
+# ----------------------------------------------------------------------------- privacy
+
+
+def test_no_patient_identifiers_in_outputs(audited):
+    outputs = _all_output_bytes(audited.output_dir)
+    assert outputs
+    for path, data in outputs.items():
+        for value in [*PHI.values(), "PHANTOM^", "PHANTOM-"]:
+            assert value.encode() not in data, (path.name, value)
+        assert b".dcm" not in data, path.name  # no image path either
+
+
+# ----------------------------------------------------------------------------- legitimate non-findings
+
+
+def test_no_structure_is_reported_not_raised(audited, tmp_path):
+    config = audited.config.model_copy(update={"output_dir": tmp_path, "methods": ["ravl"],
+                                               "cache_dir": audited.config.resolved_cache_dir})
+    config.discovery = config.discovery.model_copy(update={"min_silhouette": 0.99})
+    result = run_audit(config, progress=False)
+    assert result.outcome == "no_structure"
+    text = (tmp_path / "report.html").read_text()
+    assert html.escape(OUTCOME_TEXT["no_structure"], quote=True) in text
+    assert "no structure found" in text
+    assert not list(tmp_path.glob("gallery-cluster-*.png"))
+
+
+def _write_yaml(path, data) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_cli_single_class_exits_0_with_a_note(phantom, checkpoint, tmp_path, capsys):
+    data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(phantom),
+            "classes": ["no finding"], "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),
+            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50}}
+    code = main(["audit", "--config", _write_yaml(tmp_path / "audit.yaml", data), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "nothing found" in printed and "report.html" in printed
+    audit = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert audit["outcome"] == "no_candidate"
+    assert any("single class" in note for note in audit["notes"])
+    assert any("refused" in note for note in audit["notes"])  # rows of the other classes
+    assert "single class" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "no_manifest", "bad_sha", "bad_method", "missing_file"])
+def test_cli_bad_input_exits_2(case, phantom, checkpoint, tmp_path, capsys):
+    data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(phantom),
+            "classes": CLASSES, "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),
+            "device": "cpu"}
+    extra: list[str] = []
+    if case == "unknown_key":
+        data["discovery"] = {"influence_treshold": 0.3}
+    elif case == "no_manifest":
+        del data["manifest"]
+    elif case == "bad_sha":
+        data["sha256"] = "0" * 64
+    elif case == "bad_method":
+        extra = ["--methods", "ravl,magic"]
+    path = _write_yaml(tmp_path / "audit.yaml", data) if case != "missing_file" else str(tmp_path / "none.yaml")
+    assert main(["audit", "--config", path, "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ravl-med audit: error:")
+    assert not (tmp_path / "out" / "audit.json").exists()
+
+
+# ----------------------------------------------------------------------------- digits, gallery
+
+
+def test_digits_quadrant_ground_truth(tmp_path, checkpoint):
+    manifest = write_digits(tmp_path / "digits", n_train=0, n_val=0, n_test=8, seed=1)
+    config = AuditConfig(
+        checkpoint=checkpoint[0], sha256=checkpoint[1], manifest=manifest,
+        classes=["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+        templates=["a photo of the number {}"],
+        ingest=IngestConfig(image_size=56, regions=RegionConfig(grid_sizes=[2], within="image"),
+                            quality={"min_side": 56, "colour_tolerance": 1.0}),
+        methods=["random"], discovery={"n_boot": 20}, output_dir=tmp_path / "out", batch_size=8, device="cpu")
+    result = run_audit(config, progress=False)
+    assert result.audit["ground_truth"]["kind"] == "quadrant"
+    table = Manifest.read(manifest).table
+    square = table["square_quadrant"].astype(int).to_numpy()
+    emb, truth = result.embeddings, result.region_is_spurious
+    for i in range(len(square)):
+        regions = emb.regions_of(i)
+        boxes = np.rint(emb.region_boxes[regions] * 56 / 128).astype(int).tolist()
+        assert sorted(map(tuple, boxes)) == sorted(QUADRANT_BOXES)
+        hits = [tuple(b) for b, t in zip(boxes, truth[regions]) if t]
+        assert hits == ([QUADRANT_BOXES[square[i]]] if square[i] >= 0 else [])
+
+
+def test_gallery_size_and_tiles(tmp_path):
+    image = np.linspace(0, 1, 50 * 40, dtype=np.float32).reshape(50, 40)
+    tiles = [GalleryTile(image, (5, 5, 20, 30), f"tile {i}") for i in range(5)]
+    path = render_gallery(tiles, tmp_path / "g.png", columns=2, tile_size=64)
+    with Image.open(path) as png:
+        assert png.size == gallery_size(5, 2, 64)
+        pixels = np.asarray(png.convert("RGB"))
+    assert np.any(np.all(pixels == (230, 30, 30), axis=-1))  # the box is drawn
+    empty = render_gallery([], tmp_path / "e.png")
+    with Image.open(empty) as png:
+        assert png.size == gallery_size(0)
