@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "AUDIT_METHODS",
     "AuditConfig",
+    "MitigateConfig",
     "ConfigError",
     "DiscoveryConfig",
     "EvaluationConfig",
@@ -328,3 +329,31 @@ class AuditConfig(StrictModel):
     def resolved_cache_dir(self) -> Path:
         """``cache_dir``, or ``output_dir/cache`` when unset."""
         return Path(self.cache_dir) if self.cache_dir is not None else Path(self.output_dir) / "cache"
+
+
+class MitigateConfig(StrictModel):
+    """Region-aware fine-tuning and its baselines after an audit (``ravl-med mitigate``).
+
+    ``finetune`` is a whole fine-tuning config: its ``checkpoint`` is the stage-1 model (the one the
+    audit examined; training starts from it and its regions are labelled with it), its ``manifest``
+    the fine-tuning data. Each method writes to ``finetune.output_dir/<method>``.
+    """
+
+    finetune: FinetuneConfig
+    #: The audit folder (``medoids.npz``: the stage-1 medoids, see ``ravl_med.mitigate.regions``).
+    audit_dir: Path | None = None
+    method: Literal["ravl", "standard", "upsampled", "vl_erm", "vl_gdro", "spurious_aware"] = "ravl"
+    #: 1-based ranks of the audit's kept clusters treated as spurious; null: every kept cluster.
+    spurious_ranks: list[Annotated[int, Field(ge=1)]] | None = None
+    #: lambda of L = lambda * L_CLIP + (1 - lambda) * (L_R + L_A).
+    loss_lambda: Annotated[float, Field(ge=0, le=1)] = 0.8
+    #: tau of the region-text terms (and of the spurious-aware term).
+    temperature: Annotated[float, Field(gt=0)] = 0.07
+    #: GroupDRO exponentiated-gradient step size (vl_gdro).
+    gdro_step_size: Annotated[float, Field(gt=0)] = 0.01
+    #: Texts naming the spurious attribute (spurious_aware), e.g. "a chest x-ray with a chest drain.".
+    spurious_prompts: list[str] = Field(default_factory=list)
+    #: Weight of the spurious-aware term.
+    spurious_weight: Annotated[float, Field(ge=0)] = 1.0
+    #: Images per forward when labelling the training regions with the stage-1 model.
+    label_batch_size: Annotated[int, Field(ge=1)] = 32

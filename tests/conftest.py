@@ -18,6 +18,19 @@ CXR_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "cxr-samples"
 SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tracking_store(tmp_path_factory):
+    """Commands track to MLflow by default; in tests that store lives in a temporary folder."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
+    yield folder
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture(scope="session")
 def cxr_samples() -> Path:
     """Folder of real chest X-ray fixtures (see its README); the test is skipped without it."""

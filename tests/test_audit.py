@@ -301,3 +301,15 @@ def test_gallery_size_and_tiles(tmp_path):
     empty = render_gallery([], tmp_path / "e.png")
     with Image.open(empty) as png:
         assert png.size == gallery_size(0)
+
+
+def test_audit_saves_every_stage1_medoid_for_mitigation(audited):
+    # Regression: audit.json only described the kept clusters, but nearest-medoid labelling of the
+    # training regions (stage 2) needs all k medoids.
+    from ravl_med.discover.medoids import Stage1Medoids
+
+    result = audited
+    medoids = Stage1Medoids.load(result.output_dir)
+    disc = result.discoverers["ravl"]
+    assert len(medoids.embeddings) == disc.n_clusters_
+    np.testing.assert_allclose(medoids.embeddings, result.embeddings.region_embeddings[disc.medoids_])

@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 
 from ravl_med import __version__
-from ravl_med.cli import audit, finetune, ingest, manifest, phantom, validate
+from ravl_med.cli import audit, finetune, ingest, manifest, mitigate, phantom, runs, validate
 from ravl_med.config import ConfigError
 from ravl_med.data.errors import IngestError
 
 __all__ = ["build_parser", "main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (validate, ingest, manifest, phantom, finetune, audit)
+COMMANDS = (validate, ingest, manifest, phantom, finetune, audit, mitigate, runs)
 
 EXIT_USAGE = 2
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ravl_med.config import ConfigError, FinetuneConfig, load_config
+from ravl_med.tracking import add_tracking_options
 
 
 def add_parser(subparsers) -> None:
@@ -28,11 +29,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest training state in the output folder")
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the config)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_tracking_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.models.training import Trainer  # torch: imported only when the command runs
+    from ravl_med.models.training import (
+        Trainer,  # torch: imported only when the command runs
+    )
 
     config = load_config(args.config, FinetuneConfig)
     try:
@@ -48,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
     if not Path(config.manifest).is_file():
         raise ConfigError(f"manifest not found: {config.manifest}")
-    result = Trainer(config, progress=not args.no_progress).fit(resume=args.resume)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports (and tracks)
+        Trainer(config, progress=not args.no_progress).fit(resume=args.resume)
         return 0
+    result = _fit_tracked(args, config)
     for epoch in result.history:
         accuracy = "n/a" if epoch.val_accuracy is None else f"{epoch.val_accuracy:.3f}"
         print(
@@ -60,3 +65,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"weights: {result.checkpoint}  sha256 {result.sha256}")
     print(json.dumps({"steps": result.steps, "checkpoint": str(result.checkpoint), "sha256": result.sha256}))
     return 0
+
+
+def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
+    """Trainer.fit inside an MLflow run (unless ``--no-tracking``): config, data, step and epoch metrics, model."""
+    from ravl_med.models.training import Trainer
+    from ravl_med.tracking import dataset_name, manifest_summary, optional_tracker
+
+    params, tags = manifest_summary(config.manifest)
+    tags |= {"command": "finetune", "method": "label_aware" if config.label_aware else "contrastive",
+             "seed": config.seed}
+    with optional_tracker(not args.no_tracking, args.experiment or dataset_name(config.manifest), "finetune",
+                          tags=tags, tracking_uri=args.tracking_uri) as run:
+        on_step = None
+        if run is not None:
+            run.log_config(config)
+            run.log_params({**params, "model.backbone": config.backbone, "seed": config.seed,
+                            "code_version": run.tags.get("ravl.code_version", "")})
+            on_step = lambda step, loss: run.log_metrics({"train/loss_step": loss}, step)
+        trainer = Trainer(config, progress=not args.no_progress, on_step=on_step)
+        result = trainer.fit(resume=args.resume)
+        if run is not None:
+            for epoch in result.history:
+                run.log_metrics({"train/loss": epoch.train_loss, "val/acc/overall": epoch.val_accuracy,
+                                 "train/images_per_s": epoch.images_per_s, "train/steps": epoch.steps},
+                                step=epoch.epoch)
+            run.log_params({"model.checkpoint_sha256": result.sha256, "train.steps": result.steps})
+            metrics_file = Path(config.output_dir) / "metrics.json"
+            if metrics_file.is_file():
+                run.log_artifact(metrics_file)
+            model = getattr(trainer.model_, "module", trainer.model_)
+            run.log_model(model, trainer.preprocess_)
+    return result

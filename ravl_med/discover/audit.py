@@ -45,6 +45,7 @@ from .baselines import (
     GeorgeDiscoverer,
     RandomDiscoverer,
 )
+from .medoids import MEDOIDS_FILE, stage1_medoids
 from .metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
 from .ravl import RaVLDiscoverer
 from .report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
@@ -331,6 +332,10 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         discoverers[method] = disc
         if truth is not None:
             precision[method] = precision_at_k(disc.top_ranked_regions(), truth, config.evaluation.precision_k)
+
+    if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
+        # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
+        stage1_medoids(discoverers["ravl"], embeddings.region_embeddings).save(out / MEDOIDS_FILE)
 
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
                          image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,

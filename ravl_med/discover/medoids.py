@@ -1,0 +1,96 @@
+"""The stage-1 medoids an audit hands to mitigation (``medoids.npz`` in the audit folder).
+
+Nearest-medoid labelling of training regions (stage 2, step 1) needs the embeddings of *all* k
+medoids of the RaVL clustering, not only those of the kept clusters, plus which kept clusters count
+as spurious. :func:`stage1_medoids` builds them from a fitted
+:class:`~ravl_med.discover.ravl.RaVLDiscoverer` and the region embeddings it was fitted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ravl_med.data.atomic import atomic_path
+
+__all__ = ["MEDOIDS_FILE", "Stage1Medoids", "stage1_medoids"]
+
+MEDOIDS_FILE = "medoids.npz"
+
+
+@dataclass
+class Stage1Medoids:
+    """The stage-1 clustering as mitigation needs it.
+
+    Attributes:
+        embeddings: (K, D) float32 unit-norm medoid embeddings (stage-1 model), one per cluster.
+        clusters: (K,) int64 cluster id of each row.
+        rank: (K,) int64 1-based rank of the cluster among the kept clusters, 0 when not kept.
+        spurious: (K,) bool, the clusters whose regions count as spurious (S_i).
+    """
+
+    embeddings: np.ndarray
+    clusters: np.ndarray
+    rank: np.ndarray
+    spurious: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        k = self.embeddings.shape[0]
+        self.clusters = np.asarray(self.clusters, dtype=np.int64).reshape(-1)
+        self.rank = np.asarray(self.rank, dtype=np.int64).reshape(-1)
+        self.spurious = np.asarray(self.spurious, dtype=bool).reshape(-1)
+        if self.embeddings.ndim != 2 or not (len(self.clusters) == len(self.rank) == len(self.spurious) == k):
+            raise ValueError(f"medoids: embeddings (K, D) and K clusters/ranks/flags needed, got "
+                             f"{self.embeddings.shape}, {len(self.clusters)}, {len(self.rank)}, {len(self.spurious)}")
+
+    def with_spurious_ranks(self, ranks: Iterable[int] | None) -> Stage1Medoids:
+        """A copy where the kept clusters of these 1-based ranks are spurious (``None``: every kept one)."""
+        chosen = self.rank > 0 if ranks is None else np.isin(self.rank, list(ranks)) & (self.rank > 0)
+        return Stage1Medoids(self.embeddings, self.clusters, self.rank, chosen)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes ``medoids.npz`` atomically (``path`` may be the folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MEDOIDS_FILE
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, embeddings=self.embeddings, clusters=self.clusters, rank=self.rank, spurious=self.spurious)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Stage1Medoids:
+        """Reads ``medoids.npz`` (``path`` may be the audit folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MEDOIDS_FILE
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"])
+
+
+def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None) -> Stage1Medoids:
+    """The medoids of a fitted RaVL discoverer.
+
+    Args:
+        discoverer: a fitted :class:`~ravl_med.discover.ravl.RaVLDiscoverer` (``medoids_`` and
+            ``ranked_clusters_`` set).
+        region_embeddings: (M, D) the region embeddings it was fitted on (``EmbeddingSet.region_embeddings``).
+        spurious_ranks: 1-based ranks of the kept clusters to treat as spurious; ``None``: all kept.
+
+    Returns:
+        the :class:`Stage1Medoids` (no row spurious when the audit kept no cluster).
+    """
+    medoids = getattr(discoverer, "medoids_", None)
+    if medoids is None:
+        raise ValueError("the discoverer has no medoids_ (not fitted, or no cluster structure was found)")
+    medoids = np.asarray(medoids, dtype=np.int64).reshape(-1)
+    rank = np.zeros(len(medoids), dtype=np.int64)
+    for cluster in discoverer.ranked_clusters_:
+        rank[int(cluster.cluster)] = int(cluster.rank)
+    embeddings = np.asarray(region_embeddings, dtype=np.float32)[medoids]
+    return Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0).with_spurious_ranks(spurious_ranks)
+
+

@@ -1,0 +1,10 @@
+"""Evaluation helpers: accuracy per (class x spurious feature present/absent) group.
+
+:func:`group_accuracy_table` is the table the evaluation framework reads (with bootstrap
+intervals), :func:`worst_group_accuracy` the mitigation metric, and :func:`shortcut_learned` the
+validity rule of a setting (the fine-tuned model must have learned the planted shortcut).
+"""
+
+from ravl_med.evaluate.groups import group_accuracy_table, shortcut_gaps, shortcut_learned, worst_group_accuracy
+
+__all__ = ["group_accuracy_table", "shortcut_gaps", "shortcut_learned", "worst_group_accuracy"]

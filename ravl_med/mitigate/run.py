@@ -1,0 +1,96 @@
+"""``run_mitigation``: stage-1 region labels -> one mitigation method through the fine-tuning loop.
+
+Writes to ``finetune.output_dir/<method>``: what the trainer writes (``checkpoints/``,
+``model.safetensors``, ``metrics.json``) plus ``mitigate.json`` (method, parameters, region-label
+statistics, stage-1 group sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ravl_med.config import ConfigError, MitigateConfig
+from ravl_med.data.atomic import atomic_path
+from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
+
+from .regions import training_region_labels
+
+__all__ = ["LABELLED_METHODS", "run_mitigation"]
+
+log = logging.getLogger(__name__)
+
+#: Methods that read the stage-1 region labels.
+LABELLED_METHODS = ("ravl", "upsampled", "vl_gdro")
+
+
+def _medoids(config: MitigateConfig) -> Stage1Medoids:
+    if config.audit_dir is None:
+        raise ConfigError("audit_dir: no audit folder given (set it or pass --audit)")
+    path = Path(config.audit_dir) / MEDOIDS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run 'ravl-med audit' with the RaVL method first "
+                          "(it writes the stage-1 medoids there)")
+    medoids = Stage1Medoids.load(path).with_spurious_ranks(config.spurious_ranks)
+    if not medoids.spurious.any():
+        log.warning("%s: no cluster is marked spurious; every region counts as relevant", path)
+    return medoids
+
+
+def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
+                   progress: bool = True, on_step=None) -> dict[str, Any]:
+    """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`).
+
+    Returns:
+        the ``mitigate.json`` content, with ``"result"``: the trainer's :class:`FitResult` as a dict.
+    """
+    import torch
+
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.data.manifest import Manifest
+    from ravl_med.models.registry import create_backbone
+
+    from .methods import MitigationTrainer, build_method, stage1_groups
+
+    ft = config.finetune
+    if ft.manifest is None or not Path(ft.manifest).is_file():
+        raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
+    method = config.method
+    region_labels: dict[str, np.ndarray] = {}
+    stats: dict[str, Any] = {}
+    if method in LABELLED_METHODS:
+        medoids = _medoids(config)
+        device = "cuda" if torch.cuda.is_available() and ft.device != "cpu" else "cpu"
+        model, preprocess, _ = create_backbone(ft.backbone, checkpoint=ft.checkpoint, sha256=ft.sha256, device=device)
+        train = RadiographDataset(Manifest.read(ft.manifest, classes=ft.classes), ft.ingest, ft.classes, split="train")
+        region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
+                                               device=device, precision=ft.precision)
+        del model
+        flags = np.concatenate(list(region_labels.values())) if region_labels else np.zeros(0, dtype=bool)
+        groups = stage1_groups(train.labels.numpy(), train.keys, region_labels)
+        stats = {
+            "n_regions": int(flags.size), "spurious_fraction": float(flags.mean()) if flags.size else None,
+            "images_without_relevant_region": int(sum(bool(np.all(f)) for f in region_labels.values())),
+            "group_sizes": {f"{ft.classes[g // 2]}|{'with' if g % 2 else 'without'}":
+                            int((groups == g).sum()) for g in range(2 * len(ft.classes))},
+            "spurious_clusters": medoids.clusters[medoids.spurious].tolist(),
+        }
+    run_config = ft.model_copy(update={"output_dir": Path(ft.output_dir) / method})
+    pieces = build_method(method, finetune_config=ft, region_labels=region_labels, lambda_=config.loss_lambda,
+                          temperature=config.temperature, gdro_step_size=config.gdro_step_size,
+                          spurious_prompts=config.spurious_prompts, spurious_weight=config.spurious_weight)
+    trainer = MitigationTrainer(run_config, objective=pieces["objective"], sampler_factory=pieces["sampler_factory"],
+                                region_labels=region_labels, spurious_prompts=config.spurious_prompts,
+                                progress=progress, on_step=on_step)
+    result = trainer.fit(resume=resume, max_steps=max_steps)
+    summary = {"method": method, "config": config.model_dump(mode="json"), "region_labels": stats,
+               "result": result.as_dict()}
+    if int(os.environ.get("RANK", "0")) == 0:
+        with atomic_path(Path(run_config.output_dir) / "mitigate.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,160 @@
+"""Mitigation methods on a tiny phantom set with the tiny-rn backbone and a synthetic audit (CPU).
+
+The "stage-1 model" is a seeded random tiny-rn saved as a checkpoint; the synthetic audit's medoids are
+three of its own region embeddings, the first one spurious, so both kinds of region occur.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from ravl_med.cli import main
+from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, MitigateConfig
+from ravl_med.data.dataset import RadiographDataset
+from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.mitigate.methods import METHODS, GroupBalancedSampler, stage1_groups
+from ravl_med.mitigate.regions import (
+    Stage1Medoids,
+    label_training_regions,
+    stage1_medoids,
+)
+from ravl_med.mitigate.run import run_mitigation
+from ravl_med.models import create_backbone
+from ravl_med.models.embed import embed_dataset
+from ravl_med.models.regions import RegionEmbedder
+from ravl_med.models.weights import save_checkpoint
+
+CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mitigate")
+    setting = PhantomSetting(
+        name="mitigate", artefact="chest_drain", spurious_class="cardiomegaly", strength=0.9,
+        n_train=16, n_val=0, n_test=0, image_size=128, classes=CLASSES,
+    )
+    manifest = write_setting(setting, root / "phantom", progress=False).manifest
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["path"] = [str(manifest.parent / p) for p in table["path"]]
+    table.to_csv(root / "manifest.csv", index=False)
+    torch.manual_seed(0)
+    model, preprocess, _ = create_backbone("tiny-rn")
+    checkpoint = root / "stage1.safetensors"
+    sha = save_checkpoint(model, checkpoint)
+    train = RadiographDataset(root / "manifest.csv", IngestConfig(image_size=128), CLASSES, split="train")
+    emb = embed_dataset(model, preprocess, train, batch_size=16, progress=False)
+    audit = root / "audit"
+    audit.mkdir()
+    Stage1Medoids(emb.region_embeddings[[0, 5, 10]], [0, 1, 2], [1, 0, 0], [True, False, False]).save(audit)
+    return SimpleNamespace(root=root, manifest=root / "manifest.csv", checkpoint=checkpoint, sha=sha, audit=audit)
+
+
+def _config(stage1, out: Path, method: str, **overrides) -> MitigateConfig:
+    ft = FinetuneConfig(
+        backbone="tiny-rn", checkpoint=stage1.checkpoint, sha256=stage1.sha, manifest=stage1.manifest,
+        classes=CLASSES, ingest=IngestConfig(image_size=128), epochs=5, batch_size=8, lr=1e-3, warmup_steps=1,
+        checkpoint_every=0, output_dir=out, seed=0, device="cpu",
+    )
+    values: dict = {"finetune": ft, "audit_dir": stage1.audit, "method": method,
+                    "spurious_prompts": ["a chest x-ray with a chest drain."]}
+    values.update(overrides)
+    return MitigateConfig(**values)
+
+
+def test_label_training_regions_by_nearest_medoid():
+    medoids = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    regions = np.array([[2.0, 0.1], [0.1, 3.0], [-0.5, -0.1], [0.6, 0.8]])  # norms differ: cosine decides
+    assert label_training_regions(regions, medoids, [1]).tolist() == [False, True, False, True]
+    assert label_training_regions(regions, medoids, np.array([True, False, True])).tolist() == [True, False, True, False]
+    assert label_training_regions(np.zeros((0, 2)), medoids, [0]).shape == (0,)
+    with pytest.raises(ValueError):
+        label_training_regions(regions, np.zeros((2, 3)), [0])
+
+
+def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
+    regions = np.eye(4, dtype=np.float32)
+    disc = SimpleNamespace(medoids_=np.array([3, 1, 0]),
+                           ranked_clusters_=[SimpleNamespace(cluster=2, rank=1), SimpleNamespace(cluster=0, rank=2)])
+    medoids = stage1_medoids(disc, regions)
+    assert medoids.rank.tolist() == [2, 0, 1] and medoids.spurious.tolist() == [True, False, True]
+    assert np.array_equal(medoids.embeddings, regions[[3, 1, 0]])
+    top = medoids.with_spurious_ranks([1])
+    assert top.spurious.tolist() == [False, False, True]
+    loaded = Stage1Medoids.load(top.save(tmp_path))
+    assert loaded.spurious.tolist() == [False, False, True] and np.array_equal(loaded.embeddings, top.embeddings)
+
+
+def test_groups_and_balanced_sampler():
+    labels_ = {"a": np.array([False, True]), "b": np.array([False]), "c": np.array([True])}
+    groups = stage1_groups([0, 0, 1, -1], ["a", "b", "c", "d"], labels_)
+    assert groups.tolist() == [1, 0, 3, -1]
+    many = np.array([0] * 90 + [1] * 10)
+    sampler = GroupBalancedSampler(many, seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    assert first == list(sampler) and len(first) == 100
+    assert 30 <= sum(many[i] == 1 for i in first) <= 70  # 10% of rows, about half of the draws
+    halves = []
+    for rank in (0, 1):
+        shard = GroupBalancedSampler(many, rank, 2, seed=3)
+        shard.set_epoch(1)
+        halves.append(list(shard))
+    assert len(halves[0]) == len(halves[1]) == 50
+    assert sorted(halves[0] + halves[1]) == sorted(first)
+
+
+def test_one_pass_image_embedding_matches_encode_image(stage1):
+    torch.manual_seed(0)
+    model, preprocess, _ = create_backbone("tiny-rn", checkpoint=stage1.checkpoint)
+    model.train()  # training mode: BatchNorm uses batch statistics in both paths
+    images = preprocess(torch.rand(2, 1, 128, 128))
+    whole = torch.tensor([[0.0, 0.0, 128.0, 128.0]])
+    from_regions = torch.stack([r[0] for r in RegionEmbedder(model)(images, [whole, whole])])
+    direct = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    assert torch.allclose(from_regions, direct, atol=1e-4)
+
+
+def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
+    config = _config(stage1, tmp_path / "out", "ravl")
+    config.finetune.batch_size = 16  # one batch = the whole training split: the same images each step
+    summary = run_mitigation(config, max_steps=5, progress=False)
+    losses = summary["result"]["step_losses"]
+    assert len(losses) == 5 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    stats = summary["region_labels"]
+    assert 0 < stats["spurious_fraction"] < 1 and stats["spurious_clusters"] == [0]
+    assert (tmp_path / "out" / "ravl" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "ravl" / "mitigate.json").is_file()
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "ravl"])
+def test_every_baseline_runs(stage1, tmp_path, method):
+    summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False)
+    assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
+
+
+def test_missing_audit_and_prompts_are_config_errors(stage1, tmp_path):
+    with pytest.raises(ConfigError, match="medoids.npz"):
+        run_mitigation(_config(stage1, tmp_path, "ravl", audit_dir=tmp_path), max_steps=1, progress=False)
+    with pytest.raises(ConfigError, match="spurious_prompts"):
+        run_mitigation(_config(stage1, tmp_path, "spurious_aware", spurious_prompts=[]), max_steps=1, progress=False)
+
+
+def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
+    config = _config(stage1, tmp_path / "ignored", "ravl").model_dump(mode="json")
+    path = tmp_path / "mitigate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["mitigate", "--config", str(path), "--method", "vl_gdro", "--out", str(tmp_path / "cli"),
+                 "--max-steps", "1", "--no-progress"])
+    assert code == 0
+    assert '"method": "vl_gdro"' in capsys.readouterr().out
+    assert (tmp_path / "cli" / "vl_gdro" / "mitigate.json").is_file()
+    assert main(["mitigate", "--config", str(path), "--audit", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2

@@ -1,0 +1,287 @@
+"""MLflow tracking (``ravl_med.tracking``, ``--tracking-uri``, ``ravl-med runs compare``).
+
+A real ``mlflow server`` (SQLite backend, temp artifact folder, 127.0.0.1, a free port) is started
+per test that needs one and stopped by its PID. A short tiny-rn fine-tune and an audit of a small
+phantom set (one DICOM carries patient identifiers) log to it; everything is read back through
+``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+import yaml
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient
+
+from ravl_med.cli import main
+from ravl_med.data.manifest import Manifest
+from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.tracking import Tracker, group_metric_name, metric_key
+
+CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
+PHI = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN0098765", "AccessionNumber": "ACC55501"}
+
+
+@pytest.fixture(autouse=True)
+def _quick_failures(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` in its own process group; ``stop()`` kills it by its PID."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.db = folder / "server.db"
+        self.artifacts = folder / "server-artifacts"
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = open(folder / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
+             "--workers", "1"],
+            cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group led by our PID: the server and its workers
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture()
+def server(tmp_path):
+    srv = MlflowServer(tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """A small phantom set (train/val/test) with patient identifiers written into one test DICOM."""
+    setting = PhantomSetting(name="track", artefact="chest_drain", spurious_class="pneumothorax", strength=0.5,
+                             n_train=16, n_val=6, n_test=12, image_size=64, classes=CLASSES)
+    manifest = write_setting(setting, tmp_path_factory.mktemp("phantom"), progress=False).manifest
+    first = Manifest.read(manifest).table.query("split == 'test'").iloc[0]["path"]
+    ds = pydicom.dcmread(first)
+    for name, value in PHI.items():
+        setattr(ds, name, value)
+    ds.save_as(first)
+    return manifest
+
+
+def _yaml(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def test_group_metric_names_are_legal_mlflow_names():
+    from mlflow.utils.validation import _validate_metric_name
+
+    name = group_metric_name("test", "pleural effusion", "chest drain|x=1", True)
+    assert name == "test/acc/group/pleural_effusion/chest_drain_x_1-1"
+    assert group_metric_name("val", "no finding", "drain", False) == "val/acc/group/no_finding/drain-0"
+    _validate_metric_name(name)
+    _validate_metric_name(metric_key("test/acc/group=pneumothorax|drain=1"))
+
+
+# ----------------------------------------------------------------------------- local default
+
+
+def test_local_sqlite_store_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "note.txt").write_text("hello")
+    with Tracker("ravl-med/local", "t", tags={"method": "ravl", "strength": 0.5}) as run:
+        run.log_params({"a": 1, "long": "x" * 2000})
+        run.log_metrics({"train/loss": 0.5}, step=3)
+        run.log_artifact(tmp_path / "note.txt")
+        with run.child("seed-0", tags={"seed": 0}) as child:
+            child.log_metric("test/acc/worst_group", 0.25)
+    assert run.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}" and run.store == "local"
+    assert (tmp_path / "mlruns.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    client = MlflowClient(run.tracking_uri)
+    got = client.get_run(run.run_id)
+    assert got.data.params["a"] == "1" and "long" not in got.data.params
+    assert got.data.metrics["train/loss"] == 0.5 and got.data.tags["method"] == "ravl"
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"note.txt", "params"}
+    kids = client.search_runs([got.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'")
+    assert len(kids) == 1 and kids[0].data.tags["method"] == "ravl" and kids[0].data.metrics["test/acc/worst_group"] == 0.25
+
+
+# ----------------------------------------------------------------------------- against a server
+
+
+def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a fallback store would land here: there must be none
+    out = tmp_path / "finetune"
+    finetune_yaml = _yaml(tmp_path / "finetune.yaml", {
+        "backbone": "tiny-rn", "manifest": str(phantom), "classes": CLASSES, "ingest": {"image_size": 64},
+        "epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "checkpoint_every": 0,
+        "output_dir": str(out), "device": "cpu", "seed": 0})
+    assert main(["finetune", "--config", finetune_yaml, "--no-progress", "--tracking-uri", server.uri]) == 0
+    audit_yaml = _yaml(tmp_path / "audit.yaml", {
+        "backbone": "tiny-rn", "checkpoint": str(out), "manifest": str(phantom), "classes": CLASSES,
+        "ingest": {"image_size": 64}, "methods": ["ravl", "random"], "discovery": {"n_boot": 20},
+        "output_dir": str(tmp_path / "audit"), "batch_size": 8, "device": "cpu", "precision": "fp32"})
+    assert main(["audit", "--config", audit_yaml, "--no-progress", "--tracking-uri", server.uri,
+                 "--spurious-class", "pneumothorax"]) == 0
+    assert not (tmp_path / "mlruns.db").exists()
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("ravl-med/" + phantom.parent.name)
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"finetune", "audit", "ravl", "random"} <= set(by_name)
+
+    fit = by_name["finetune"]
+    assert fit.info.status == "FINISHED" and fit.data.tags["method"] == "contrastive"
+    assert fit.data.params["config.backbone"] == "tiny-rn" and fit.data.params["config.ingest.image_size"] == "64"
+    assert len(fit.data.params["dataset.manifest_sha256"]) == 64 and fit.data.params["dataset.rows.train"] == "16"
+    assert len(fit.data.params["model.checkpoint_sha256"]) == 64 and fit.data.params["code_version"]
+    assert len(client.get_metric_history(fit.info.run_id, "train/loss")) == 2
+    assert len(client.get_metric_history(fit.info.run_id, "train/loss_step")) == 2 * 2
+    assert "val/acc/overall" in fit.data.metrics and "train/images_per_s" in fit.data.metrics
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(fit.info.run_id, "model")}, \
+        [a.path for a in client.list_artifacts(fit.info.run_id)]
+    (tmp_path / "dl").mkdir()
+    model = mlflow.pytorch.load_model(client.download_artifacts(fit.info.run_id, "model", str(tmp_path / "dl")))
+    with torch.no_grad():
+        embedded = model(torch.rand(3, 1, 128, 128))
+    assert embedded.shape[0] == 3 and torch.allclose(embedded.norm(dim=1), torch.ones(3), atol=1e-4)
+
+    audit = by_name["audit"]
+    metrics = audit.data.metrics
+    assert 0.0 <= metrics["test/acc/worst_group"] <= metrics["test/acc/overall"] <= 1.0
+    groups = {k: v for k, v in metrics.items() if k.startswith("test/acc/group/")}
+    assert groups and all(k.rsplit("-", 1)[1] in ("0", "1") for k in groups)
+    assert "test/acc/group/pneumothorax/chest_drain-1" in groups
+    assert min(groups.values()) == metrics["test/acc/worst_group"]
+    assert audit.data.tags["artefact"] == "chest_drain" and audit.data.tags["spurious_class"] == "pneumothorax"
+    names = {a.path for a in client.list_artifacts(audit.info.run_id, "audit")}
+    assert {"audit/audit.json", "audit/report.html", "audit/clusters.csv"} <= names
+    assert any(n.endswith(".png") for n in names)
+    assert {a.path for a in client.list_artifacts(audit.info.run_id, "groups")} == {
+        "groups/test_groups.csv", "groups/test_groups.json"}
+    ravl = by_name["ravl"]
+    assert ravl.data.tags["mlflow.parentRunId"] == audit.info.run_id and ravl.data.tags["method"] == "ravl"
+    assert "precision_at_10" in ravl.data.metrics
+
+    capsys.readouterr()
+    assert main(["runs", "compare", "--tracking-uri", server.uri]) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot" in printed and "worst_group" in printed
+
+    # No patient identifier anywhere in the tracking store or its artifacts.
+    server.stop()
+    stored = [server.db, *[p for p in server.artifacts.rglob("*") if p.is_file()]]
+    assert len(stored) > 10
+    for path in stored:
+        data = path.read_bytes()
+        for value in PHI.values():
+            assert value.encode() not in data, (path, value)
+        assert b".dcm" not in data, path
+
+
+def test_lost_server_falls_back_to_the_local_store(server, tmp_path, recwarn):
+    local = tmp_path / "local"
+    (tmp_path / "a.txt").write_text("before")
+    (tmp_path / "b.txt").write_text("after")
+    with Tracker("ravl-med/fallback", "bench", tags={"method": "ravl"}, tracking_uri=server.uri,
+                 local_dir=local) as run:
+        run.log_params({"seed": 0})
+        for step in range(3):
+            run.log_metric("train/loss", 1.0 / (step + 1), step)
+        run.log_artifact(tmp_path / "a.txt")
+        remote_id = run.run_id
+        server.stop()  # the server dies mid-run
+        for step in range(3, 6):
+            run.log_metric("train/loss", 1.0 / (step + 1), step)
+        run.log_artifact(tmp_path / "b.txt")
+        with run.child("seed-1", tags={"seed": 1}) as child:
+            child.log_metric("test/acc/worst_group", 0.5)
+    assert run.store == "local-fallback" and run.fallback_from == server.uri
+    assert sum("unreachable" in str(w.message) for w in recwarn) == 1
+    client = MlflowClient(f"sqlite:///{local / 'mlruns.db'}")
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.params["seed"] == "0"
+    assert got.data.tags["ravl.store"] == "local-fallback" and got.data.tags["ravl.remote_run_id"] == remote_id
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(6))
+    assert {a.path for a in client.list_artifacts(run.run_id)} >= {"a.txt", "b.txt"}
+    kids = client.search_runs([got.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'")
+    assert len(kids) == 1 and kids[0].data.metrics["test/acc/worst_group"] == 0.5
+
+
+# ----------------------------------------------------------------------------- the UI in a browser
+
+
+def test_mlflow_ui_shows_the_worst_group_metric(server, tmp_path):
+    """Headless Chromium (``/usr/bin/chromium`` + Selenium) opens the run page; skipped without them."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    driver_bin = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(chromium).exists() and Path(driver_bin).exists()):
+        pytest.skip("chromium / chromium-driver not installed")
+    with Tracker("ravl-med/ui", "audit", tags={"method": "ravl"}, tracking_uri=server.uri,
+                 local_dir=tmp_path) as run:
+        run.log_metrics({"test/acc/worst_group": 0.375})
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
+    try:
+        experiment = MlflowClient(server.uri).get_experiment_by_name("ravl-med/ui").experiment_id
+        browser.get(f"{server.uri}/#/experiments/{experiment}/runs/{run.run_id}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "worst_group" not in browser.page_source:
+            time.sleep(1)
+        browser.save_screenshot(str(tmp_path / "mlflow-run.png"))
+        assert "worst_group" in browser.page_source
+        assert (tmp_path / "mlflow-run.png").stat().st_size > 1000
+    finally:
+        browser.quit()
