@@ -1,0 +1,222 @@
+"""Fine-tuned models that learned a planted shortcut, for tests that need one (shortcut, audit tests).
+
+Two settings, each written into a temporary folder and fine-tuned on the CPU with a recipe from
+``configs/`` (see ``docs/shortcut-recipes.md`` for how the recipes were chosen and what they give):
+
+* ``digits``: the paper's synthetic setting (56 x 56 four-quadrant images, a digit in one quadrant,
+  a square in another, tied to one digit at Cramer's V 0.95), recipe ``configs/shortcut-digits.yaml``;
+* ``phantom``: phantom chest radiographs, ``chest_drain`` tied to ``pneumothorax`` at V 0.9,
+  recipe ``configs/shortcut-phantom.yaml``.
+
+Use them from a test module with::
+
+    from tests.shortcut_fixtures import digits_shortcut, phantom_shortcut  # noqa: F401 (fixtures)
+
+Each fixture is session-scoped and returns a :class:`ShortcutRun`: the trained model, its
+preprocessing and tokenizer, the test split (feature independent of the class) with its zero-shot
+predictions and the group accuracy table. The helpers below (:func:`write_phantom_pairs`,
+:func:`write_digit_pairs`, :func:`run_recipe`) can build other variants.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from ravl_med.config import FinetuneConfig, parse_config
+from ravl_med.data.dataset import RadiographDataset, collate
+from ravl_med.data.manifest import Manifest
+from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.data.phantom.digits import DIGIT_NAMES, write_digits
+from ravl_med.evaluate import group_accuracy_table
+from ravl_med.models.training import FitResult, Trainer
+from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHANTOM_RECIPE = REPO_ROOT / "configs" / "shortcut-phantom.yaml"
+DIGITS_RECIPE = REPO_ROOT / "configs" / "shortcut-digits.yaml"
+
+#: The phantom setting the recipe is meant for (its ``classes`` must match the recipe's).
+PHANTOM_DATA: dict[str, Any] = {
+    "artefact": "chest_drain", "spurious_class": "pneumothorax", "strength": 0.9, "seed": 0,
+    "classes": ["no finding", "cardiomegaly", "pleural effusion", "pneumothorax"],
+    "n_train": 800, "n_val": 0, "n_test": 400, "image_size": 128,
+}
+#: The digits setting the recipe is meant for.
+DIGITS_DATA: dict[str, Any] = {
+    "spurious_digit": 3, "strength": 0.95, "seed": 0, "n_train": 1000, "n_val": 0, "n_test": 500,
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _text_mode(manifest: Path, text: str) -> Path:
+    """``text="report"``: the manifest as written; ``"labels"``: a copy with blank reports, so that
+    :meth:`RadiographDataset.text` pairs each image with its label sentence."""
+    if text == "report":
+        return manifest
+    if text != "labels":
+        raise ValueError(f"text must be 'report' or 'labels', got {text!r}")
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["report"] = ""
+    out = manifest.with_name("manifest-labels.csv")
+    table.to_csv(out, index=False)
+    return out
+
+
+def write_phantom_pairs(out: str | Path, *, text: str = "labels", **setting: Any) -> Path:
+    """Writes a phantom setting (``PHANTOM_DATA`` updated with ``setting``) under ``out``.
+
+    Returns:
+        the manifest to fine-tune on (see :func:`_text_mode` for ``text``).
+    """
+    values = {**PHANTOM_DATA, **setting}
+    # Everything that changes the images is in the name: the writer keeps files that exist.
+    values.setdefault("name", f"{values['artefact']}-{values['spurious_class'].replace(' ', '_')}"
+                              f"-v{values['strength']:.2f}-s{values['seed']}-{len(values['classes'])}cls"
+                              f"-n{values['n_train']}-{values['n_test']}-{values['image_size']}px")
+    summary = write_setting(PhantomSetting(**values), out, progress=False)
+    return _text_mode(summary.manifest, text)
+
+
+def write_digit_pairs(out: str | Path, *, text: str = "report", **setting: Any) -> Path:
+    """Writes the digits setting (``DIGITS_DATA`` updated with ``setting``) under ``out``."""
+    return _text_mode(write_digits(out, **{**DIGITS_DATA, **setting}), text)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> FinetuneConfig:
+    """A recipe YAML (``FinetuneConfig`` format) with some keys replaced (e.g. ``manifest``, ``seed``)."""
+    data = yaml.safe_load(Path(path).read_text())
+    data.update({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+    return parse_config(data, FinetuneConfig, str(path))
+
+
+class CachedTrainer(Trainer):
+    """A :class:`Trainer` whose datasets keep decoded images in memory (small sets, many epochs)."""
+
+    def datasets(self):
+        train, val = super().datasets()
+        train.cache = True
+        if val is not None:
+            val.cache = True
+        return train, val
+
+
+@torch.no_grad()
+def zero_shot_predictions(model, preprocess, tokenizer, dataset: RadiographDataset, classes, templates,
+                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted class indices) of ``dataset`` by zero-shot classification."""
+    model.eval()
+    text = class_text_embeddings(model, tokenizer, list(classes), templates, device="cpu").float()
+    labels, predicted = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        features = model.encode_image(preprocess(batch["image"]), normalize=True).float()
+        predicted.append((features @ text.T).argmax(dim=1).numpy())
+        labels.append(batch["label"].numpy())
+    return np.concatenate(labels), np.concatenate(predicted)
+
+
+@dataclass
+class ShortcutRun:
+    """A fine-tuned model and its test-split evaluation (see the module docstring).
+
+    Attributes:
+        config: the recipe as run.
+        spurious_class: the class the feature was tied to.
+        result: the trainer's :class:`FitResult` (``checkpoint``, ``sha256``, ``history``).
+        model, preprocess, tokenizer: the trained model (eval mode, CPU) and its input/text pieces.
+        templates: the zero-shot templates of the recipe.
+        test_set: the ``test`` split (no tokenizer).
+        labels, predictions: (N,) test labels and zero-shot predictions.
+        feature_present: (N,) bool, the manifest's ``artefact_present``.
+        table: :func:`~ravl_med.evaluate.group_accuracy_table` of the test split.
+        seconds: wall times of ``data``, ``finetune`` and ``evaluate``.
+    """
+
+    config: FinetuneConfig
+    spurious_class: str
+    result: FitResult
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    templates: tuple[str, ...]
+    test_set: RadiographDataset
+    labels: np.ndarray
+    predictions: np.ndarray
+    feature_present: np.ndarray
+    table: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.labels == self.predictions).mean())
+
+
+def run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_class: str,
+               **overrides: Any) -> ShortcutRun:
+    """Fine-tunes with ``recipe`` on ``manifest`` and evaluates zero-shot on its ``test`` split."""
+    config = load_recipe(recipe, manifest=manifest, output_dir=output_dir, **overrides)
+    started = time.perf_counter()
+    trainer = CachedTrainer(config, progress=False)
+    result = trainer.fit()
+    trained = time.perf_counter()
+    templates = tuple(config.templates) if config.templates else CXR_TEMPLATES
+    test_set = RadiographDataset(Manifest.read(config.manifest, classes=config.classes), config.ingest,
+                                 config.classes, split="test")
+    model = trainer.model_.cpu().eval()
+    labels, predictions = zero_shot_predictions(model, trainer.preprocess_, trainer.tokenizer_, test_set,
+                                                config.classes, templates)
+    present = test_set.table["artefact_present"].astype(int).to_numpy().astype(bool)
+    table = group_accuracy_table(labels, predictions, present, config.classes, spurious_class=spurious_class)
+    seconds = {"finetune": trained - started, "evaluate": time.perf_counter() - trained}
+    return ShortcutRun(config, spurious_class, result, model, trainer.preprocess_, trainer.tokenizer_, templates,
+                       test_set, labels, predictions, present, table, seconds)
+
+
+def describe(run: ShortcutRun) -> str:
+    """The run's table and timings as text (printed by the tests, for ``-s`` / failure output)."""
+    shown = run.table.drop(columns=["class_index"]).round(3).to_string(index=False)
+    return (f"{run.config.backbone} seed {run.config.seed}: test accuracy {run.accuracy:.3f} "
+            f"(chance {run.result.chance:.3f}); seconds {json.dumps({k: round(v, 1) for k, v in run.seconds.items()})}\n"
+            f"{shown}")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
+    """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
+    root = tmp_path_factory.mktemp("shortcut-phantom")
+    started = time.perf_counter()
+    manifest = write_phantom_pairs(root / "data")
+    written = time.perf_counter() - started
+    run = run_recipe(PHANTOM_RECIPE, manifest, root / "run", PHANTOM_DATA["spurious_class"])
+    run.seconds["data"] = written
+    return run
+
+
+@pytest.fixture(scope="session")
+def digits_shortcut(tmp_path_factory) -> ShortcutRun:
+    """``configs/shortcut-digits.yaml`` fine-tuned on ``DIGITS_DATA`` (square -> "three")."""
+    root = tmp_path_factory.mktemp("shortcut-digits")
+    started = time.perf_counter()
+    manifest = write_digit_pairs(root / "data")
+    written = time.perf_counter() - started
+    run = run_recipe(DIGITS_RECIPE, manifest, root / "run", DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])
+    run.seconds["data"] = written
+    return run

@@ -1,0 +1,65 @@
+"""RaVL finds the planted shortcut of a fine-tuned model (issue acceptance: Precision@10 >= 0.8).
+
+The models come from ``tests/shortcut_fixtures.py``: tiny-rn fine-tuned on the CPU until it learned
+the shortcut (square -> "three" in the digits setting, chest drain -> pneumothorax in the phantom
+setting). The audit runs on the decorrelated test split, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ravl_med.config import AuditConfig
+from ravl_med.discover.audit import run_audit
+from tests.shortcut_fixtures import ShortcutRun, digits_shortcut, phantom_shortcut  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+BASELINES = ["random", "distilling_failures", "george", "domino"]
+
+
+def _audit(run: ShortcutRun, out, grid_sizes: list[int] | None = None) -> dict:
+    ingest = run.config.ingest.model_copy(deep=True)
+    if grid_sizes is not None:
+        ingest.regions.grid_sizes = grid_sizes
+    config = AuditConfig(
+        backbone=run.config.backbone,
+        checkpoint=run.result.checkpoint,
+        sha256=run.result.sha256,
+        manifest=run.config.manifest,
+        split="test",
+        classes=list(run.config.classes),
+        templates=list(run.templates),
+        ingest=ingest,
+        methods=["ravl", *BASELINES],
+        discovery={"n_boot": 200},
+        output_dir=out,
+        batch_size=64,
+        device="cpu",
+        precision="fp32",
+    )
+    result = run_audit(config, progress=False)
+    return json.loads((result.output_dir / "audit.json").read_text())
+
+
+def _check(audit: dict, spurious_class: str) -> None:
+    ravl = audit["methods"]["ravl"]
+    summary = json.dumps({m: audit["methods"][m].get("precision_at_k") for m in audit["methods"]})
+    assert audit["outcome"] == "found", audit["notes"]
+    top = ravl["ranked_clusters"][0]
+    assert top["attribute_name"] == spurious_class, top
+    assert ravl["precision_at_k"] >= 0.8, summary
+    print(f"P@10 per method: {summary}")
+
+
+def test_ravl_finds_the_square_in_the_digits_setting(digits_shortcut, tmp_path):
+    _check(_audit(digits_shortcut, tmp_path / "audit"), digits_shortcut.spurious_class)
+
+
+def test_ravl_finds_the_chest_drain_in_the_phantom_setting(phantom_shortcut, tmp_path):
+    # A 3 x 3 grid: the drain is a thin tube, so with 4 x 4 cells (32 px at 128 px) the cells it
+    # crosses hold < 25% of its pixels and it covers < 25% of each cell, and the default overlap
+    # rule counts them as misses (measured: P@10 0.4 with that rule, 1.0 with "any overlap").
+    _check(_audit(phantom_shortcut, tmp_path / "audit", grid_sizes=[3]), phantom_shortcut.spurious_class)
