@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
+# Session fixtures with fine-tuned models that learned a planted shortcut (trained once per run).
+pytest_plugins = ["tests.shortcut_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CXR_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "cxr-samples"
 SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

@@ -10,7 +10,7 @@ Two settings, each written into a temporary folder and fine-tuned on the CPU wit
 
 Use them from a test module with::
 
-    from tests.shortcut_fixtures import digits_shortcut, phantom_shortcut  # noqa: F401 (fixtures)
+    def test_x(phantom_shortcut): ...   # the fixtures are registered in tests/conftest.py
 
 Each fixture is session-scoped and returns a :class:`ShortcutRun`: the trained model, its
 preprocessing and tokenizer, the test split (feature independent of the class) with its zero-shot

@@ -13,7 +13,7 @@ import pytest
 
 from ravl_med.config import AuditConfig
 from ravl_med.discover.audit import run_audit
-from tests.shortcut_fixtures import ShortcutRun, digits_shortcut, phantom_shortcut  # noqa: F401 (fixtures)
+from tests.shortcut_fixtures import ShortcutRun
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,12 @@ from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import RegionEmbedder, create_backbone
 from ravl_med.models import embed as embed_module
-from ravl_med.models.embed import EmbeddingSet, embed_dataset, embedding_fingerprint, weights_fingerprint
+from ravl_med.models.embed import (
+    EmbeddingSet,
+    embed_dataset,
+    embedding_fingerprint,
+    weights_fingerprint,
+)
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 N_IMAGES = 10

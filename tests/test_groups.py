@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ravl_med.evaluate import group_accuracy_table, shortcut_gaps, shortcut_learned, worst_group_accuracy
+from ravl_med.evaluate import (
+    group_accuracy_table,
+    shortcut_gaps,
+    shortcut_learned,
+    worst_group_accuracy,
+)
 from ravl_med.evaluate.groups import TABLE_COLUMNS
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]

@@ -26,8 +26,14 @@ _MISSING = [pip for module, pip in _NEEDED.items() if importlib.util.find_spec(m
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pip packages not installed: {', '.join(_MISSING)}")
 
 from ravl_med.data.transforms import region_grid  # noqa: E402
-from ravl_med.models import ChecksumError, RadiographPreprocess, WeightsError, create_backbone, save_checkpoint  # noqa: E402
-from ravl_med.models import registry  # noqa: E402
+from ravl_med.models import (  # noqa: E402
+    ChecksumError,
+    RadiographPreprocess,
+    WeightsError,
+    create_backbone,
+    registry,  # noqa: E402
+    save_checkpoint,
+)
 from ravl_med.models.hybrid import HybridCLIP, resolve_local_path  # noqa: E402
 from ravl_med.models.regions import RegionEmbedder  # noqa: E402
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ravl_med.models import RadiographPreprocess, create_backbone, get_backbone_spec, list_backbones
+from ravl_med.models import (
+    RadiographPreprocess,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+)
 
 TINY = ("tiny-rn", "tiny-vit")
 STANDARD = ("RN50", "RN101", "ViT-B-32", "ViT-B-16")

@@ -7,7 +7,14 @@ import socket
 import pytest
 import torch
 
-from ravl_med.models import ChecksumError, WeightsError, create_backbone, file_sha256, load_state_dict, save_checkpoint
+from ravl_med.models import (
+    ChecksumError,
+    WeightsError,
+    create_backbone,
+    file_sha256,
+    load_state_dict,
+    save_checkpoint,
+)
 
 
 def _outputs(model, seed=1):

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from ravl_med.models import create_backbone
-from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings, zero_shot_logits, zero_shot_scores
+from ravl_med.models.zeroshot import (
+    CXR_TEMPLATES,
+    class_text_embeddings,
+    zero_shot_logits,
+    zero_shot_scores,
+)
 
 
 class _LookupText:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ravl_med.data.phantom import CLASSES, CustomArtefact, InjectArtefact, InjectArtefactd, Layout, render_phantom
+from ravl_med.data.phantom import (
+    CLASSES,
+    CustomArtefact,
+    InjectArtefact,
+    InjectArtefactd,
+    Layout,
+    render_phantom,
+)
 from ravl_med.data.phantom.anatomy import render_density, sample_patient
 from ravl_med.data.phantom.artefacts import ARTEFACTS, get_artefact
 

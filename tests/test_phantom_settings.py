@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from ravl_med.config import ConfigError
-from ravl_med.data.phantom import CLASSES, cramers_v, find_suite, list_suites, plan_correlated, plan_independent
+from ravl_med.data.phantom import (
+    CLASSES,
+    cramers_v,
+    find_suite,
+    list_suites,
+    plan_correlated,
+    plan_independent,
+)
 from ravl_med.data.phantom.config import PhantomSetting
 from ravl_med.data.phantom.digits import QUADRANT_BOXES, write_digits
 from ravl_med.data.phantom.writer import plan_setting

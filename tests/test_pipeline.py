@@ -10,7 +10,11 @@ from PIL import Image
 
 from ravl_med.config import IngestConfig
 from ravl_med.data.errors import IngestError
-from ravl_med.data.pipeline import ingest_transforms, load_radiograph, run_ingest_transforms
+from ravl_med.data.pipeline import (
+    ingest_transforms,
+    load_radiograph,
+    run_ingest_transforms,
+)
 from tests.factories import chest_like, write_cr_dicom
 
 

@@ -17,7 +17,14 @@ from PIL import Image
 from ravl_med.cli import main
 from ravl_med.data.errors import IngestError
 from ravl_med.data.manifest import ATTRIBUTE_COLUMNS, Manifest
-from ravl_med.data.recipes import RECIPES, age_band, build_dicom_folder, build_manifest, build_mimic, build_siim
+from ravl_med.data.recipes import (
+    RECIPES,
+    age_band,
+    build_dicom_folder,
+    build_manifest,
+    build_mimic,
+    build_siim,
+)
 from tests.factories import write_cr_dicom
 
 #: Columns a manifest built by a recipe may have.

@@ -14,13 +14,11 @@ import yaml
 
 from ravl_med.config import FinetuneConfig, load_config
 from ravl_med.evaluate import shortcut_gaps, shortcut_learned, worst_group_accuracy
-from tests.shortcut_fixtures import (  # noqa: F401 - fixtures
+from tests.shortcut_fixtures import (
     DIGITS_RECIPE,
     PHANTOM_DATA,
     PHANTOM_RECIPE,
     describe,
-    digits_shortcut,
-    phantom_shortcut,
 )
 
 #: The validity thresholds the recipes are held to (on the decorrelated test split).

@@ -8,7 +8,6 @@ zero-shot chance accuracy is 1/3.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,12 @@ from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, load_config
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import create_backbone, load_state_dict
-from ravl_med.models.training import Trainer, latest_state, parameter_groups, warmup_cosine
+from ravl_med.models.training import (
+    Trainer,
+    latest_state,
+    parameter_groups,
+    warmup_cosine,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]

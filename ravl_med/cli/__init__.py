@@ -15,7 +15,16 @@ import sys
 from collections.abc import Sequence
 
 from ravl_med import __version__
-from ravl_med.cli import audit, finetune, ingest, manifest, mitigate, phantom, runs, validate
+from ravl_med.cli import (
+    audit,
+    finetune,
+    ingest,
+    manifest,
+    mitigate,
+    phantom,
+    runs,
+    validate,
+)
 from ravl_med.config import ConfigError
 from ravl_med.data.errors import IngestError
 

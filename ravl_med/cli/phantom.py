@@ -7,7 +7,13 @@ from pathlib import Path
 
 from ravl_med.config import ConfigError
 from ravl_med.data.phantom.artefacts import ARTEFACTS
-from ravl_med.data.phantom.config import PhantomSetting, find_suite, list_suites, load_suite, setting_name
+from ravl_med.data.phantom.config import (
+    PhantomSetting,
+    find_suite,
+    list_suites,
+    load_suite,
+    setting_name,
+)
 from ravl_med.data.phantom.findings import CLASSES
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.cli.common import add_ingest_options, load_ingest_config, open_dataset, print_scan_report, write_json
+from ravl_med.cli.common import (
+    add_ingest_options,
+    load_ingest_config,
+    open_dataset,
+    print_scan_report,
+    write_json,
+)
 from ravl_med.data.manifest import write_problems
 
 EXIT_NOTHING_USABLE = 1
@@ -36,7 +42,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.data.scan import scan_manifest  # torch/MONAI: imported only when the command runs
+    from ravl_med.data.scan import (
+        scan_manifest,  # torch/MONAI: imported only when the command runs
+    )
 
     config = load_ingest_config(args)
     manifest = open_dataset(args.path, config)

@@ -5,6 +5,11 @@ intervals), :func:`worst_group_accuracy` the mitigation metric, and :func:`short
 validity rule of a setting (the fine-tuned model must have learned the planted shortcut).
 """
 
-from ravl_med.evaluate.groups import group_accuracy_table, shortcut_gaps, shortcut_learned, worst_group_accuracy
+from ravl_med.evaluate.groups import (
+    group_accuracy_table,
+    shortcut_gaps,
+    shortcut_learned,
+    worst_group_accuracy,
+)
 
 __all__ = ["group_accuracy_table", "shortcut_gaps", "shortcut_learned", "worst_group_accuracy"]

@@ -4,7 +4,13 @@ from ravl_med.models.embed import EmbeddingSet, embed_dataset
 from ravl_med.models.hybrid import HybridCLIP
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
-from ravl_med.models.registry import BackboneSpec, add_backbone_config, create_backbone, get_backbone_spec, list_backbones
+from ravl_med.models.registry import (
+    BackboneSpec,
+    add_backbone_config,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+)
 from ravl_med.models.weights import (
     ChecksumError,
     KeyReport,
@@ -14,7 +20,12 @@ from ravl_med.models.weights import (
     load_state_dict,
     save_checkpoint,
 )
-from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings, zero_shot_logits, zero_shot_scores
+from ravl_med.models.zeroshot import (
+    CXR_TEMPLATES,
+    class_text_embeddings,
+    zero_shot_logits,
+    zero_shot_scores,
+)
 
 __all__ = [
     "CXR_TEMPLATES",

@@ -18,7 +18,13 @@ from ravl_med.data.phantom.artefacts import (
     Layout,
     get_artefact,
 )
-from ravl_med.data.phantom.config import PhantomSetting, PhantomSuite, find_suite, list_suites, load_suite
+from ravl_med.data.phantom.config import (
+    PhantomSetting,
+    PhantomSuite,
+    find_suite,
+    list_suites,
+    load_suite,
+)
 from ravl_med.data.phantom.findings import CLASSES
 from ravl_med.data.phantom.render import PhantomImage, render_phantom
 from ravl_med.data.phantom.settings import cramers_v, plan_correlated, plan_independent

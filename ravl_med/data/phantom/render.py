@@ -10,8 +10,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravl_med.data.phantom.anatomy import DEVICES, Device, add_detector_noise, expose, render_density, sample_patient
-from ravl_med.data.phantom.artefacts import Artefact, InjectArtefact, Layout, get_artefact
+from ravl_med.data.phantom.anatomy import (
+    DEVICES,
+    Device,
+    add_detector_noise,
+    expose,
+    render_density,
+    sample_patient,
+)
+from ravl_med.data.phantom.artefacts import (
+    Artefact,
+    InjectArtefact,
+    Layout,
+    get_artefact,
+)
 from ravl_med.data.phantom.findings import get_finding
 
 __all__ = ["SITES", "PhantomImage", "render_phantom"]

@@ -13,7 +13,13 @@ from ravl_med.data.transforms.intensity import (
     window_to_unit,
 )
 from ravl_med.data.transforms.io import LoadRadiograph, LoadRadiographd
-from ravl_med.data.transforms.regions import CropRegions, CropRegionsd, RegionGrid, RegionGridd, region_grid
+from ravl_med.data.transforms.regions import (
+    CropRegions,
+    CropRegionsd,
+    RegionGrid,
+    RegionGridd,
+    region_grid,
+)
 from ravl_med.data.transforms.spatial import (
     DisplayFlip,
     Letterbox,
