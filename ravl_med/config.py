@@ -119,6 +119,9 @@ class FinetuneConfig(StrictModel):
     freeze_text: bool = False
     #: MedCLIP-style soft targets: pairs sharing a label count as positives.
     label_aware: bool = False
+    #: Text paired with each image: ``report`` (the manifest's report; the label sentence when it is
+    #: empty) or ``labels`` (always the label sentence "a chest x-ray showing <labels>.").
+    text: Literal["report", "labels"] = "report"
     #: Write a full training state every N optimizer steps (0: only at the end of each epoch).
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
     #: Training states kept on disk (older ones are deleted).

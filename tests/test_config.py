@@ -54,3 +54,13 @@ def test_partial_config_keeps_other_defaults(tmp_path):
     config = load_config(_write(tmp_path, "image_size: 320\nregions:\n  grid_sizes: [2, 4]\n"), IngestConfig)
     assert config.image_size == 320 and config.regions.grid_sizes == [2, 4]
     assert config.intensity == IngestConfig().intensity
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from ravl_med.config import AuditConfig, FinetuneConfig, MitigateConfig
+
+    model = {"ingest": IngestConfig, "audit": AuditConfig, "mitigate": MitigateConfig}.get(
+        path.stem.removeprefix("demo-"), FinetuneConfig
+    )
+    load_config(path, model)

@@ -82,3 +82,14 @@ def test_unreadable_file_fails_fast_naming_key_and_reason(small_manifest, tmp_pa
         ds[0]
     assert "ravl-med validate" in str(info.value)
     assert ds[1]["image"].shape == (1, 64, 64)
+
+
+def test_text_can_always_be_the_label_sentence(tmp_path):
+    import pandas as pd
+
+    from ravl_med.data.dataset import RadiographDataset, label_sentence
+
+    path = tmp_path / "m.csv"
+    pd.DataFrame([{"path": "a.png", "label": "nodule", "report": "Small nodule, right upper lobe."}]).to_csv(path, index=False)
+    assert RadiographDataset(path, classes=["nodule"]).text(0) == "Small nodule, right upper lobe."
+    assert RadiographDataset(path, classes=["nodule"], text="labels").text(0) == label_sentence(["nodule"])

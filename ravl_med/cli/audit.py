@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         description=(
             "Embed the candidate regions of every image of an evaluation split with the model, cluster them, "
             "and report the clusters that raise zero-shot accuracy for one class and lower it for another "
-            "(RaVL stage 1), with per-class tables, bootstrap 95%% intervals and galleries. Writes OUT/audit.json, "
+            "(RaVL stage 1), with per-class tables, bootstrap 95% intervals and galleries. Writes OUT/audit.json, "
             "OUT/report.html (self-contained), OUT/clusters.csv and OUT/gallery-*.png. Embeddings are cached: "
             "an interrupted audit restarted with the same command continues where it stopped. Baselines "
             "(random, distilling_failures, george, domino) give the same outputs; with a phantom or digits "

@@ -50,6 +50,8 @@ class RadiographDataset(Dataset):
         tokenizer: optional strings -> (n, L) int64 token ids; when given each item also holds
             ``tokens`` (L,), so DataLoader workers tokenise in parallel.
         split: keep only rows of this split (``train``/``val``/``test``); ``None`` keeps all.
+        text: ``report`` (the row's report, the label sentence when it is empty) or ``labels``
+            (always the label sentence).
         cache: keep loaded items in memory (per process; for small sets read many times).
     """
 
@@ -61,8 +63,12 @@ class RadiographDataset(Dataset):
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
         *,
         split: str | None = None,
+        text: str = "report",
         cache: bool = False,
     ) -> None:
+        if text not in ("report", "labels"):
+            raise ValueError(f"text must be 'report' or 'labels', got {text!r}")
+        self.text_source = text
         self.classes = tuple(classes)
         if not isinstance(manifest, Manifest):
             manifest = Manifest.read(manifest, classes=self.classes)
@@ -94,9 +100,9 @@ class RadiographDataset(Dataset):
         return self._index.get(labels[0], -1) if len(labels) else -1
 
     def text(self, index: int) -> str:
-        """The report of row ``index``, or the label sentence when the report is empty."""
+        """The report of row ``index`` (see ``text``), or the label sentence."""
         row = self.table.iloc[index]
-        report = str(row.get("report", "") or "").strip()
+        report = str(row.get("report", "") or "").strip() if self.text_source == "report" else ""
         return report or label_sentence(list(row["labels"]))
 
     def _load(self, index: int) -> dict[str, Any]:

@@ -458,7 +458,7 @@ class Trainer:
                 "%s: %d manifest rows refused (e.g. %s: %s); training without them",
                 cfg.manifest, len(manifest.problems), manifest.problems[0].reason, manifest.problems[0].detail,
             )
-        train = RadiographDataset(manifest, cfg.ingest, cfg.classes, self.tokenizer_, split="train")
+        train = RadiographDataset(manifest, cfg.ingest, cfg.classes, self.tokenizer_, split="train", text=cfg.text)
         if len(train) == 0:
             raise ConfigError(f"{cfg.manifest}: the train split is empty (no usable row with split 'train' or blank)")
         val = RadiographDataset(manifest, cfg.ingest, cfg.classes, split="val")
