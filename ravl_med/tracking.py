@@ -34,7 +34,6 @@ and the outputs that are already free of DICOM header fields and image paths.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from ravl_med.models.weights import file_sha256
+
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_DB",
@@ -55,7 +56,6 @@ __all__ = [
     "Tracker",
     "code_version",
     "dataset_name",
-    "file_sha256",
     "flatten",
     "group_metric_name",
     "metric_key",
@@ -111,15 +111,6 @@ def _param_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, default=str)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def code_version() -> str:
