@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # No hub lookups in tests: each failed one would stall ~45 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,3 +41,13 @@ def cxr_samples() -> Path:
     if not CXR_SAMPLES.is_dir():
         pytest.skip(f"real chest X-ray samples not found at {CXR_SAMPLES}")
     return CXR_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module: on a shared 2-core machine two threads spin against other
+    jobs (up to 50x slower). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

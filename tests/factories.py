@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -47,3 +48,17 @@ def chest_like(rows: int = 96, cols: int = 80, seed: int = 0, bits: int = 12) ->
     image[:, cols // 2 - cols // 10 : cols // 2 + cols // 10] = 0.8 * top
     image += rng.normal(0, 0.02 * top, size=image.shape)
     return np.clip(image, 0, top).astype(np.uint16)
+
+
+#: Patient-identifying values written into test DICOMs; none may appear in any output.
+PATIENT_IDENTIFIERS = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN0098765", "AccessionNumber": "ACC55501",
+                       "PatientBirthDate": "19470312", "InstitutionName": "St Elsewhere General"}
+
+
+def add_patient_identifiers(path: Path, identifiers: dict[str, str] = PATIENT_IDENTIFIERS) -> Path:
+    """Rewrites the DICOM at ``path`` with patient-identifying attributes set (for privacy tests)."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in identifiers.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path

@@ -11,7 +11,6 @@ import json
 import re
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 import yaml
@@ -32,22 +31,16 @@ from ravl_med.discover.report import (
 )
 from ravl_med.models import create_backbone, save_checkpoint
 from ravl_med.models import embed as embed_module
+from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
 N_TEST = 24
 IMAGE_SIZE = 64  # ingest size; tiny-rn's input is 128, so boxes are scaled by 2 on the way in
-PHI = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN0098765", "AccessionNumber": "ACC55501",
-       "PatientBirthDate": "19470312", "InstitutionName": "St Elsewhere General"}
+PHI = PATIENT_IDENTIFIERS
 _EMBED_BATCH = embed_module._embed_batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +50,7 @@ def phantom(tmp_path_factory):
                              n_train=2, n_val=0, n_test=N_TEST, image_size=IMAGE_SIZE, classes=CLASSES)
     manifest = write_setting(setting, tmp_path_factory.mktemp("phantom"), progress=False).manifest
     first = Manifest.read(manifest).table.query("split == 'test'").iloc[0]["path"]
-    ds = pydicom.dcmread(first)
-    for name, value in PHI.items():
-        setattr(ds, name, value)
-    ds.save_as(first)
+    add_patient_identifiers(first, PHI)
     return manifest
 
 

@@ -18,7 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pydicom
 import pytest
 import torch
 import yaml
@@ -30,9 +29,10 @@ from ravl_med.cli import main
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.tracking import Tracker, group_metric_name, metric_key
+from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
-PHI = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN0098765", "AccessionNumber": "ACC55501"}
+PHI = PATIENT_IDENTIFIERS
 
 
 @pytest.fixture(autouse=True)
@@ -101,10 +101,7 @@ def phantom(tmp_path_factory):
                              n_train=16, n_val=6, n_test=12, image_size=64, classes=CLASSES)
     manifest = write_setting(setting, tmp_path_factory.mktemp("phantom"), progress=False).manifest
     first = Manifest.read(manifest).table.query("split == 'test'").iloc[0]["path"]
-    ds = pydicom.dcmread(first)
-    for name, value in PHI.items():
-        setattr(ds, name, value)
-    ds.save_as(first)
+    add_patient_identifiers(first, PHI)
     return manifest
 
 
