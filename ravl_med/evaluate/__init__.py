@@ -11,5 +11,20 @@ from ravl_med.evaluate.groups import (
     shortcut_learned,
     worst_group_accuracy,
 )
+from ravl_med.evaluate.mitigation import (
+    accuracy_summary,
+    core_regions_from_masks,
+    evaluate_model,
+    region_accuracy_summary,
+)
 
-__all__ = ["group_accuracy_table", "shortcut_gaps", "shortcut_learned", "worst_group_accuracy"]
+__all__ = [
+    "accuracy_summary",
+    "core_regions_from_masks",
+    "evaluate_model",
+    "group_accuracy_table",
+    "region_accuracy_summary",
+    "shortcut_gaps",
+    "shortcut_learned",
+    "worst_group_accuracy",
+]

@@ -1,0 +1,219 @@
+"""Stage-2 evaluation of a (mitigated) model: the same numbers for every mitigation method.
+
+Image level: zero-shot accuracy over all test images and the worst (class x spurious feature
+present/absent) group's accuracy, with the per-group table of :func:`group_accuracy_table`.
+Region level (when the core regions are given): each core region is classified zero-shot on its own
+embedding (from :func:`~ravl_med.models.embed.embed_dataset`) and compared with its image's label;
+overall and worst-group accuracy over core regions, a region's group being its image's group.
+
+Core regions are those overlapping the finding (:func:`core_regions_from_masks`): the finding mask,
+or the lung mask for "no finding" images (which have no finding mask).
+
+Images (and regions of images) whose label is not one of ``classes`` (label -1) are left out of every
+number, as in :func:`group_accuracy_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ravl_med.data.dataset import collate
+from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
+
+__all__ = ["accuracy_summary", "core_regions_from_masks", "evaluate_model", "region_accuracy_summary"]
+
+
+def _bool_1d(name: str, values, length: int | None = None) -> np.ndarray:
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.dtype != bool:
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean (or 0/1)")
+        array = array.astype(bool)
+    if length is not None and len(array) != length:
+        raise ValueError(f"{name} has length {len(array)}, expected {length}")
+    return array
+
+
+def accuracy_summary(labels, predictions, feature_present, classes: Sequence[str], *, n_boot: int = 1000,
+                     seed: int = 0, spurious_class: str | None = None) -> dict[str, Any]:
+    """Overall and worst-group accuracy with the group table, from labels and predictions.
+
+    Returns:
+        ``overall`` (accuracy over rows with a known label; NaN when there is none),
+        ``worst_group`` (:func:`worst_group_accuracy` of the table), ``table`` (the DataFrame)
+        and ``count`` (rows with a known label).
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    present = _bool_1d("feature_present", feature_present, len(labels))
+    if len(predictions) != len(labels):
+        raise ValueError(f"labels and predictions differ in length: {len(labels)}, {len(predictions)}")
+    table = group_accuracy_table(labels, predictions, present, classes, spurious_class=spurious_class,
+                                 n_boot=n_boot, seed=seed)
+    known = (labels >= 0) & (labels < len(classes))
+    count = int(known.sum())
+    overall = float((labels[known] == predictions[known]).mean()) if count else float("nan")
+    return {"overall": overall, "worst_group": worst_group_accuracy(table), "table": table, "count": count}
+
+
+def region_accuracy_summary(region_predictions, region_image, labels, feature_present, core_regions,
+                            classes: Sequence[str], *, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of core regions: a region is right when its prediction is its image's label.
+
+    Args:
+        region_predictions: (M,) predicted class per region.
+        region_image: (M,) image index of each region.
+        labels: (N,) image labels; feature_present: (N,) bool per image.
+        core_regions: (M,) bool, the regions scored.
+
+    Returns:
+        as :func:`accuracy_summary`, over the core regions (``count``: core regions scored).
+    """
+    region_image = np.asarray(region_image, dtype=np.int64).reshape(-1)
+    region_predictions = np.asarray(region_predictions, dtype=np.int64).reshape(-1)
+    core = _bool_1d("core_regions", core_regions, len(region_image))
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    present = _bool_1d("feature_present", feature_present, len(labels))
+    if len(region_predictions) != len(region_image):
+        raise ValueError("region_predictions and region_image differ in length")
+    rows = region_image[core]
+    return accuracy_summary(labels[rows], region_predictions[core], present[rows], classes, n_boot=n_boot, seed=seed)
+
+
+def _mask_path(value, root: Path) -> Path | None:
+    value = str(value if value is not None and not (isinstance(value, float) and np.isnan(value)) else "").strip()
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Path, *, model_side: int | None = None,
+                            finding_column: str = "mask_finding", fallback_column: str = "lung_mask",
+                            rule: str = "either", threshold: float = 0.25) -> np.ndarray:
+    """Which regions overlap the finding: the image's finding mask, else (no finding) its lung mask.
+
+    Args:
+        dataset: the :class:`~ravl_med.data.dataset.RadiographDataset` (its ``table`` has the mask
+            columns and ``path``; its ``ingest_config`` maps masks like the images).
+        region_boxes: (M, 4) boxes; in ingested-image pixels, or in model-input pixels when
+            ``model_side`` is given (as :func:`embed_dataset` returns them: scaled by N / S).
+        region_image: (M,) index into the dataset of each region's image.
+        root: folder that relative mask paths are resolved against (the manifest's folder).
+        model_side: the model input side N, to bring the boxes back to the ingested S x S frame.
+        finding_column, fallback_column: manifest columns of the finding and fallback masks.
+        rule, threshold: :func:`~ravl_med.discover.metrics.region_overlaps_mask` settings.
+
+    Returns:
+        (M,) bool. An image without either mask has no core region.
+    """
+    from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+    from ravl_med.discover.metrics import region_overlaps_mask
+
+    table = dataset.table
+    for column in (finding_column, fallback_column):
+        if column not in table.columns:
+            raise ValueError(f"the dataset's manifest has no {column!r} column")
+    side = dataset.ingest_config.image_size
+    boxes = np.asarray(region_boxes, dtype=np.float64).reshape(-1, 4)
+    if model_side is not None:
+        boxes = boxes * (side / float(model_side))
+    root = Path(root)
+    transform = ingest_transforms(dataset.ingest_config, mask_keys=("mask",), regions=False)
+    masks: list[np.ndarray | None] = []
+    for _, row in table.iterrows():
+        path = _mask_path(row[finding_column], root) or _mask_path(row[fallback_column], root)
+        if path is None:
+            masks.append(None)
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"mask of image {row['key']} not found: {path}")
+        sample = run_ingest_transforms(transform, {"image": row["path"], "mask": str(path)})
+        mask = np.asarray(sample["mask"])
+        masks.append(mask.reshape(mask.shape[-2:]) > 0)
+    return region_overlaps_mask(boxes, region_image, masks, rule=rule, threshold=threshold)
+
+
+@torch.no_grad()
+def _image_predictions(model, preprocess, text: torch.Tensor, dataset, batch_size: int,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    labels, predicted = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        images = preprocess(batch["image"].to(device))
+        features = model.encode_image(images, normalize=True).float()
+        predicted.append((features @ text.T).argmax(dim=1).cpu().numpy())
+        labels.append(batch["label"].numpy())
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(labels), np.concatenate(predicted)
+
+
+def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str], templates, feature_present,
+                   core_regions=None, batch_size: int = 64, *, device: str | torch.device = "cpu",
+                   n_boot: int = 1000, seed: int = 0, spurious_class: str | None = None,
+                   embeddings=None) -> dict[str, Any]:
+    """Stage-2 metrics of one model on a test split (the same call for every mitigation method).
+
+    Args:
+        model, preprocess, tokenizer: the model (open_clip ``CLIP`` / ``HybridCLIP``), its
+            :class:`RadiographPreprocess` and tokenizer.
+        dataset: the test :class:`~ravl_med.data.dataset.RadiographDataset`.
+        classes: C class names; templates: zero-shot prompt templates.
+        feature_present: (N,) bool, the spurious feature per image (groups = class x present).
+        core_regions: (M,) bool over the regions of ``embed_dataset(model, preprocess, dataset)``
+            (image by image, as the dataset's ``regions``), or None for image metrics only.
+        batch_size: images per forward.
+        device: where the model runs (its mode is restored after).
+        n_boot, seed: bootstrap of the image group table (the region table has no intervals).
+        spurious_class: adds ``predicted_spurious`` to the image table.
+        embeddings: a precomputed :class:`EmbeddingSet` of this model and dataset to reuse for the
+            regions (else :func:`embed_dataset` runs, without a cache).
+
+    Returns:
+        ``image_accuracy``, ``image_worst_group``, ``image_table`` (DataFrame), ``n_images``,
+        ``labels`` and ``predictions`` ((N,) arrays), and with ``core_regions``:
+        ``region_accuracy``, ``region_worst_group``, ``region_table``, ``n_core_regions``.
+    """
+    from ravl_med.models.zeroshot import class_text_embeddings
+
+    present = _bool_1d("feature_present", feature_present, len(dataset))
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    if hasattr(preprocess, "to"):
+        preprocess.to(device)
+    try:
+        with torch.no_grad():
+            text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
+        labels, predictions = _image_predictions(model, preprocess, text, dataset, batch_size, device)
+        images = accuracy_summary(labels, predictions, present, classes, n_boot=n_boot, seed=seed,
+                                  spurious_class=spurious_class)
+        out: dict[str, Any] = {
+            "image_accuracy": images["overall"], "image_worst_group": images["worst_group"],
+            "image_table": images["table"], "n_images": images["count"],
+            "labels": labels, "predictions": predictions,
+        }
+        if core_regions is not None:
+            if embeddings is None:
+                from ravl_med.models.embed import embed_dataset
+
+                embeddings = embed_dataset(model, preprocess, dataset, batch_size=batch_size, device=device,
+                                           progress=False, precision="fp32")
+            core = _bool_1d("core_regions", core_regions, len(embeddings.region_image))
+            regions = torch.from_numpy(np.asarray(embeddings.region_embeddings, dtype=np.float32))
+            region_predictions = (regions @ text.cpu().T).argmax(dim=1).numpy()
+            summary = region_accuracy_summary(region_predictions, embeddings.region_image, labels, present, core,
+                                              classes)
+            out.update(region_accuracy=summary["overall"], region_worst_group=summary["worst_group"],
+                       region_table=summary["table"], n_core_regions=summary["count"])
+    finally:
+        model.train(was_training)
+    return out
