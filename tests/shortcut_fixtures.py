@@ -33,12 +33,12 @@ import torch
 import yaml
 
 from ravl_med.config import FinetuneConfig, parse_config
-from ravl_med.data.dataset import RadiographDataset, collate
+from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.data.phantom.digits import DIGIT_NAMES, write_digits
 from ravl_med.evaluate import group_accuracy_table
-from ravl_med.models.training import FitResult, Trainer
+from ravl_med.models.training import FitResult, Trainer, zero_shot_predictions
 from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,21 +115,6 @@ class CachedTrainer(Trainer):
         return train, val
 
 
-@torch.no_grad()
-def zero_shot_predictions(model, preprocess, tokenizer, dataset: RadiographDataset, classes, templates,
-                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predicted class indices) of ``dataset`` by zero-shot classification."""
-    model.eval()
-    text = class_text_embeddings(model, tokenizer, list(classes), templates, device="cpu").float()
-    labels, predicted = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        features = model.encode_image(preprocess(batch["image"]), normalize=True).float()
-        predicted.append((features @ text.T).argmax(dim=1).numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(labels), np.concatenate(predicted)
-
-
 @dataclass
 class ShortcutRun:
     """A fine-tuned model and its test-split evaluation (see the module docstring).
@@ -178,8 +163,9 @@ def run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_cl
     test_set = RadiographDataset(Manifest.read(config.manifest, classes=config.classes), config.ingest,
                                  config.classes, split="test")
     model = trainer.model_.cpu().eval()
-    labels, predictions = zero_shot_predictions(model, trainer.preprocess_, trainer.tokenizer_, test_set,
-                                                config.classes, templates)
+    with torch.no_grad():
+        text = class_text_embeddings(model, trainer.tokenizer_, list(config.classes), templates, device="cpu")
+    labels, predictions = zero_shot_predictions(model, trainer.preprocess_, text, test_set, batch_size=64)
     present = test_set.table["artefact_present"].astype(int).to_numpy().astype(bool)
     table = group_accuracy_table(labels, predictions, present, config.classes, spurious_class=spurious_class)
     seconds = {"finetune": trained - started, "evaluate": time.perf_counter() - trained}

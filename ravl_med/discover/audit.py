@@ -179,14 +179,6 @@ def _load_model(config: AuditConfig, device: str):
     return model, preprocess, tokenizer, digest, notes
 
 
-def _mask_path(value: str, root: Path) -> Path | None:
-    value = str(value or "").strip()
-    if not value:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else root / path
-
-
 def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: int) -> tuple[np.ndarray | None, dict | None]:
     """Which regions hold the planted feature, from the manifest's masks or quadrant labels.
 
@@ -219,21 +211,12 @@ def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: i
         truth = quadrant_is_spurious(quadrant, embeddings.region_image, square)
         info = {"kind": "quadrant", "rule": "region centre in the square's quadrant"}
     else:
-        from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+        from ravl_med.data.masks import ingested_masks
 
-        transform = ingest_transforms(config.ingest, mask_keys=("mask",), regions=False)
-        root = Path(config.manifest).resolve().parent
-        masks: list[np.ndarray | None] = []
-        for _, row in table.iterrows():
-            path = _mask_path(row[column], root)
-            if path is None:
-                masks.append(None)
-                continue
-            if not path.is_file():
-                raise ConfigError(f"evaluation: artefact mask of image {row['key']} not found (column {column})")
-            sample = run_ingest_transforms(transform, {"image": row["path"], "mask": str(path)})
-            mask = np.asarray(sample["mask"])
-            masks.append(mask.reshape(mask.shape[-2:]) > 0)
+        try:
+            masks = ingested_masks(table, [column], config.ingest, Path(config.manifest).resolve().parent)
+        except FileNotFoundError as err:
+            raise ConfigError(f"evaluation: {err}") from None
         truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=evaluation.overlap_rule,
                                      threshold=evaluation.overlap_threshold)
         info = {"kind": "mask", "rule": evaluation.overlap_rule, "threshold": evaluation.overlap_threshold,

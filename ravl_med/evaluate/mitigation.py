@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravl_med.data.dataset import collate
 from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
 
 __all__ = ["accuracy_summary", "core_regions_from_masks", "evaluate_model", "region_accuracy_summary"]
@@ -87,14 +86,6 @@ def region_accuracy_summary(region_predictions, region_image, labels, feature_pr
     return accuracy_summary(labels[rows], region_predictions[core], present[rows], classes, n_boot=n_boot, seed=seed)
 
 
-def _mask_path(value, root: Path) -> Path | None:
-    value = str(value if value is not None and not (isinstance(value, float) and np.isnan(value)) else "").strip()
-    if not value:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else root / path
-
-
 def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Path, *, model_side: int | None = None,
                             finding_column: str = "mask_finding", fallback_column: str = "lung_mask",
                             rule: str = "either", threshold: float = 0.25) -> np.ndarray:
@@ -114,7 +105,7 @@ def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Pat
     Returns:
         (M,) bool. An image without either mask has no core region.
     """
-    from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+    from ravl_med.data.masks import ingested_masks
     from ravl_med.discover.metrics import region_overlaps_mask
 
     table = dataset.table
@@ -125,35 +116,8 @@ def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Pat
     boxes = np.asarray(region_boxes, dtype=np.float64).reshape(-1, 4)
     if model_side is not None:
         boxes = boxes * (side / float(model_side))
-    root = Path(root)
-    transform = ingest_transforms(dataset.ingest_config, mask_keys=("mask",), regions=False)
-    masks: list[np.ndarray | None] = []
-    for _, row in table.iterrows():
-        path = _mask_path(row[finding_column], root) or _mask_path(row[fallback_column], root)
-        if path is None:
-            masks.append(None)
-            continue
-        if not path.is_file():
-            raise FileNotFoundError(f"mask of image {row['key']} not found: {path}")
-        sample = run_ingest_transforms(transform, {"image": row["path"], "mask": str(path)})
-        mask = np.asarray(sample["mask"])
-        masks.append(mask.reshape(mask.shape[-2:]) > 0)
+    masks = ingested_masks(table, [finding_column, fallback_column], dataset.ingest_config, root)
     return region_overlaps_mask(boxes, region_image, masks, rule=rule, threshold=threshold)
-
-
-@torch.no_grad()
-def _image_predictions(model, preprocess, text: torch.Tensor, dataset, batch_size: int,
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    labels, predicted = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        images = preprocess(batch["image"].to(device))
-        features = model.encode_image(images, normalize=True).float()
-        predicted.append((features @ text.T).argmax(dim=1).cpu().numpy())
-        labels.append(batch["label"].numpy())
-    if not labels:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(labels), np.concatenate(predicted)
 
 
 def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str], templates, feature_present,
@@ -182,6 +146,7 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
         ``labels`` and ``predictions`` ((N,) arrays), and with ``core_regions``:
         ``region_accuracy``, ``region_worst_group``, ``region_table``, ``n_core_regions``.
     """
+    from ravl_med.models.training import zero_shot_predictions
     from ravl_med.models.zeroshot import class_text_embeddings
 
     present = _bool_1d("feature_present", feature_present, len(dataset))
@@ -193,7 +158,8 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
     try:
         with torch.no_grad():
             text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
-        labels, predictions = _image_predictions(model, preprocess, text, dataset, batch_size, device)
+        labels, predictions = zero_shot_predictions(model, preprocess, text, dataset, device=device,
+                                                    batch_size=batch_size)
         images = accuracy_summary(labels, predictions, present, classes, n_boot=n_boot, seed=seed,
                                   spurious_class=spurious_class)
         out: dict[str, Any] = {

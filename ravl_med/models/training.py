@@ -279,6 +279,46 @@ def _default_sampler(dataset: Dataset, rank: int, world_size: int, seed: int) ->
 
 
 @torch.no_grad()
+def zero_shot_predictions(
+    model: nn.Module,
+    preprocess: nn.Module,
+    text_embeddings: torch.Tensor,
+    dataset: RadiographDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot class of every image of ``dataset``: argmax of its cosine with each class text.
+
+    Args:
+        model: an open_clip-style model with ``encode_image``.
+        preprocess: (B, 1, S, S) [0, 1] -> the image tower's input.
+        text_embeddings: (C, D) L2-normalised class text embeddings
+            (:func:`~ravl_med.models.zeroshot.class_text_embeddings`).
+        dataset: a :class:`RadiographDataset`.
+        device: where to compute.
+        batch_size: images per forward pass.
+        autocast: context manager factory around the forward passes.
+
+    Returns:
+        (labels, predictions): (N,) int64 each; labels are -1 for rows outside the classes.
+    """
+    was_training = model.training
+    model.eval()
+    text = text_embeddings.float().to(device)
+    labels, predicted = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+            with autocast():
+                features = model.encode_image(preprocess(batch["image"].to(device)), normalize=True)
+            predicted.append((features.float() @ text.T).argmax(dim=1).cpu().numpy())
+            labels.append(batch["label"].numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(labels), np.concatenate(predicted)
+
+
 def evaluate_zero_shot(
     model: nn.Module,
     preprocess: nn.Module,
@@ -309,20 +349,15 @@ def evaluate_zero_shot(
     was_training = model.training
     model.eval()
     try:
-        with autocast():
+        with torch.no_grad(), autocast():
             text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
-        correct = total = 0
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        for batch in loader:
-            with autocast():
-                features = model.encode_image(preprocess(batch["image"].to(device)), normalize=True)
-            predicted = (features.float() @ text.T).argmax(dim=1).cpu()
-            known = batch["label"] >= 0
-            correct += int((predicted[known] == batch["label"][known]).sum())
-            total += int(known.sum())
     finally:
         model.train(was_training)
-    return correct / total if total else float("nan")
+    labels, predicted = zero_shot_predictions(
+        model, preprocess, text, dataset, device=device, batch_size=batch_size, autocast=autocast
+    )
+    known = labels >= 0
+    return float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
 
 
 # ----------------------------------------------------------------------------- results
