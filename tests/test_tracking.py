@@ -178,7 +178,17 @@ def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkey
     assert len(fit.data.params["model.checkpoint_sha256"]) == 64 and fit.data.params["code_version"]
     assert len(client.get_metric_history(fit.info.run_id, "train/loss")) == 2
     assert len(client.get_metric_history(fit.info.run_id, "train/loss_step")) == 2 * 2
+    lrs = client.get_metric_history(fit.info.run_id, "train/lr")
+    assert [m.step for m in lrs] == [1, 2, 3, 4] and all(0 < m.value <= 1e-3 for m in lrs)
     assert "val/acc/overall" in fit.data.metrics and "train/images_per_s" in fit.data.metrics
+    # Once per epoch (the last epoch's from log_group_table, not twice).
+    for name in ("val/acc/overall", "val/acc/worst_group"):
+        assert [m.step for m in client.get_metric_history(fit.info.run_id, name)] == [0, 1], name
+    val_groups = {k: v for k, v in fit.data.metrics.items() if k.startswith("val/acc/group/")}
+    assert val_groups and all(k.endswith(("/chest_drain-0", "/chest_drain-1")) for k in val_groups)
+    assert min(val_groups.values()) == fit.data.metrics["val/acc/worst_group"]
+    assert {a.path for a in client.list_artifacts(fit.info.run_id, "groups")} == {
+        "groups/val_groups.csv", "groups/val_groups.json"}
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(fit.info.run_id, "model")}, \
         [a.path for a in client.list_artifacts(fit.info.run_id)]
     (tmp_path / "dl").mkdir()

@@ -7,6 +7,7 @@ zero-shot chance accuracy is 1/3.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import yaml
 
 from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, load_config
+from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import create_backbone, load_state_dict
 from ravl_med.models.training import (
@@ -26,7 +28,9 @@ from ravl_med.models.training import (
     latest_state,
     parameter_groups,
     warmup_cosine,
+    zero_shot_predictions,
 )
+from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
@@ -97,7 +101,7 @@ def test_resume_from_a_mid_run_state_gives_identical_weights(phantom_manifest, t
     class Interrupted(RuntimeError):
         pass
 
-    def interrupt(step: int, loss: float) -> None:
+    def interrupt(step: int, metrics: dict[str, float]) -> None:
         if step == 5:
             raise Interrupted
 
@@ -125,6 +129,58 @@ def test_max_steps_stops_and_resume_finishes(phantom_manifest, tmp_path):
     assert first.steps == 3 and first.stopped_early and first.history == []
     second = Trainer(config, progress=False).fit(resume=True)
     assert second.steps == 8 and len(second.history) == 2 and second.history[0].val_accuracy is None
+
+
+def test_step_callback_gets_loss_and_learning_rate(phantom_manifest, tmp_path):
+    # 32 rows / 8 = 4 optimizer steps, warm-up over 2: multipliers 0.5, 1, then cosine 1, 0.5.
+    manifest = _derived(phantom_manifest, tmp_path / "pairs.csv", n_train=32, n_val=0)
+    config = _config(manifest, tmp_path / "run", epochs=1, batch_size=8, warmup_steps=2, lr=1e-3)
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = Trainer(config, progress=False, on_step=lambda step, metrics: seen.append((step, metrics))).fit()
+    assert [step for step, _ in seen] == [1, 2, 3, 4]
+    assert [m["lr"] for _, m in seen] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
+    assert [m["loss"] for _, m in seen] == result.step_losses
+
+
+def _direct_worst_group(trainer: Trainer, manifest: Path, config: FinetuneConfig) -> float:
+    """Worst-group zero-shot accuracy of the trained model on val, from boolean masks of ``artefact_present``."""
+    val = RadiographDataset(manifest, config.ingest, CLASSES, split="val")
+    trainer.model_.eval()
+    with torch.no_grad():
+        text = class_text_embeddings(trainer.model_, trainer.tokenizer_, CLASSES, CXR_TEMPLATES)
+    labels, predictions = zero_shot_predictions(trainer.model_, trainer.preprocess_, text, val,
+                                                batch_size=config.batch_size)
+    present = val.table["artefact_present"].astype(int).to_numpy().astype(bool)
+    accuracies = []
+    for c in range(len(CLASSES)):
+        for flag in (True, False):
+            mask = (labels == c) & (present == flag)
+            if mask.any():
+                accuracies.append(float((predictions[mask] == c).mean()))
+    return min(accuracies)
+
+
+def test_epochs_report_val_worst_group_when_the_manifest_marks_the_feature(phantom_manifest, tmp_path):
+    manifest = _derived(phantom_manifest, tmp_path / "pairs.csv", n_train=16)  # all 48 val rows, both flags
+    config = _config(manifest, tmp_path / "run", epochs=1, batch_size=8, warmup_steps=1)
+    trainer = Trainer(config, progress=False)
+    result = trainer.fit()
+    epoch = result.history[-1]
+    assert result.feature == "chest_drain"
+    assert epoch.val_worst_group == _direct_worst_group(trainer, manifest, config)
+    assert epoch.val_worst_group <= epoch.val_accuracy
+    assert len(epoch.val_groups) == 2 * len(CLASSES) and sum(g["count"] for g in epoch.val_groups) == 48
+    assert min(g["accuracy"] for g in epoch.val_groups) == epoch.val_worst_group
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["feature"] == "chest_drain" and saved["history"][-1]["val_worst_group"] == epoch.val_worst_group
+
+    # Without artefact_present the groups are unknown: overall accuracy only.
+    unmarked = tmp_path / "unmarked.csv"
+    pd.read_csv(manifest, dtype=str, keep_default_na=False).drop(columns=["artefact_present"]).to_csv(unmarked, index=False)
+    plain = Trainer(_config(unmarked, tmp_path / "plain", epochs=1, batch_size=8, warmup_steps=1), progress=False).fit()
+    assert plain.feature is None and plain.history[-1].val_accuracy is not None
+    assert plain.history[-1].val_worst_group is None and plain.history[-1].val_groups is None
+    assert plain.history[-1].val_accuracy == epoch.val_accuracy  # same seed, same training
 
 
 def test_frozen_text_tower_does_not_change(phantom_manifest, tmp_path):

@@ -70,10 +70,10 @@ def _audit_tracked(args: argparse.Namespace, config: AuditConfig, run_audit):
     """run_audit inside an MLflow run: config, data, per-group zero-shot accuracy, reports; a child run per method."""
     import numpy as np
 
+    from ravl_med.data.manifest import feature_presence
     from ravl_med.tracking import (
         Tracker,
         dataset_name,
-        feature_presence,
         file_sha256,
         manifest_summary,
     )

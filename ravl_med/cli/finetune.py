@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
         help="fine-tune a vision-language backbone on image-report pairs (contrastive)",
         description=(
             "Train a registered backbone with a symmetric InfoNCE loss (optionally label-aware) on the "
-            "'train' rows of a manifest, with zero-shot accuracy on the 'val' rows after each epoch. "
+            "'train' rows of a manifest, with zero-shot accuracy on the 'val' rows after each epoch (and the "
+            "worst (class x feature present/absent) group's when the manifest has 'artefact_present'). "
             "Training states go to OUT/checkpoints (resume with --resume), the final weights to "
             "OUT/model.safetensors and the metrics to OUT/metrics.json. Multi-GPU or multi-node: run the "
             "same command under torchrun. Validate the manifest first with 'ravl-med validate'."
@@ -58,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
     result = _fit_tracked(args, config)
     for epoch in result.history:
         accuracy = "n/a" if epoch.val_accuracy is None else f"{epoch.val_accuracy:.3f}"
+        worst = "" if epoch.val_worst_group is None else f", worst group {epoch.val_worst_group:.3f}"
         print(
             f"epoch {epoch.epoch + 1}: train loss {epoch.train_loss:.4f}  val zero-shot accuracy {accuracy} "
-            f"(chance {result.chance:.3f})  {epoch.images_per_s:.1f} images/s"
+            f"(chance {result.chance:.3f}{worst})  {epoch.images_per_s:.1f} images/s"
         )
     print(f"weights: {result.checkpoint}  sha256 {result.sha256}")
     print(json.dumps({"steps": result.steps, "checkpoint": str(result.checkpoint), "sha256": result.sha256}))
@@ -68,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
-    """Trainer.fit inside an MLflow run (unless ``--no-tracking``): config, data, step and epoch metrics, model."""
+    """Trainer.fit inside an MLflow run (unless ``--no-tracking``): config, data, step and epoch metrics, model.
+
+    Per step: ``train/loss_step``, ``train/lr``. Per epoch: ``train/loss``, ``train/images_per_s``,
+    ``train/steps``, ``val/acc/overall``, ``val/acc/worst_group``; for the last epoch with a group
+    table, the per-group metrics and ``groups/val_groups.csv``/``.json`` of ``TrackedRun.log_group_table``.
+    """
+    import pandas as pd
+
     from ravl_med.models.training import Trainer
     from ravl_med.tracking import dataset_name, manifest_summary, optional_tracker
 
@@ -82,14 +91,21 @@ def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
             run.log_config(config)
             run.log_params({**params, "model.backbone": config.backbone, "seed": config.seed,
                             "code_version": run.tags.get("ravl.code_version", "")})
-            on_step = lambda step, loss: run.log_metrics({"train/loss_step": loss}, step)
+            on_step = lambda step, metrics: run.log_metrics(
+                {"train/loss_step": metrics["loss"], "train/lr": metrics["lr"]}, step)
         trainer = Trainer(config, progress=not args.no_progress, on_step=on_step)
         result = trainer.fit(resume=args.resume)
         if run is not None:
+            last = result.history[-1] if result.history and result.history[-1].val_groups else None
             for epoch in result.history:
-                run.log_metrics({"train/loss": epoch.train_loss, "val/acc/overall": epoch.val_accuracy,
-                                 "train/images_per_s": epoch.images_per_s, "train/steps": epoch.steps},
-                                step=epoch.epoch)
+                metrics = {"train/loss": epoch.train_loss, "train/images_per_s": epoch.images_per_s,
+                           "train/steps": epoch.steps}
+                if epoch is not last:  # log_group_table logs these two for the last epoch
+                    metrics |= {"val/acc/overall": epoch.val_accuracy, "val/acc/worst_group": epoch.val_worst_group}
+                run.log_metrics(metrics, step=epoch.epoch)
+            if last is not None:
+                run.log_group_table(pd.DataFrame(last.val_groups), split="val", feature=result.feature or "feature",
+                                    step=last.epoch)
             run.log_params({"model.checkpoint_sha256": result.sha256, "train.steps": result.steps})
             metrics_file = Path(config.output_dir) / "metrics.json"
             if metrics_file.is_file():

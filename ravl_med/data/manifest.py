@@ -15,6 +15,9 @@ site, view_position, sex, age_band, device
 anything else  no         kept as a further subgroup attribute (e.g. ``artefact_drain``)
 ============== ========== ==============================================================
 
+Phantom and digits manifests add ``artefact`` (the planted feature's name) and ``artefact_present``
+(0/1 per image); :func:`feature_presence` reads them for per-group accuracy.
+
 Bad rows are not fatal: :meth:`Manifest.read` keeps the good rows and lists the others in
 ``problems`` (reason codes of :mod:`ravl_med.data.errors`), so a caller can quarantine them.
 """
@@ -26,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ravl_med.data.errors import REASONS, IngestError
@@ -37,6 +41,7 @@ __all__ = [
     "SPLITS",
     "Manifest",
     "Problem",
+    "feature_presence",
     "image_key",
     "write_problems",
 ]
@@ -219,6 +224,35 @@ class Manifest:
         table["path"] = [_relative(p, base) for p in table["path"]]
         table.to_csv(path, index=False)
         return path
+
+
+def feature_presence(manifest: Manifest | str | Path, keys: Iterable[str]) -> tuple[np.ndarray, str] | None:
+    """Which images carry the planted feature, from the manifest's ``artefact_present`` column.
+
+    Args:
+        manifest: a :class:`Manifest` or the path of a manifest CSV.
+        keys: N image keys.
+
+    Returns:
+        (present, name): (N,) bool per key, and the feature's name (the most common non-empty
+        ``artefact`` value, else ``"feature"``); ``None`` when the manifest has no
+        ``artefact_present`` column or a key is not in it.
+    """
+    table = manifest.table if isinstance(manifest, Manifest) else Manifest.read(manifest).table
+    if "artefact_present" not in table:
+        return None
+    present = dict(zip(table["key"], table["artefact_present"].astype(str).str.strip()))
+    try:
+        flags = np.array([present[str(k)] in ("1", "1.0", "true", "True") for k in keys], dtype=bool)
+    except KeyError:
+        return None
+    name = "feature"
+    if "artefact" in table:
+        names = table["artefact"].astype(str)
+        names = names[names.str.strip() != ""]
+        if len(names):
+            name = str(names.value_counts().index[0])
+    return flags, name
 
 
 def _relative(path: str, base: Path) -> str:

@@ -16,11 +16,15 @@ What a run does (:meth:`Trainer.fit`):
 * ``torchrun``: reads ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, starts the process group (nccl on
   CUDA, gloo on CPU), shards with ``DistributedSampler``, wraps the model in DDP and gathers
   features across processes for the loss; only rank 0 writes files and shows progress;
+* after each optimizer step, ``on_step(step, {"loss": ..., "lr": ...})`` when given;
 * every ``checkpoint_every`` optimizer steps and at each epoch's end, a full training state
-  (model, optimizer, scheduler, step, epoch, position in the epoch, RNG states, metrics so far) goes
+  (model, optimizer, scheduler, the objective's own state when it has ``state_dict()``, e.g.
+  GroupDRO's group weights, step, epoch, position in the epoch, RNG states, metrics so far) goes
   to ``output_dir/checkpoints/state-<step>.pt`` atomically; ``fit(resume=True)`` continues from the
   latest one, and on CPU the final weights are bit-identical to an uninterrupted run;
-* after each epoch, zero-shot accuracy on the ``val`` split (class names x templates);
+* after each epoch, zero-shot accuracy on the ``val`` split (class names x templates) and, when the
+  manifest says which images carry the planted feature (``artefact_present``), the accuracy of each
+  (class x feature present/absent) group and the worst group's;
 * at the end, the weights go to ``output_dir/model.safetensors`` and the per-epoch metrics to
   ``output_dir/metrics.json``.
 
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,7 +58,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ravl_med.config import ConfigError, FinetuneConfig
 from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset, collate
-from ravl_med.data.manifest import Manifest
+from ravl_med.data.manifest import Manifest, feature_presence
+from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
 from ravl_med.models.losses import ClipLoss, LabelAwareClipLoss
 from ravl_med.models.registry import create_backbone
 from ravl_med.models.weights import save_checkpoint
@@ -86,6 +92,8 @@ TRAJECTORY_KEYS = (
 
 Objective = Callable[[dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
 SamplerFactory = Callable[[Dataset, int, int, int], Sampler]
+#: ``on_step(step, metrics)``: metrics of the optimizer step just taken (see :class:`Trainer`).
+StepCallback = Callable[[int, dict[str, float]], None]
 
 
 # ----------------------------------------------------------------------------- devices & processes
@@ -327,10 +335,11 @@ def evaluate_zero_shot(
     classes: list[str] | tuple[str, ...],
     templates=CXR_TEMPLATES,
     *,
+    feature_present: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> float:
+) -> tuple[float, pd.DataFrame | None]:
     """Zero-shot top-1 accuracy of ``model`` on ``dataset`` (rows with label -1 are not counted).
 
     Args:
@@ -339,12 +348,16 @@ def evaluate_zero_shot(
         tokenizer: strings -> token ids.
         dataset: a :class:`RadiographDataset` with ``classes``.
         classes, templates: see :func:`~ravl_med.models.zeroshot.class_text_embeddings`.
+        feature_present: (N,) bool per row of ``dataset``, whether the image carries the planted
+            feature; when given, the per-group table is computed too.
         device: where to compute.
         batch_size: images per forward pass.
         autocast: context manager factory around the forward passes.
 
     Returns:
-        accuracy in [0, 1] (NaN when no row has a known label).
+        (accuracy, groups): accuracy in [0, 1] (NaN when no row has a known label), and the
+        :func:`~ravl_med.evaluate.groups.group_accuracy_table` of (class x feature present/absent)
+        without intervals (``n_boot=0``), or ``None`` without ``feature_present``.
     """
     was_training = model.training
     model.eval()
@@ -357,7 +370,10 @@ def evaluate_zero_shot(
         model, preprocess, text, dataset, device=device, batch_size=batch_size, autocast=autocast
     )
     known = labels >= 0
-    return float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
+    accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
+    if feature_present is None:
+        return accuracy, None
+    return accuracy, group_accuracy_table(labels, predicted, feature_present, classes, n_boot=0)
 
 
 # ----------------------------------------------------------------------------- results
@@ -374,6 +390,11 @@ class EpochMetrics:
         images_per_s: training throughput over the epoch, images per second (all processes; for
             an epoch that was resumed, only its resumed part).
         steps: optimizer steps done at the end of the epoch (cumulative).
+        val_worst_group: lowest zero-shot accuracy over the non-empty (class x feature
+            present/absent) groups of the ``val`` split, or ``None`` when the manifest does not say
+            which images carry the feature (or there is no ``val`` split).
+        val_groups: that group table (:func:`~ravl_med.evaluate.groups.group_accuracy_table`, no
+            intervals) as JSON records, one per group (accuracy ``None`` for an empty group), or ``None``.
     """
 
     epoch: int
@@ -381,6 +402,8 @@ class EpochMetrics:
     val_accuracy: float | None
     images_per_s: float
     steps: int
+    val_worst_group: float | None = None
+    val_groups: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -395,6 +418,8 @@ class FitResult:
         steps: optimizer steps done.
         chance: 1 / number of classes (zero-shot accuracy of guessing).
         stopped_early: ``max_steps`` ended the run before the last epoch finished.
+        feature: name of the planted feature the ``val`` groups split on (the manifest's
+            ``artefact``), or ``None`` when the manifest does not say which images carry it.
     """
 
     history: list[EpochMetrics]
@@ -404,6 +429,7 @@ class FitResult:
     steps: int
     chance: float
     stopped_early: bool = False
+    feature: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "checkpoint": str(self.checkpoint)}
@@ -438,12 +464,17 @@ class Trainer:
     Args:
         config: the run configuration.
         objective: loss callable ``(batch, outputs) -> scalar``; default :class:`ContrastiveObjective`.
-            Under DDP it must gather across processes itself if it needs the global batch.
+            Under DDP it must gather across processes itself if it needs the global batch. When it
+            has ``state_dict()`` and ``load_state_dict(state)`` (e.g. GroupDRO's group weights), its
+            state is part of the training state (rank 0's under DDP).
         sampler_factory: ``(dataset, rank, world_size, seed) -> Sampler`` for the train split; the
             sampler must have ``set_epoch`` and give the same order for the same epoch (needed to
             resume). Default: ``DistributedSampler`` (shuffled, seeded).
         progress: show a tqdm bar (rank 0 only).
-        on_step: called as ``on_step(step, loss)`` after each optimizer step (rank 0 and others).
+        on_step: called as ``on_step(step, metrics)`` after each optimizer step (every process),
+            ``step`` counting from 1; ``metrics["loss"]``: the step's mean loss over this process's
+            micro-batches, nats; ``metrics["lr"]``: the learning rate the step was taken with (first
+            parameter group).
 
     Attributes (after :meth:`fit`):
         model_: the trained model (unwrapped), on its device.
@@ -458,7 +489,7 @@ class Trainer:
         objective: Objective | None = None,
         sampler_factory: SamplerFactory | None = None,
         progress: bool = True,
-        on_step: Callable[[int, float], None] | None = None,
+        on_step: StepCallback | None = None,
     ) -> None:
         self.config = config
         self.objective = objective
@@ -535,6 +566,8 @@ class Trainer:
         model.train()
         self.model_ = model
         train_set, val_set = self.datasets()
+        presence = feature_presence(cfg.manifest, val_set.keys) if val_set is not None else None
+        val_present, feature = presence if presence is not None else (None, None)
 
         sampler = self.sampler_factory(train_set, ctx.rank, ctx.world_size, cfg.seed)
         micro_per_epoch = len(sampler) // cfg.batch_size  # type: ignore[arg-type]
@@ -554,7 +587,7 @@ class Trainer:
         state = _Progress()
         state_path = latest_state(cfg.output_dir) if resume else None
         if state_path is not None:
-            state = self._load_state(state_path, model, optimizer, scheduler, ctx)
+            state = self._load_state(state_path, model, optimizer, scheduler, objective, ctx)
         train_model: nn.Module = model
         if ctx.distributed:
             train_model = DistributedDataParallel(
@@ -607,6 +640,7 @@ class Trainer:
                 if not closes_group:
                     bar.update()
                     continue
+                lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -619,41 +653,48 @@ class Trainer:
                 state.micro = micro + 1
                 group_loss = 0.0
                 rate = images / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", lr=f"{lr:.2e}")
                 bar.update()
                 if self.on_step is not None:
-                    self.on_step(state.step, state.step_losses[-1])
+                    self.on_step(state.step, {"loss": state.step_losses[-1], "lr": lr})
                 if max_steps is not None and state.step >= max_steps:
                     stopped_early = state.micro < micro_per_epoch or epoch + 1 < cfg.epochs
                     if state.micro < micro_per_epoch:
-                        self._save_state(state, model, optimizer, scheduler, ctx)
+                        self._save_state(state, model, optimizer, scheduler, objective, ctx)
                     break
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.micro < micro_per_epoch:
-                    self._save_state(state, model, optimizer, scheduler, ctx)
+                    self._save_state(state, model, optimizer, scheduler, objective, ctx)
             bar.close()
             if state.micro < micro_per_epoch:  # stopped by max_steps inside the epoch
                 break
             elapsed = time.perf_counter() - started
             train_loss = self._mean_over_processes(state.loss_sum, state.loss_count, ctx)
-            accuracy = None
+            accuracy, worst, groups = None, None, None
             if val_set is not None and ctx.is_main:
-                accuracy = evaluate_zero_shot(
+                accuracy, table = evaluate_zero_shot(
                     model, self.preprocess_, self.tokenizer_, val_set, cfg.classes, templates,
-                    device=ctx.device, batch_size=cfg.batch_size, autocast=ctx.autocast,
+                    feature_present=val_present, device=ctx.device, batch_size=cfg.batch_size,
+                    autocast=ctx.autocast,
                 )
+                if table is not None:
+                    worst = worst_group_accuracy(table)
+                    worst = None if math.isnan(worst) else worst
+                    groups = json.loads(table.drop(columns=["ci_low", "ci_high"]).to_json(orient="records"))
             if ctx.distributed:
                 dist.barrier()
-            metrics = EpochMetrics(epoch, train_loss, accuracy, images / max(elapsed, 1e-9), state.step)
+            metrics = EpochMetrics(epoch, train_loss, accuracy, images / max(elapsed, 1e-9), state.step,
+                                   worst, groups)
             state.history.append(asdict(metrics))
             if ctx.is_main:
                 shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
-                log.info("epoch %d: train loss %.4f, val zero-shot accuracy %s, %.1f images/s",
-                         epoch, train_loss, shown, metrics.images_per_s)
+                shown_worst = "n/a" if worst is None else f"{worst:.3f}"
+                log.info("epoch %d: train loss %.4f, val zero-shot accuracy %s (worst group %s), %.1f images/s",
+                         epoch, train_loss, shown, shown_worst, metrics.images_per_s)
             state.epoch, state.micro = epoch + 1, 0
             state.loss_sum, state.loss_count = 0.0, 0
-            self._save_state(state, model, optimizer, scheduler, ctx)
+            self._save_state(state, model, optimizer, scheduler, objective, ctx)
 
-        return self._finish(state, model, ctx, stopped_early)
+        return self._finish(state, model, ctx, stopped_early, feature)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -673,7 +714,7 @@ class Trainer:
             total, count = float(pair[0]), int(pair[1])
         return total / max(count, 1)
 
-    def _save_state(self, state: _Progress, model, optimizer, scheduler, ctx: DistributedContext) -> None:
+    def _save_state(self, state: _Progress, model, optimizer, scheduler, objective, ctx: DistributedContext) -> None:
         if ctx.is_main:
             folder = Path(self.config.output_dir) / STATE_DIR
             path = folder / f"state-{state.step:08d}.pt"
@@ -686,6 +727,8 @@ class Trainer:
                 "config": self.config.model_dump(mode="json"),
                 "world_size": ctx.world_size,
             }
+            if hasattr(objective, "state_dict"):
+                payload["objective"] = objective.state_dict()
             with atomic_path(path) as tmp:
                 torch.save(payload, tmp)
             old = sorted(p for p in folder.iterdir() if STATE_RE.match(p.name) and p != path)
@@ -694,7 +737,7 @@ class Trainer:
         if ctx.distributed:
             dist.barrier()
 
-    def _load_state(self, path: Path, model, optimizer, scheduler, ctx: DistributedContext) -> _Progress:
+    def _load_state(self, path: Path, model, optimizer, scheduler, objective, ctx: DistributedContext) -> _Progress:
         payload = torch.load(path, map_location="cpu", weights_only=False)
         saved, current = payload["config"], self.config.model_dump(mode="json")
         changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != current.get(k)]
@@ -710,17 +753,23 @@ class Trainer:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if hasattr(objective, "load_state_dict"):
+            if "objective" in payload:
+                objective.load_state_dict(payload["objective"])
+            else:
+                log.warning("%s holds no objective state: the objective starts afresh", path)
         _restore_rng_states(payload["rng"], ctx.device)
         return _Progress(**payload["progress"])
 
-    def _finish(self, state: _Progress, model, ctx: DistributedContext, stopped_early: bool) -> FitResult:
+    def _finish(self, state: _Progress, model, ctx: DistributedContext, stopped_early: bool,
+                feature: str | None) -> FitResult:
         cfg = self.config
         final = Path(cfg.output_dir) / FINAL_WEIGHTS
         digest = [""]
         if ctx.is_main:
             digest[0] = save_checkpoint(model, final)
             metrics = {"history": state.history, "step_losses": state.step_losses, "sha256": digest[0],
-                       "steps": state.step, "config": cfg.model_dump(mode="json")}
+                       "steps": state.step, "feature": feature, "config": cfg.model_dump(mode="json")}
             with atomic_path(Path(cfg.output_dir) / "metrics.json") as tmp:
                 tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         if ctx.distributed:
@@ -733,6 +782,7 @@ class Trainer:
             steps=state.step,
             chance=1.0 / len(cfg.classes),
             stopped_early=stopped_early,
+            feature=feature,
         )
         return self.result_
 
