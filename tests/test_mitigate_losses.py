@@ -101,6 +101,28 @@ def test_total_with_clip_term_by_hand_and_list_input():
     assert float(listed) == pytest.approx(float(packed["loss"]), rel=1e-12)
 
 
+def test_label_aware_clip_term_follows_the_recipe():
+    # Regression: RaVL's L_CLIP ignored the recipe's label-aware targets, so with repeated label
+    # sentences it pushed apart the very pairs standard fine-tuning treats as positives.
+    from ravl_med.models.losses import LabelAwareClipLoss
+
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], dtype=torch.float64)
+    text = torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.8, 0.6]], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0])  # images 0 and 2 share a label (and the same label sentence)
+    flags = torch.zeros(3, dtype=torch.bool)
+    aware = RegionAwareLoss(lambda_=1.0, temperature=TAU, label_aware=True)
+    out = aware(image, text, scale, REGIONS, flags, TEXTS, labels, region_image=torch.arange(3), output_dict=True)
+    expected = LabelAwareClipLoss()(image, text, scale, labels=labels)
+    assert float(out["clip_loss"]) == pytest.approx(float(expected), rel=1e-12)
+    (aware_grad,) = torch.autograd.grad(out["loss"], text)
+    plain = RegionAwareLoss(lambda_=1.0, temperature=TAU)(image, text, scale, REGIONS, flags, TEXTS, labels,
+                                                          region_image=torch.arange(3))
+    (plain_grad,) = torch.autograd.grad(plain, text)
+    # plain InfoNCE treats text 2 as a negative of image 0 (same label): their gradients differ there
+    assert not torch.allclose(aware_grad, plain_grad)
+
+
 def test_region_terms_are_scale_free_and_parameters_checked():
     loss_r, loss_a, _ = region_text_terms(REGIONS * 3.0, REGION_IMAGE, SPURIOUS, TEXTS * 0.5, LABELS, TAU)
     ref_r, ref_a, _ = region_text_terms(REGIONS, REGION_IMAGE, SPURIOUS, TEXTS, LABELS, TAU)

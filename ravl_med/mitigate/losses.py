@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ravl_med.models.losses import ClipLoss
+from ravl_med.models.losses import ClipLoss, LabelAwareClipLoss
 
 __all__ = ["RegionAwareLoss", "pack_regions", "region_text_terms"]
 
@@ -132,20 +132,28 @@ def region_text_terms(
 class RegionAwareLoss(nn.Module):
     """L = lambda * L_CLIP + (1 - lambda) * (L_R + L_A) (see the module docstring).
 
+    L_CLIP is the fine-tuning recipe's own contrastive loss: the symmetric InfoNCE, or with
+    ``label_aware`` the label-aware soft targets (pairs sharing a label are positives), so that RaVL
+    and standard fine-tuning differ by the region terms only.
+
     Args:
         lambda_: weight of the image-report InfoNCE term, in [0, 1].
         temperature: tau of the region-text terms.
         rank, world_size: the process's place in ``torch.distributed`` (for L_CLIP's gather).
+        label_aware: L_CLIP with label-aware targets (:class:`~ravl_med.models.losses.LabelAwareClipLoss`).
     """
 
-    def __init__(self, lambda_: float = 0.8, temperature: float = 0.07, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, lambda_: float = 0.8, temperature: float = 0.07, rank: int = 0, world_size: int = 1,
+                 label_aware: bool = False) -> None:
         super().__init__()
         if not 0.0 <= lambda_ <= 1.0:
             raise ValueError(f"lambda_ must be in [0, 1], got {lambda_}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.lambda_, self.temperature = float(lambda_), float(temperature)
-        self.clip = ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
+        self.label_aware = bool(label_aware)
+        self.clip = (LabelAwareClipLoss(rank=rank, world_size=world_size) if label_aware
+                     else ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size))
 
     def forward(
         self,
@@ -182,7 +190,10 @@ class RegionAwareLoss(nn.Module):
             region_features, region_image, region_is_spurious = pack_regions(region_features, region_is_spurious)
         elif not isinstance(region_is_spurious, torch.Tensor):
             region_is_spurious = torch.as_tensor(region_is_spurious, dtype=torch.bool)
-        clip = self.clip(image_features, text_features, logit_scale, logit_bias)
+        if self.label_aware:
+            clip = self.clip(image_features, text_features, logit_scale, labels=labels, logit_bias=logit_bias)
+        else:
+            clip = self.clip(image_features, text_features, logit_scale, logit_bias)
         loss_r, loss_a, n_used = region_text_terms(
             region_features, region_image, region_is_spurious, class_text_features, labels, self.temperature
         )

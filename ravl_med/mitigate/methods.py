@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler
 
-from ravl_med.config import ConfigError
+from ravl_med.config import MITIGATION_METHODS, ConfigError
 from ravl_med.models.hybrid import CNNImageTower
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.training import ContrastiveObjective, DistributedContext, Trainer
@@ -52,7 +52,7 @@ __all__ = [
     "stage1_groups",
 ]
 
-METHODS = ("ravl", "standard", "upsampled", "vl_erm", "vl_gdro", "spurious_aware")
+METHODS = MITIGATION_METHODS
 
 
 def _process() -> tuple[int, int]:
@@ -127,9 +127,9 @@ class RaVLObjective:
 
     needs = ("class_text", "regions")
 
-    def __init__(self, lambda_: float = 0.8, temperature: float = 0.07) -> None:
+    def __init__(self, lambda_: float = 0.8, temperature: float = 0.07, label_aware: bool = False) -> None:
         rank, world = _process()
-        self.loss = RegionAwareLoss(lambda_, temperature, rank=rank, world_size=world)
+        self.loss = RegionAwareLoss(lambda_, temperature, rank=rank, world_size=world, label_aware=label_aware)
 
     def __call__(self, batch: dict[str, Any], outputs: dict[str, Any]) -> torch.Tensor:
         image = outputs["image_features"]
@@ -159,8 +159,10 @@ class GroupDROObjective(VLERMObjective):
 
     After each batch the weight of every group present grows as q_g <- q_g exp(step_size * L_g) and
     q is renormalised (no gradient through q); the loss is sum_g q_g L_g over the groups present,
-    with L_g the group's mean cross-entropy. Under DDP each process keeps its own q (from its own
-    batches); q is not part of the training state, so a resumed run restarts from uniform weights.
+    with L_g the group's mean cross-entropy. q starts uniform and is part of the training state
+    (:meth:`state_dict`), so a resumed run continues from the saved weights. Under DDP each process
+    keeps its own q (from its own batches) and the training state holds rank 0's, which every
+    process resumes from.
 
     Args:
         n_groups: number of groups (2 x classes).
@@ -188,6 +190,17 @@ class GroupDROObjective(VLERMObjective):
             self.group_weights = update / update.sum()
         weights = self.group_weights[present.cpu()].to(group_loss.device, group_loss.dtype)
         return (weights * group_loss).sum() / weights.sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"group_weights": (n_groups,) float64}``, a copy of q (for the training state)."""
+        return {"group_weights": self.group_weights.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restores q from :meth:`state_dict`; refuses weights of another number of groups."""
+        weights = torch.as_tensor(state["group_weights"], dtype=torch.float64)
+        if weights.shape != self.group_weights.shape:
+            raise ValueError(f"group_weights of shape {tuple(weights.shape)}, expected {tuple(self.group_weights.shape)}")
+        self.group_weights = weights.clone()
 
 
 class SpuriousAwareObjective:
@@ -328,7 +341,7 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
     rank, world = _process()
     sampler = None
     if method == "ravl":
-        objective: Any = RaVLObjective(lambda_, temperature)
+        objective: Any = RaVLObjective(lambda_, temperature, label_aware)
     elif method == "standard":
         objective = ContrastiveObjective(label_aware, rank, world)
     elif method == "upsampled":
