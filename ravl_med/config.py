@@ -18,14 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "AUDIT_METHODS",
+    "MITIGATION_METHODS",
     "AuditConfig",
-    "MitigateConfig",
+    "BenchmarkConfig",
+    "BenchmarkMitigation",
     "ConfigError",
     "DiscoveryConfig",
     "EvaluationConfig",
     "FinetuneConfig",
     "IngestConfig",
     "IntensityConfig",
+    "MitigateConfig",
+    "MitigationSettings",
     "QualityConfig",
     "RegionConfig",
     "ReportConfig",
@@ -129,6 +133,9 @@ class FinetuneConfig(StrictModel):
     seed: Annotated[int, Field(ge=0)] = 0
     #: DataLoader worker processes (0: load in the training process).
     workers: Annotated[int, Field(ge=0)] = 0
+    #: Keep decoded, ingested images in memory after the first epoch (per process; small datasets
+    #: read many times: the phantom benchmark). Memory: about 4 * size^2 bytes per image and region set.
+    cache_images: bool = False
     output_dir: Path = Path("runs/finetune")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: ``auto``: bf16 autocast on CUDA when supported, fp32 otherwise.
@@ -334,20 +341,18 @@ class AuditConfig(StrictModel):
         return Path(self.cache_dir) if self.cache_dir is not None else Path(self.output_dir) / "cache"
 
 
-class MitigateConfig(StrictModel):
-    """Region-aware fine-tuning and its baselines after an audit (``ravl-med mitigate``).
+MitigationMethod = Literal["ravl", "standard", "upsampled", "vl_erm", "vl_gdro", "spurious_aware"]
+#: The mitigation methods (``ravl_med.mitigate.methods``), RaVL first.
+MITIGATION_METHODS: tuple[str, ...] = typing.get_args(MitigationMethod)
 
-    ``finetune`` is a whole fine-tuning config: its ``checkpoint`` is the stage-1 model (the one the
-    audit examined; training starts from it and its regions are labelled with it), its ``manifest``
-    the fine-tuning data. Each method writes to ``finetune.output_dir/<method>``.
-    """
 
-    finetune: FinetuneConfig
-    #: The audit folder (``medoids.npz``: the stage-1 medoids, see ``ravl_med.mitigate.regions``).
-    audit_dir: Path | None = None
-    method: Literal["ravl", "standard", "upsampled", "vl_erm", "vl_gdro", "spurious_aware"] = "ravl"
-    #: 1-based ranks of the audit's kept clusters treated as spurious; null: every kept cluster.
-    spurious_ranks: list[Annotated[int, Field(ge=1)]] | None = None
+class MitigationSettings(StrictModel):
+    """The method and its knobs (shared by ``ravl-med mitigate`` and the benchmark runner)."""
+
+    method: MitigationMethod = "ravl"
+    #: 1-based ranks of the audit's kept clusters treated as spurious (default: the top-ranked
+    #: cluster, the one the audit reports); null: every kept cluster.
+    spurious_ranks: list[Annotated[int, Field(ge=1)]] | None = Field(default_factory=lambda: [1])
     #: lambda of L = lambda * L_CLIP + (1 - lambda) * (L_R + L_A).
     loss_lambda: Annotated[float, Field(ge=0, le=1)] = 0.8
     #: tau of the region-text terms (and of the spurious-aware term).
@@ -360,3 +365,69 @@ class MitigateConfig(StrictModel):
     spurious_weight: Annotated[float, Field(ge=0)] = 1.0
     #: Images per forward when labelling the training regions with the stage-1 model.
     label_batch_size: Annotated[int, Field(ge=1)] = 32
+
+
+class MitigateConfig(MitigationSettings):
+    """Region-aware fine-tuning and its baselines after an audit (``ravl-med mitigate``).
+
+    ``finetune`` is a whole fine-tuning config: its ``checkpoint`` holds the starting weights (the
+    paper's protocol: the same pretrained weights stage 1 started from; ``None`` keeps the
+    backbone's own initialisation), its ``manifest`` the fine-tuning data. ``stage1_checkpoint`` is
+    the model the audit examined: the training regions are labelled with it (spurious or relevant,
+    by nearest stage-1 medoid). Each method writes to ``finetune.output_dir/<method>``.
+    """
+
+    finetune: FinetuneConfig
+    #: The audited stage-1 model (file or fine-tuning folder) and its expected sha256.
+    stage1_checkpoint: Path | None = None
+    stage1_sha256: str | None = None
+    #: The audit folder (``medoids.npz``: the stage-1 medoids, see ``ravl_med.mitigate.regions``).
+    audit_dir: Path | None = None
+
+
+class BenchmarkMitigation(MitigationSettings):
+    """How the benchmark mitigates each valid setting (the method knobs of :class:`MitigationSettings`).
+
+    Every method starts from the weights stage 1 started from (``finetune.checkpoint`` of the
+    benchmark; ``None``: the backbone's own initialisation) and trains with the stage-1 recipe, the
+    same seed and the same number of epochs: the paper's protocol ("same seed, same budget").
+    ``standard`` under that protocol *is* the stage-1 model, so it is not trained twice.
+    """
+
+    #: Methods to compare (``method`` of the settings is ignored); RaVL first by convention.
+    methods: list[MitigationMethod] = Field(default_factory=lambda: list(MITIGATION_METHODS), min_length=1)
+    #: Texts naming the spurious attribute for ``spurious_aware``, with ``{}`` for the artefact's
+    #: name in words (``chest_drain`` -> ``chest drain``).
+    spurious_template: str = "a chest x-ray with a {}."
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("methods must be distinct")
+        return value
+
+
+class BenchmarkConfig(StrictModel):
+    """End-to-end runs over phantom settings (``ravl-med benchmark``, ``ravl-med demo``).
+
+    Per setting: write the phantom DICOMs, fine-tune stage 1 (``finetune``), judge validity (did the
+    model learn the shortcut?), audit (``audit``: RaVL and the discovery baselines, Precision@k),
+    then, for valid settings, every mitigation method and the stage-2 evaluation on the test split.
+    ``manifest``, ``classes``, ``output_dir`` (and ``checkpoint`` for the audit) of the two sections
+    are set per setting; the audit's region grid is also the mitigation's training grid.
+    """
+
+    #: Phantom suite: a name in ``datasets/phantom`` or a YAML path.
+    suite: str
+    #: Setting names of the suite to run (``None``: all), in suite order.
+    settings: list[str] | None = None
+    finetune: FinetuneConfig
+    audit: AuditConfig
+    mitigation: BenchmarkMitigation = Field(default_factory=BenchmarkMitigation)
+    #: Validity: acc(spurious class | feature) - acc(spurious class | no feature) on the test split
+    #: of the stage-1 model must reach this (``evaluate.groups.shortcut_learned``); -1 keeps every setting.
+    min_shortcut_gap: Annotated[float, Field(ge=-1, le=1)] = 0.2
+    #: Bootstrap resamples for the per-group confidence intervals of the stage-2 tables.
+    n_boot: Annotated[int, Field(ge=0)] = 1000
+    output_dir: Path = Path("runs/benchmark")

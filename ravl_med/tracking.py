@@ -538,11 +538,16 @@ def optional_tracker(enabled: bool, *args, **kwargs) -> Iterator[Tracker | None]
 # What the commands log
 
 
-def add_tracking_options(parser) -> None:
-    """``--tracking-uri``, ``--experiment``, ``--no-tracking`` on an argparse parser."""
+def add_tracking_options(parser, local: str = "<cwd>", experiment: str = "ravl-med/<dataset>") -> None:
+    """``--tracking-uri``, ``--experiment``, ``--no-tracking`` on an argparse parser.
+
+    Args:
+        local: the folder of the default local store, as the help shows it.
+        experiment: the default experiment name, as the help shows it.
+    """
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        f"sqlite:///<cwd>/{DEFAULT_DB} with artifacts in ./{DEFAULT_ARTIFACT_DIR})")
-    parser.add_argument("--experiment", help="MLflow experiment name (default: ravl-med/<dataset>)")
+                        f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR})")
+    parser.add_argument("--experiment", help=f"MLflow experiment name (default: {experiment})")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
 
 
@@ -567,30 +572,3 @@ def manifest_summary(manifest: str | Path) -> tuple[dict[str, Any], dict[str, st
         if len(values):
             tags["artefact"] = str(values.value_counts().index[0])
     return params, tags
-
-
-def feature_presence(manifest: str | Path, keys) -> tuple[Any, str] | None:
-    """(N,) bool presence of the planted feature for image ``keys`` from ``artefact_present``, and its name.
-
-    ``None`` when the manifest has no ``artefact_present`` column or a key is not in it.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from ravl_med.data.manifest import Manifest
-
-    table = Manifest.read(manifest).table
-    if "artefact_present" not in table:
-        return None
-    present = dict(zip(table["key"], table["artefact_present"].astype(str).str.strip()))
-    try:
-        flags = np.array([present[str(k)] in ("1", "1.0", "true", "True") for k in keys], dtype=bool)
-    except KeyError:
-        return None
-    name = "feature"
-    if "artefact" in table:
-        names = pd.Series(table["artefact"]).astype(str)
-        names = names[names.str.strip() != ""]
-        if len(names):
-            name = str(names.value_counts().index[0])
-    return flags, name

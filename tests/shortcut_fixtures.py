@@ -104,17 +104,6 @@ def load_recipe(path: str | Path, **overrides: Any) -> FinetuneConfig:
     return parse_config(data, FinetuneConfig, str(path))
 
 
-class CachedTrainer(Trainer):
-    """A :class:`Trainer` whose datasets keep decoded images in memory (small sets, many epochs)."""
-
-    def datasets(self):
-        train, val = super().datasets()
-        train.cache = True
-        if val is not None:
-            val.cache = True
-        return train, val
-
-
 @dataclass
 class ShortcutRun:
     """A fine-tuned model and its test-split evaluation (see the module docstring).
@@ -154,9 +143,9 @@ class ShortcutRun:
 def run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_class: str,
                **overrides: Any) -> ShortcutRun:
     """Fine-tunes with ``recipe`` on ``manifest`` and evaluates zero-shot on its ``test`` split."""
-    config = load_recipe(recipe, manifest=manifest, output_dir=output_dir, **overrides)
+    config = load_recipe(recipe, manifest=manifest, output_dir=output_dir, cache_images=True, **overrides)
     started = time.perf_counter()
-    trainer = CachedTrainer(config, progress=False)
+    trainer = Trainer(config, progress=False)
     result = trainer.fit()
     trained = time.perf_counter()
     templates = tuple(config.templates) if config.templates else CXR_TEMPLATES

@@ -19,7 +19,12 @@ from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, MitigateConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.phantom import PhantomSetting, write_setting
-from ravl_med.mitigate.methods import METHODS, GroupBalancedSampler, stage1_groups
+from ravl_med.mitigate.methods import (
+    METHODS,
+    GroupBalancedSampler,
+    GroupDROObjective,
+    stage1_groups,
+)
 from ravl_med.mitigate.regions import (
     Stage1Medoids,
     label_training_regions,
@@ -29,6 +34,7 @@ from ravl_med.mitigate.run import run_mitigation
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
+from ravl_med.models.training import latest_state
 from ravl_med.models.weights import save_checkpoint
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
@@ -64,6 +70,7 @@ def _config(stage1, out: Path, method: str, **overrides) -> MitigateConfig:
         checkpoint_every=0, output_dir=out, seed=0, device="cpu",
     )
     values: dict = {"finetune": ft, "audit_dir": stage1.audit, "method": method,
+                    "stage1_checkpoint": stage1.checkpoint, "stage1_sha256": stage1.sha,
                     "spurious_prompts": ["a chest x-ray with a chest drain."]}
     values.update(overrides)
     return MitigateConfig(**values)
@@ -158,3 +165,28 @@ def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
     assert '"method": "vl_gdro"' in capsys.readouterr().out
     assert (tmp_path / "cli" / "vl_gdro" / "mitigate.json").is_file()
     assert main(["mitigate", "--config", str(path), "--audit", str(tmp_path / "nowhere"), "--max-steps", "1"]) == 2
+
+
+def test_vl_gdro_resumes_with_its_group_weights(stage1, tmp_path):
+    # 16 rows / 8 = 2 steps per epoch; the interrupted run stops after step 1 (mid-epoch) and resumes.
+    straight = run_mitigation(_config(stage1, tmp_path / "a", "vl_gdro"), max_steps=3, progress=False)
+    config = _config(stage1, tmp_path / "b", "vl_gdro")
+    run_mitigation(config, max_steps=1, progress=False)
+    saved = torch.load(latest_state(tmp_path / "b" / "vl_gdro"), weights_only=False)["objective"]["group_weights"]
+    assert saved.shape == (2 * len(CLASSES),) and not torch.allclose(saved, torch.full_like(saved, saved.mean()))
+    resumed = run_mitigation(config, resume=True, max_steps=3, progress=False)
+    # From uniform weights the second step's loss (sum_g q_g L_g) would differ.
+    assert resumed["result"]["step_losses"] == straight["result"]["step_losses"]
+    final = [torch.load(latest_state(out / "vl_gdro"), weights_only=False)["objective"]["group_weights"]
+             for out in (tmp_path / "a", tmp_path / "b")]
+    assert torch.equal(final[0], final[1])
+
+
+def test_group_dro_state_round_trip():
+    objective = GroupDROObjective(4)
+    objective.group_weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    restored = GroupDROObjective(4)
+    restored.load_state_dict(objective.state_dict())
+    assert torch.equal(restored.group_weights, objective.group_weights)
+    with pytest.raises(ValueError, match="shape"):
+        GroupDROObjective(6).load_state_dict(objective.state_dict())

@@ -183,3 +183,71 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
     finally:
         model.train(was_training)
     return out
+
+
+def evaluate_split(backbone: str, checkpoint, manifest: str | Path, ingest, classes: Sequence[str], templates, *,
+                   sha256: str | None = None, split: str = "test", spurious_class: str | None = None,
+                   stage1_checkpoint=None, stage1_sha256: str | None = None, medoids=None, regions: bool = True,
+                   batch_size: int = 64, device: str = "cpu", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`evaluate_model` of a saved model on one split of a manifest, with the groups found for you.
+
+    Feature presence per image (the groups' second half) comes from the manifest's ground truth
+    (``artefact_present``, phantom and digits data) when it has it; otherwise from the audit: an
+    image carries the feature when one of its regions, embedded with the stage-1 model, is nearest
+    to a spurious stage-1 medoid (``stage1_checkpoint`` and ``medoids`` needed). Core regions (the
+    region metrics) need the manifest's finding and lung masks; without them only image metrics
+    are computed.
+
+    Args:
+        backbone, checkpoint, sha256: the model to evaluate (``create_backbone`` arguments).
+        manifest, ingest: the manifest CSV and the ingestion config (with the region grid).
+        classes, templates: zero-shot classes and prompt templates.
+        split: manifest split to evaluate.
+        spurious_class: adds ``predicted_spurious`` to the image table.
+        stage1_checkpoint, stage1_sha256, medoids: the audited model and its
+            :class:`~ravl_med.discover.medoids.Stage1Medoids`, for presence from the audit.
+        regions: compute the core-region metrics when the masks allow.
+        batch_size, device, n_boot, seed: as :func:`evaluate_model`.
+
+    Returns:
+        :func:`evaluate_model`'s dict plus ``feature`` (the feature's name), ``groups_from``
+        (``"ground truth"`` or ``"audit"``) and ``n_feature_present``.
+
+    Raises:
+        ValueError: the split is empty, or presence is unknown and no audit was given.
+    """
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.data.manifest import Manifest, feature_presence
+    from ravl_med.models.registry import create_backbone
+
+    table = Manifest.read(manifest, classes=list(classes))
+    dataset = RadiographDataset(table, ingest, list(classes), split=split)
+    if not len(dataset):
+        raise ValueError(f"{manifest}: split {split!r} has no usable rows")
+    found = feature_presence(table, dataset.keys)
+    if found is not None:
+        present, feature, source = found[0], found[1], "ground truth"
+    else:
+        if stage1_checkpoint is None or medoids is None:
+            raise ValueError(f"{manifest} does not say which images carry the feature (no artefact_present "
+                             "column); give the stage-1 model and the audit's medoids to find it")
+        from ravl_med.mitigate.regions import training_region_labels
+
+        stage1, stage1_pre, _ = create_backbone(backbone, checkpoint=stage1_checkpoint, sha256=stage1_sha256,
+                                                device=device)
+        flags = training_region_labels(stage1, stage1_pre, dataset, medoids, batch_size=batch_size, device=device)
+        present = np.array([bool(np.any(flags[str(k)])) for k in dataset.keys], dtype=bool)
+        feature, source = "audit_cluster", "audit"
+        del stage1
+    model, preprocess, tokenizer = create_backbone(backbone, checkpoint=checkpoint, sha256=sha256, device=device)
+    core, embeddings = None, None
+    if regions and {"mask_finding", "lung_mask"} <= set(dataset.table.columns):
+        from ravl_med.models.embed import embed_dataset
+
+        embeddings = embed_dataset(model, preprocess, dataset, batch_size=batch_size, device=device, progress=False,
+                                   precision="fp32")
+        core = core_regions_from_masks(dataset, embeddings.region_boxes, embeddings.region_image,
+                                       Path(manifest).parent, model_side=preprocess.image_size)
+    out = evaluate_model(model, preprocess, tokenizer, dataset, classes, templates, present, core, batch_size,
+                         device=device, n_boot=n_boot, seed=seed, spurious_class=spurious_class, embeddings=embeddings)
+    return {**out, "feature": feature, "groups_from": source, "n_feature_present": int(present.sum())}

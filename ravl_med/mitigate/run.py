@@ -66,7 +66,11 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     if method in LABELLED_METHODS:
         medoids = _medoids(config)
         device = "cuda" if torch.cuda.is_available() and ft.device != "cpu" else "cpu"
-        model, preprocess, _ = create_backbone(ft.backbone, checkpoint=ft.checkpoint, sha256=ft.sha256, device=device)
+        if config.stage1_checkpoint is None:
+            raise ConfigError(f"stage1_checkpoint: method {method!r} labels the training regions with the audited "
+                              "stage-1 model; give its weights (set it or pass --stage1)")
+        model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
+                                               sha256=config.stage1_sha256, device=device)
         train = RadiographDataset(Manifest.read(ft.manifest, classes=ft.classes), ft.ingest, ft.classes, split="train")
         region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
                                                device=device, precision=ft.precision)

@@ -524,10 +524,11 @@ class Trainer:
                 "%s: %d manifest rows refused (e.g. %s: %s); training without them",
                 cfg.manifest, len(manifest.problems), manifest.problems[0].reason, manifest.problems[0].detail,
             )
-        train = RadiographDataset(manifest, cfg.ingest, cfg.classes, self.tokenizer_, split="train", text=cfg.text)
+        train = RadiographDataset(manifest, cfg.ingest, cfg.classes, self.tokenizer_, split="train", text=cfg.text,
+                                  cache=cfg.cache_images)
         if len(train) == 0:
             raise ConfigError(f"{cfg.manifest}: the train split is empty (no usable row with split 'train' or blank)")
-        val = RadiographDataset(manifest, cfg.ingest, cfg.classes, split="val")
+        val = RadiographDataset(manifest, cfg.ingest, cfg.classes, split="val", cache=cfg.cache_images)
         return train, (val if len(val) else None)
 
     # -- the loop ------------------------------------------------------------------------------
