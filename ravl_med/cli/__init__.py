@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from ravl_med import __version__
 from ravl_med.cli import (
     audit,
+    benchmark,
+    demo,
     finetune,
     ingest,
     manifest,
@@ -31,7 +33,7 @@ from ravl_med.data.errors import IngestError
 __all__ = ["build_parser", "main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (validate, ingest, manifest, phantom, finetune, audit, mitigate, runs)
+COMMANDS = (demo, validate, ingest, manifest, phantom, finetune, audit, mitigate, benchmark, runs)
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,81 @@
+"""``ravl-med demo``: the product's main job on a built-in phantom hospital, start to finish."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ravl_med.tracking import add_tracking_options
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="write a phantom hospital with a hidden shortcut, fine-tune, audit, mitigate, summarise",
+        description=(
+            "Writes a phantom chest X-ray dataset as DICOM with a hidden shortcut (default: a chest drain "
+            "tied to pneumothorax at Cramer's V 0.9 in the fine-tuning split), fine-tunes the tiny model on "
+            "it (it learns the shortcut), audits it with RaVL and the discovery baselines, mitigates with "
+            "RaVL's region-aware loss, and prints what was found, the per-group accuracy before and after, "
+            "and where the HTML report and the MLflow run are. CPU: a few minutes on 2 cores; a GPU is used "
+            "when present. Rerunning reuses finished work in OUT (delete it to start over)."
+        ),
+    )
+    parser.add_argument("--config", type=Path,
+                        help="a benchmark YAML for a larger demo (default: datasets/benchmarks/demo.yaml)")
+    parser.add_argument("--out", type=Path, help="output folder (default: the config's output_dir, outputs/demo)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_tracking_options(parser, local="<OUT>", experiment="ravl-med/benchmark/demo")
+    parser.set_defaults(func=run, suite="demo", settings=None, methods=None)
+
+
+def _group_rows(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for row in table.itertuples(index=False):
+        flag = "with   " if row.feature_present else "without"
+        lines.append(f"  {row._asdict()['class']:<18} {flag} {int(row.correct):>4}/{int(row.count):<4} "
+                     f"{row.accuracy:6.1%}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from ravl_med.cli.benchmark import load_benchmark, run_benchmark
+
+    config = load_benchmark(args)
+    if len(config.settings or []) != 1:
+        print("ravl-med demo: the demo config names more than one setting; use 'ravl-med benchmark' for grids")
+        return 2
+    row = run_benchmark(config, args, run_name="demo")[0]
+    root = Path(row["paths"]["root"])
+    feature = row["artefact"].replace("_", " ")
+    print("\n" + "=" * 78)
+    print(f"Hidden shortcut planted: {feature} <-> {row['spurious_class']} (Cramer's V {row['strength']:.2f} "
+          "in the fine-tuning split; independent of the class in the test split).")
+    top = row.get("top_cluster") or {}
+    precision = row.get("discovery", {})
+    print(f"Audit (RaVL): top cluster tied to {top.get('class')!r}, influence {top.get('influence', float('nan')):.2f}; "
+          f"Precision@10 against the ground-truth {feature} masks: "
+          + ", ".join(f"{m} {p:.2f}" for m, p in precision.items()))
+    if not row["valid"]:
+        print(f"The fine-tuned model did not learn the shortcut (gap {row['shortcut_gap']:+.2f}); nothing to mitigate.")
+    else:
+        after = "ravl" if "ravl" in row["mitigation"] else next(iter(row["mitigation"]))
+        before_table = pd.read_csv(root / "groups" / "stage1.csv")
+        after_table = pd.read_csv(root / "groups" / f"{after}.csv")
+        print(f"\nPer-group zero-shot accuracy on the test split (class x {feature} present):")
+        print("  before mitigation (stage-1 model):")
+        print("\n".join("  " + line for line in _group_rows(before_table)))
+        print(f"  after mitigation ({after}):")
+        print("\n".join("  " + line for line in _group_rows(after_table)))
+        print("\nWorst-group accuracy: before {:.1%} -> after {:.1%} ({})   overall: {:.1%} -> {:.1%}".format(
+            row["stage1"]["image_worst_group"], row["mitigation"][after]["image_worst_group"], after,
+            row["stage1"]["image_accuracy"], row["mitigation"][after]["image_accuracy"]))
+        others = {m: v["image_worst_group"] for m, v in row["mitigation"].items() if m != after}
+        if others:
+            print("Other methods, worst-group accuracy: " + ", ".join(f"{m} {v:.1%}" for m, v in others.items()))
+    print(f"\nAudit report: {row['paths']['report']}")
+    print(f"Everything: {root}  (MLflow UI: mlflow ui --backend-store-uri sqlite:///{Path(config.output_dir).resolve()}"
+          "/mlruns.db)")
+    return 0

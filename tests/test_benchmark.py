@@ -1,0 +1,154 @@
+"""The end-to-end runner behind ``ravl-med benchmark`` and ``ravl-med demo`` on a tiny suite (CPU, about a minute).
+
+The suite is one 4-class phantom setting at 64 px with a few dozen images; training is one epoch,
+so the numbers mean nothing: the tests check the plumbing (stages, outputs, tables, tracking,
+resume, validity) and that every metric is what the evaluation functions compute.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ravl_med.cli import main
+from ravl_med.evaluate.benchmark import load_rows, summarise
+
+CLASSES = ["no finding", "cardiomegaly", "pleural effusion", "pneumothorax"]
+SETTING = "chest_drain-pneumothorax-v0.90-s0"
+
+
+def _suite(tmp: Path) -> Path:
+    path = tmp / "tiny-suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "artefacts": ["chest_drain"], "spurious_classes": ["pneumothorax"], "strengths": [0.9],
+        "seeds": [0], "sizes": {"n_train": 32, "n_val": 0, "n_test": 16, "image_size": 64, "classes": CLASSES},
+    }))
+    return path
+
+
+def _config(tmp: Path, **overrides) -> Path:
+    config = {
+        "suite": str(_suite(tmp)),
+        "finetune": {"backbone": "tiny-rn", "classes": CLASSES, "templates": ["a chest x-ray showing {}."],
+                     "ingest": {"image_size": 64}, "epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1,
+                     "text": "labels", "label_aware": True, "checkpoint_every": 0, "device": "cpu",
+                     "precision": "fp32"},
+        "audit": {"classes": CLASSES, "templates": ["a chest x-ray showing {}."],
+                  "ingest": {"image_size": 64, "regions": {"grid_sizes": [2]}}, "methods": ["ravl", "random"],
+                  "discovery": {"n_boot": 0, "k_range": [1, 2]}, "batch_size": 16, "device": "cpu",
+                  "precision": "fp32"},
+        "mitigation": {"methods": ["ravl", "standard", "vl_gdro"]},
+        "min_shortcut_gap": -1.0,  # every setting valid: the one-epoch model need not learn anything
+        "n_boot": 0,
+        "output_dir": str(tmp / "out"),
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One benchmark run of the tiny suite, tracked in a SQLite store of its own."""
+    tmp = tmp_path_factory.mktemp("bench")
+    config = _config(tmp)
+    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    code = main(["benchmark", "--config", str(config), "--no-progress", "--tracking-uri", uri])
+    assert code == 0
+    return tmp, config
+
+
+def test_outputs_of_every_stage(finished):
+    tmp, _ = finished
+    root = tmp / "out" / SETTING
+    row = json.loads((root / "result.json").read_text())
+    assert row["valid"] is True and row["setting"] == SETTING
+    assert set(row["discovery"]) == {"ravl", "random"}
+    assert all(0.0 <= p <= 1.0 for p in row["discovery"].values())
+    assert set(row["mitigation"]) == {"ravl", "standard", "vl_gdro"}
+    # standard fine-tuning under the protocol is the stage-1 model: identical numbers, no training
+    assert {k: v for k, v in row["mitigation"]["standard"].items() if k != "train_s"} == {
+        k: v for k, v in row["stage1"].items() if k != "train_s"}
+    assert row["mitigation"]["standard"]["train_s"] == 0.0
+    for method in ("ravl", "vl_gdro"):
+        assert (root / "mitigate" / method / "model.safetensors").is_file()
+    for name in ("stage1", "ravl", "standard", "vl_gdro"):
+        table = pd.read_csv(root / "groups" / f"{name}.csv")
+        assert table["count"].sum() == 16  # every test image in exactly one group
+    # the reported worst group is the table's minimum over non-empty groups
+    table = pd.read_csv(root / "groups" / "ravl.csv")
+    assert row["mitigation"]["ravl"]["image_worst_group"] == pytest.approx(
+        table.loc[table["count"] > 0, "accuracy"].min(), abs=1e-4)
+    assert (root / "audit" / "report.html").is_file()
+    assert row["mitigation"]["ravl"]["region_accuracy"] is not None  # phantom masks give core regions
+
+
+def test_tables_and_plots(finished):
+    tmp, _ = finished
+    tables = tmp / "out" / "tables"
+    for name in ("settings.csv", "discovery.csv", "discovery.md", "mitigation.csv", "mitigation.md",
+                 "precision_vs_strength.png", "worst_group.png"):
+        assert (tables / name).is_file(), name
+    mitigation = pd.read_csv(tables / "mitigation.csv")
+    assert list(mitigation["method"]) == ["ravl", "standard", "vl_gdro"]
+    row = load_rows(tmp / "out")[0]
+    assert mitigation.set_index("method").loc["ravl", "image_worst_group_mean"] == pytest.approx(
+        row["mitigation"]["ravl"]["image_worst_group"])
+    assert "| method |" in (tables / "mitigation.md").read_text()
+
+
+def test_tracked_as_parent_and_children(finished):
+    tmp, _ = finished
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("ravl-med/benchmark/tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "benchmark"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    ravl = children[f"{SETTING}/mitigate/ravl"]
+    assert ravl.data.tags["method"] == "ravl" and ravl.data.tags["stage"] == "mitigation"
+    assert ravl.data.tags["spurious_class"] == "pneumothorax" and ravl.data.tags["artefact"] == "chest_drain"
+    row = load_rows(tmp / "out")[0]
+    assert ravl.data.metrics["test/acc/worst_group"] == pytest.approx(row["mitigation"]["ravl"]["image_worst_group"],
+                                                                     abs=1e-4)
+    assert any(k.startswith("test/acc/group/pneumothorax/chest_drain-") for k in ravl.data.metrics)
+    found = client.search_runs([experiment.experiment_id], "tags.method = 'ravl' and tags.stage = 'discovery'")
+    assert len(found) == 1 and "precision_at_10" in found[0].data.metrics
+
+
+def test_rerun_reuses_finished_settings(finished, capsys):
+    tmp, config = finished
+    before = (tmp / "out" / SETTING / "result.json").stat().st_mtime_ns
+    assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
+    assert "done before" in capsys.readouterr().out
+    assert (tmp / "out" / SETTING / "result.json").stat().st_mtime_ns == before
+
+
+def test_invalid_setting_is_reported_and_not_mitigated(tmp_path, capsys):
+    config = _config(tmp_path, min_shortcut_gap=1.0)  # no model reaches a gap of 1 after one epoch
+    data = yaml.safe_load(config.read_text())
+    data["audit"]["methods"] = ["ravl"]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
+    out = capsys.readouterr().out
+    assert "INVALID" in out and "0 valid" in out
+    row = load_rows(tmp_path / "out")[0]
+    assert row["valid"] is False and row["mitigation"] == {}
+    assert not (tmp_path / "out" / SETTING / "mitigate").exists()
+    tables = summarise([row])
+    assert len(tables["mitigation"]) == 0 and len(tables["settings"]) == 1
+
+
+def test_unknown_setting_and_method_are_clear_errors(tmp_path, capsys):
+    config = _config(tmp_path)
+    assert main(["benchmark", "--config", str(config), "--settings", "nope", "--no-tracking"]) == 2
+    assert "has no setting 'nope'" in capsys.readouterr().err
+    assert main(["benchmark", "--config", str(config), "--methods", "ravl,magic", "--no-tracking"]) == 2
+    assert "magic" in capsys.readouterr().err
