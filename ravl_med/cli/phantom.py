@@ -108,7 +108,7 @@ def _settings(args: argparse.Namespace) -> list[PhantomSetting]:
                                       ("strength", args.strength)) if v is None]
     if missing:
         raise ConfigError(f"give --suite and --setting, or an inline setting ({', '.join(missing)} missing)")
-    from ravl_med.config import parse_config  # noqa: PLC0415
+    from ravl_med.config import parse_config
 
     data = {
         "name": setting_name(args.artefact, args.spurious_class, args.strength, args.seed),
@@ -120,7 +120,7 @@ def _settings(args: argparse.Namespace) -> list[PhantomSetting]:
 
 
 def run_write(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.writer import write_setting  # noqa: PLC0415 - heavy imports only when writing
+    from ravl_med.data.phantom.writer import write_setting
 
     for setting in _settings(args):
         summary = write_setting(setting, args.out, workers=args.workers, progress=not args.no_progress)
@@ -132,14 +132,14 @@ def run_write(args: argparse.Namespace) -> int:
 
 
 def run_sheet(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.sheet import contact_sheet  # noqa: PLC0415
+    from ravl_med.data.phantom.sheet import contact_sheet
 
     print(f"contact sheet: {contact_sheet(args.out, n=args.n, size=args.image_size, seed=args.seed, lungs=args.lungs)}")
     return 0
 
 
 def run_digits(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.digits import write_digits  # noqa: PLC0415
+    from ravl_med.data.phantom.digits import write_digits
 
     manifest = write_digits(args.out, spurious_digit=args.spurious_digit, strength=args.strength, seed=args.seed,
                             n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)

@@ -8,7 +8,9 @@ strengths x seeds) with shared sizes.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,10 +20,27 @@ from ravl_med.config import ConfigError, StrictModel, load_config
 from ravl_med.data.phantom.artefacts import ARTEFACTS
 from ravl_med.data.phantom.findings import CLASSES
 
-__all__ = ["DATASETS_DIR", "PhantomSetting", "PhantomSuite", "find_suite", "list_suites", "load_suite"]
+__all__ = [
+    "DATASETS_DIR", "DATASETS_ENV", "PhantomSetting", "PhantomSuite", "datasets_dir", "find_suite", "list_suites",
+    "load_suite",
+]
 
-#: The benchmark definitions shipped with the repository.
+#: Environment variable naming the ``datasets`` folder (the one holding ``phantom/*.yaml``). A
+#: non-editable install (e.g. the Docker image, which copies the repository's ``datasets/`` to
+#: ``/opt/ravl-med/datasets`` and sets it) has no repository around the package to find it in.
+DATASETS_ENV = "RAVL_MED_DATASETS"
+
+#: The benchmark definitions in the source checkout (the default when ``$RAVL_MED_DATASETS`` is unset).
 DATASETS_DIR = Path(__file__).resolve().parents[3] / "datasets" / "phantom"
+
+
+def datasets_dir() -> Path:
+    """The folder of the suite files: ``$RAVL_MED_DATASETS/phantom`` if set, else :data:`DATASETS_DIR`.
+
+    Read at call time, so setting the variable after import takes effect.
+    """
+    root = os.environ.get(DATASETS_ENV, "").strip()
+    return Path(root).expanduser() / "phantom" if root else DATASETS_DIR
 
 Placement = Literal["outside_lungs", "overlap_lungs", "any"]
 
@@ -123,10 +142,24 @@ class PhantomSuite(StrictModel):
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise ConfigError(f"suite {self.name!r} has no setting {name!r}; it has: {shown}")
 
+    def select(self, patterns: list[str] | None) -> list[PhantomSetting]:
+        """The settings whose names match any of the shell-style ``patterns`` (``None``: all), in suite order.
 
-def list_suites(folder: Path = DATASETS_DIR) -> list[Path]:
-    """The suite files (``*.yaml``) in ``folder``, sorted."""
-    return sorted(folder.glob("*.yaml"))
+        Raises:
+            ConfigError: a pattern matches no setting (the message lists some names).
+        """
+        settings = self.settings()
+        if patterns is None:
+            return settings
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(s.name, pattern) for s in settings):
+                self.setting(pattern)  # raises, listing the names
+        return [s for s in settings if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+
+
+def list_suites(folder: Path | None = None) -> list[Path]:
+    """The suite files (``*.yaml``) in ``folder`` (default: :func:`datasets_dir`), sorted."""
+    return sorted((datasets_dir() if folder is None else folder).glob("*.yaml"))
 
 
 def load_suite(path: str | Path) -> PhantomSuite:
@@ -134,8 +167,12 @@ def load_suite(path: str | Path) -> PhantomSuite:
     return load_config(path, PhantomSuite)
 
 
-def find_suite(name_or_path: str, folder: Path = DATASETS_DIR) -> PhantomSuite:
-    """A suite by file path or by name (``smoke`` -> ``datasets/phantom/smoke.yaml``)."""
+def find_suite(name_or_path: str, folder: Path | None = None) -> PhantomSuite:
+    """A suite by file path or by name (``smoke`` -> ``datasets/phantom/smoke.yaml``).
+
+    Names are looked up in ``folder`` (default: :func:`datasets_dir`).
+    """
+    folder = datasets_dir() if folder is None else folder
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return load_suite(path)
