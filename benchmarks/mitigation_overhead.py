@@ -1,6 +1,7 @@
 """Per-step cost of the region-aware loss vs plain contrastive fine-tuning (a benchmark, not a test).
 
-``python -m ravl_med.mitigate.benchmark [--batch 16] [--regions-grid 4] [--repeats 10]`` times one
+``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mitigation_overhead.py [--batch 16] [--regions-grid 4]
+[--repeats 10]`` times one
 training step (forward, loss, backward; no optimizer) of :class:`MitigationTrainer` on one synthetic
 batch of tiny-rn inputs, for ``standard``, ``ravl`` (one trunk pass: the image embedding is the
 whole-image box) and ``ravl`` with a separate region pass (what DDP runs). Prints median seconds per
@@ -18,10 +19,9 @@ import numpy as np
 import torch
 
 from ravl_med.config import FinetuneConfig
+from ravl_med.mitigate.methods import MitigationTrainer, RaVLObjective
 from ravl_med.models.registry import create_backbone
 from ravl_med.models.training import ContrastiveObjective, DistributedContext
-
-from .methods import MitigationTrainer, RaVLObjective
 
 
 def main(argv=None) -> None:

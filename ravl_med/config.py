@@ -420,7 +420,8 @@ class BenchmarkConfig(StrictModel):
 
     #: Phantom suite: a name in ``datasets/phantom`` or a YAML path.
     suite: str
-    #: Setting names of the suite to run (``None``: all), in suite order.
+    #: Setting names (or shell patterns such as ``*-v0.90-*``) of the suite to run (``None``: all);
+    #: they run in suite order.
     settings: list[str] | None = None
     finetune: FinetuneConfig
     audit: AuditConfig

@@ -64,3 +64,17 @@ def test_every_shipped_config_loads(path):
         path.stem.removeprefix("demo-"), FinetuneConfig
     )
     load_config(path, model)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS.parent / "datasets" / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_benchmark_loads_and_names_a_suite(path):
+    from ravl_med.config import BenchmarkConfig
+    from ravl_med.data.phantom import find_suite
+
+    config = load_config(path, BenchmarkConfig)
+    suite = find_suite(config.suite)
+    settings = suite.select(config.settings)
+    assert settings
+    for setting in settings:  # stage 1, the audit and the mitigation all see the suite's classes
+        assert config.finetune.classes == setting.classes == config.audit.classes
+    assert config.finetune.ingest.image_size == config.audit.ingest.image_size

@@ -133,3 +133,19 @@ def test_bad_arguments():
         RegionEmbedder(model, mode="fast")
     with pytest.raises(ValueError, match="images"):
         RegionEmbedder(model)(torch.zeros(2, 3, 128, 128), [torch.zeros(1, 4)])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_first_token_attention_pool_equals_open_clip_attnpool(training):
+    from ravl_med.models.regions import _attention_pool_first_token
+
+    torch.manual_seed(0)
+    model, _, _ = create_backbone("tiny-rn")
+    pool = model.visual.attnpool.train(training)
+    side = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+    x = torch.randn(6, pool.k_proj.in_features, side, side, requires_grad=True)
+    expected, got = pool(x), _attention_pool_first_token(pool, x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-5)

@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # pydicom logs every header quirk it reads past; the scan reports what matters per file.
         logging.getLogger("pydicom").setLevel(logging.ERROR)
+        # MLflow announces every store it creates or migrates at INFO (it configures its logger when
+        # imported, from this variable); the commands say where runs go.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
                              "standard (the full table, hours on a CPU), gpu (larger, for a GPU machine), demo")
     source.add_argument("--config", type=Path, help="a benchmark YAML (format of datasets/benchmarks/*.yaml)")
     parser.add_argument("--out", type=Path, help="output folder (overrides output_dir)")
-    parser.add_argument("--settings", help="comma-separated setting names to run (default: the config's)")
+    parser.add_argument("--settings", help="comma-separated setting names or shell patterns to run, e.g. "
+                        "'*-v0.90-*' (default: the config's 'settings', else every setting of the suite)")
     parser.add_argument("--methods", help="comma-separated mitigation methods (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_tracking_options(parser, local="<OUT>", experiment="ravl-med/benchmark/<suite>")
@@ -68,7 +69,7 @@ def run_benchmark(config: BenchmarkConfig, args: argparse.Namespace, run_name: s
     from ravl_med.tracking import optional_tracker
 
     suite = find_suite(config.suite)
-    settings = suite.settings() if config.settings is None else [suite.setting(n) for n in config.settings]
+    settings = suite.select(config.settings)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     experiment = args.experiment or f"ravl-med/benchmark/{suite.name}"

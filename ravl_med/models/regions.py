@@ -57,6 +57,27 @@ def _image_tower(model: nn.Module) -> nn.Module:
     return model.visual if hasattr(model, "visual") else model
 
 
+def _attention_pool_first_token(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``AttentionPool2d`` output for (N, C, h, w) maps, querying the mean token only.
+
+    The module computes queries and the output projection for all h*w + 1 tokens and keeps the
+    first; only the first (the mean token) is asked here: the same (N, D) result for about half the
+    projection work and 1 / (h*w + 1) of the attention (one-pass regions run it once per box).
+    """
+    tokens = x.flatten(2).permute(2, 0, 1)  # (hw, N, C)
+    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+    tokens = tokens + pool.positional_embedding[:, None, :].to(tokens.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1],
+        num_heads=pool.num_heads, q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), bias_k=None, bias_v=None,
+        add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=pool.training, need_weights=False,
+    )
+    return out[0]
+
+
 class RegionEmbedder:
     """Embeds candidate boxes of a batch of images.
 
@@ -154,7 +175,7 @@ class RegionEmbedder:
             sampling_ratio=self.sampling_ratio,
             aligned=True,
         )  # (sum R, C, grid, grid)
-        return tower.attnpool(pooled)
+        return _attention_pool_first_token(tower.attnpool, pooled)
 
     def _one_pass_cnn_tower(self, images: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
         tower = self.tower
