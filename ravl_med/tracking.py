@@ -47,7 +47,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from ravl_med.models.weights import file_sha256
 
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
@@ -559,6 +558,8 @@ def manifest_summary(manifest: str | Path) -> tuple[dict[str, Any], dict[str, st
     common non-empty ``artefact`` value, phantom and digits manifests).
     """
     import pandas as pd
+
+    from ravl_med.models.weights import file_sha256  # the models package imports torch: only when needed
 
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     params: dict[str, Any] = {"dataset.manifest_sha256": file_sha256(manifest), "dataset.rows": len(table)}

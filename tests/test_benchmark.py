@@ -71,6 +71,12 @@ def test_outputs_of_every_stage(finished):
     row = json.loads((root / "result.json").read_text())
     assert row["valid"] is True and row["setting"] == SETTING
     assert set(row["discovery"]) == {"ravl", "random"}
+    ranked = json.loads((root / "audit" / "audit.json").read_text())["methods"]["ravl"]["ranked_clusters"]
+    if ranked:  # a one-epoch model may leave no cluster standing; then there is no top cluster
+        assert row["top_cluster"]["attribute_name"] == ranked[0]["attribute_name"]
+        assert row["top_cluster"]["n_regions"] == ranked[0]["n_regions"]
+    else:
+        assert row["top_cluster"] is None
     assert all(0.0 <= p <= 1.0 for p in row["discovery"].values())
     assert set(row["mitigation"]) == {"ravl", "standard", "vl_gdro"}
     # standard fine-tuning under the protocol is the stage-1 model: identical numbers, no training

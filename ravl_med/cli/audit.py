@@ -74,7 +74,6 @@ def _audit_tracked(args: argparse.Namespace, config: AuditConfig, run_audit):
     from ravl_med.tracking import (
         Tracker,
         dataset_name,
-        file_sha256,
         manifest_summary,
     )
 
@@ -91,7 +90,7 @@ def _audit_tracked(args: argparse.Namespace, config: AuditConfig, run_audit):
                         "code_version": run.tags.get("ravl.code_version", "")})
         result = run_audit(config, progress=not args.no_progress)
         if config.checkpoint is not None:
-            from ravl_med.models.weights import resolve_checkpoint
+            from ravl_med.models.weights import file_sha256, resolve_checkpoint
 
             run.log_params({"model.checkpoint_sha256": file_sha256(resolve_checkpoint(config.checkpoint))})
         split = config.split or "all"

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
           "in the fine-tuning split; independent of the class in the test split).")
     top = row.get("top_cluster") or {}
     precision = row.get("discovery", {})
-    print(f"Audit (RaVL): top cluster tied to {top.get('class')!r}, influence {top.get('influence', float('nan')):.2f}; "
+    print(f"Audit (RaVL): top cluster ({top.get('n_regions')} regions in {top.get('n_images')} images) tied to "
+          f"{top.get('attribute_name')!r}, influence {top.get('influence') or float('nan'):.2f}; "
           f"Precision@10 against the ground-truth {feature} masks: "
           + ", ".join(f"{m} {p:.2f}" for m, p in precision.items()))
     if not row["valid"]:

@@ -148,8 +148,8 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
         "output_dir": root / "audit", "seed": setting.seed}, deep=True)
     audit = run_audit(audit_config, progress=progress)
     row["discovery"] = {m: round(float(p), 4) for m, p in audit.precision.items()}
-    ranked = audit.discoverers[audit.primary].ranked_clusters_
-    row["top_cluster"] = ({"class": ranked[0].get("attribute_name"), "influence": ranked[0].get("influence")}
+    ranked = audit.audit["methods"][audit.primary]["ranked_clusters"]  # as in audit.json
+    row["top_cluster"] = ({k: ranked[0][k] for k in ("attribute_name", "influence", "n_regions", "n_images")}
                           if ranked else None)
     row["audit_outcome"] = audit.audit.get("outcome")
     if tracker is not None:
