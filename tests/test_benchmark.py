@@ -158,3 +158,28 @@ def test_unknown_setting_and_method_are_clear_errors(tmp_path, capsys):
     assert "has no setting 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--config", str(config), "--methods", "ravl,magic", "--no-tracking"]) == 2
     assert "magic" in capsys.readouterr().err
+
+
+def test_demo_prints_the_finding_and_before_after_table(tmp_path, capsys):
+    config = _config(tmp_path, settings=[SETTING])
+    data = yaml.safe_load(config.read_text())
+    data["mitigation"]["methods"] = ["ravl", "standard"]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["demo", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
+    out = capsys.readouterr().out
+    row = load_rows(tmp_path / "out")[0]
+    assert "Hidden shortcut planted: chest drain <-> pneumothorax" in out
+    before, after = row["stage1"]["image_worst_group"], row["mitigation"]["ravl"]["image_worst_group"]
+    assert f"Worst-group accuracy: before {before:.1%} -> after {after:.1%} (ravl)" in out
+    assert out.count("chest drain?") == 1 and len([line for line in out.splitlines() if " yes " in line]) == 4
+    assert "Audit report: " in out and "MLflow:" not in out
+
+
+def test_demo_refuses_a_grid(tmp_path, capsys):
+    config = _config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    suite = yaml.safe_load(Path(data["suite"]).read_text())
+    suite["seeds"] = [0, 1]
+    Path(data["suite"]).write_text(yaml.safe_dump(suite))
+    assert main(["demo", "--config", str(config), "--no-tracking"]) == 2
+    assert "the demo runs one setting; this config selects 2" in capsys.readouterr().err

@@ -31,22 +31,26 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run, suite="demo", settings=None, methods=None)
 
 
-def _group_rows(table: pd.DataFrame) -> list[str]:
-    lines = []
-    for row in table.itertuples(index=False):
-        flag = "with   " if row.feature_present else "without"
-        lines.append(f"  {row._asdict()['class']:<18} {flag} {int(row.correct):>4}/{int(row.count):<4} "
-                     f"{row.accuracy:6.1%}")
+def _group_lines(before: pd.DataFrame, after: pd.DataFrame, feature: str, method: str) -> list[str]:
+    """The two group tables side by side: class, feature present, images, accuracy before and after."""
+    merged = before.merge(after, on=["class", "feature_present"], suffixes=("_before", "_after"))
+    lines = [f"  {'class':<18} {feature + '?':<14} {'images':>6}  {'before':>7}  {'after (' + method + ')':>12}"]
+    for row in merged.to_dict("records"):
+        lines.append(f"  {row['class']:<18} {'yes' if row['feature_present'] else 'no':<14} "
+                     f"{int(row['count_before']):>6}  {row['accuracy_before']:>7.1%}  {row['accuracy_after']:>12.1%}")
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
     from ravl_med.cli.benchmark import load_benchmark, run_benchmark
+    from ravl_med.config import ConfigError
+    from ravl_med.data.phantom import find_suite
 
     config = load_benchmark(args)
-    if len(config.settings or []) != 1:
-        print("ravl-med demo: the demo config names more than one setting; use 'ravl-med benchmark' for grids")
-        return 2
+    selected = find_suite(config.suite).select(config.settings)
+    if len(selected) != 1:
+        raise ConfigError(f"the demo runs one setting; this config selects {len(selected)} "
+                          "(name one in 'settings', or use 'ravl-med benchmark' for a grid)")
     row = run_benchmark(config, args, run_name="demo")[0]
     root = Path(row["paths"]["root"])
     feature = row["artefact"].replace("_", " ")
@@ -65,11 +69,9 @@ def run(args: argparse.Namespace) -> int:
         after = "ravl" if "ravl" in row["mitigation"] else next(iter(row["mitigation"]))
         before_table = pd.read_csv(root / "groups" / "stage1.csv")
         after_table = pd.read_csv(root / "groups" / f"{after}.csv")
-        print(f"\nPer-group zero-shot accuracy on the test split (class x {feature} present):")
-        print("  before mitigation (stage-1 model):")
-        print("\n".join("  " + line for line in _group_rows(before_table)))
-        print(f"  after mitigation ({after}):")
-        print("\n".join("  " + line for line in _group_rows(after_table)))
+        print(f"\nPer-group zero-shot accuracy on the test split (class x {feature} present), before "
+              f"mitigation (the stage-1 model) and after:")
+        print("\n".join(_group_lines(before_table, after_table, feature, after)))
         print("\nWorst-group accuracy: before {:.1%} -> after {:.1%} ({})   overall: {:.1%} -> {:.1%}".format(
             row["stage1"]["image_worst_group"], row["mitigation"][after]["image_worst_group"], after,
             row["stage1"]["image_accuracy"], row["mitigation"][after]["image_accuracy"]))
@@ -77,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         if others:
             print("Other methods, worst-group accuracy: " + ", ".join(f"{m} {v:.1%}" for m, v in others.items()))
     print(f"\nAudit report: {row['paths']['report']}")
-    print(f"Everything: {root}  (MLflow UI: mlflow ui --backend-store-uri sqlite:///{Path(config.output_dir).resolve()}"
-          "/mlruns.db)")
+    print(f"Everything: {root}")
+    if not args.no_tracking:
+        from ravl_med.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri, Path(config.output_dir))
+        print(f"MLflow: {uri}" + (f"  (UI: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite") else ""))
     return 0
