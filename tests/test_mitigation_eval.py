@@ -129,3 +129,41 @@ def test_evaluate_model_end_to_end(phantom_test_set):
     assert images_only["image_accuracy"] == out["image_accuracy"]
     overall, worst = _hand_metrics(out["labels"], out["predictions"], present, len(CLASSES))
     assert out["image_accuracy"] == pytest.approx(overall) and out["image_worst_group"] == pytest.approx(worst)
+
+
+def test_evaluate_split_groups_from_ground_truth_or_from_the_audit(phantom_test_set, tmp_path):
+    import pandas as pd
+
+    from ravl_med.discover.medoids import Stage1Medoids
+    from ravl_med.evaluate.mitigation import evaluate_split
+    from ravl_med.mitigate.regions import training_region_labels
+    from ravl_med.models.weights import save_checkpoint
+
+    manifest, dataset = phantom_test_set
+    torch.manual_seed(0)
+    model, preprocess, _ = create_backbone("tiny-rn")
+    checkpoint = tmp_path / "model.safetensors"
+    save_checkpoint(model, checkpoint)
+    ingest = IngestConfig(image_size=64)
+    truth = evaluate_split("tiny-rn", checkpoint, manifest, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8)
+    assert truth["groups_from"] == "ground truth" and truth["feature"] == "chest_drain"
+    assert truth["n_feature_present"] == int(dataset.table["artefact_present"].astype(int).sum())
+    assert truth["region_accuracy"] is not None  # the phantom masks give core regions
+    # A hospital manifest says nothing about the feature: the audit's spurious cluster decides.
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False).drop(columns=["artefact_present"])
+    table["path"] = [str(manifest.parent / p) for p in table["path"]]
+    for column in ("mask_finding", "lung_mask", "mask_artefact"):
+        if column in table:
+            table[column] = [str(manifest.parent / p) if p else "" for p in table[column]]
+    plain = tmp_path / "manifest.csv"
+    table.to_csv(plain, index=False)
+    with pytest.raises(ValueError, match="artefact_present"):
+        evaluate_split("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0)
+    emb = embed_dataset(model, preprocess, dataset, batch_size=8, progress=False, precision="fp32")
+    medoids = Stage1Medoids(emb.region_embeddings[[0, 7]], [0, 1], [1, 0], [True, False])
+    audit = evaluate_split("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8,
+                           stage1_checkpoint=checkpoint, medoids=medoids)
+    flags = training_region_labels(model, preprocess, dataset, medoids, batch_size=8)
+    assert audit["groups_from"] == "audit"
+    assert audit["n_feature_present"] == sum(bool(f.any()) for f in flags.values()) > 0
+    assert audit["image_accuracy"] == pytest.approx(truth["image_accuracy"])  # same model, same images
