@@ -41,6 +41,13 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says which key and why."""
 
 
+def _distinct(value: list[str], what: str) -> list[str]:
+    """``value`` unchanged, or ValueError("<what> must be distinct") when an entry repeats."""
+    if len(set(value)) != len(value):
+        raise ValueError(f"{what} must be distinct")
+    return value
+
+
 class StrictModel(BaseModel):
     """Base for config sections: unknown keys are errors, values are checked on assignment too."""
 
@@ -152,12 +159,7 @@ class FinetuneConfig(StrictModel):
                 raise ValueError(f"each template needs exactly one '{{}}' for the class name: {bad}")
         return value
 
-    @field_validator("classes")
-    @classmethod
-    def _distinct(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("classes must be distinct")
-        return value
+    _distinct_classes = field_validator("classes")(classmethod(lambda cls, v: _distinct(v, "classes")))
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -326,14 +328,8 @@ class AuditConfig(StrictModel):
     seed: Annotated[int, Field(ge=0)] = 0
 
     _one_slot = field_validator("templates")(classmethod(lambda cls, v: FinetuneConfig._one_slot(v)))
-    _distinct = field_validator("classes")(classmethod(lambda cls, v: FinetuneConfig._distinct(v)))
-
-    @field_validator("methods")
-    @classmethod
-    def _unique_methods(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("methods must be distinct")
-        return value
+    _distinct_classes = field_validator("classes")(classmethod(lambda cls, v: _distinct(v, "classes")))
+    _distinct_methods = field_validator("methods")(classmethod(lambda cls, v: _distinct(v, "methods")))
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -400,12 +396,7 @@ class BenchmarkMitigation(MitigationSettings):
     #: name in words (``chest_drain`` -> ``chest drain``).
     spurious_template: str = "a chest x-ray with a {}."
 
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("methods must be distinct")
-        return value
+    _distinct_methods = field_validator("methods")(classmethod(lambda cls, v: _distinct(v, "methods")))
 
 
 class BenchmarkConfig(StrictModel):

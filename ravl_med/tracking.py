@@ -47,10 +47,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
-
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_DB",
+    "STEP_METRICS",
     "TrackedRun",
     "Tracker",
     "code_version",
@@ -59,6 +59,7 @@ __all__ = [
     "group_metric_name",
     "metric_key",
     "resolve_tracking_uri",
+    "training_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -533,6 +534,42 @@ def optional_tracker(enabled: bool, *args, **kwargs) -> Iterator[Tracker | None]
         yield tracker
 
 
+@contextlib.contextmanager
+def training_run(args, command: str, config, finetune, tags: Mapping[str, Any],
+                 run_name: str | None = None) -> Iterator[tuple[Tracker | None, Any]]:
+    """The MLflow run of a training command (``finetune``, ``mitigate``), or ``(None, None)`` with ``--no-tracking``.
+
+    Logs the whole ``config``, the manifest summary of ``finetune.manifest`` (no paths), backbone,
+    seed and code version, and yields ``(run, on_step)``: ``on_step(step, {"loss", "lr"})`` for the
+    trainer logs ``train/loss_step`` and ``train/lr`` per optimizer step.
+
+    Args:
+        args: the command's parsed arguments (``--tracking-uri``, ``--experiment``, ``--no-tracking``).
+        command: the ``command`` tag; run_name: the parent run's name (default: ``command``).
+        config: the command's config; finetune: its :class:`~ravl_med.config.FinetuneConfig`.
+        tags: further tags (``method``, ...).
+    """
+    params, base_tags = manifest_summary(finetune.manifest)
+    tags = base_tags | {"command": command, "seed": finetune.seed, **tags}
+    with optional_tracker(not args.no_tracking, args.experiment or dataset_name(finetune.manifest),
+                          run_name or command, tags=tags, tracking_uri=args.tracking_uri) as run:
+        if run is None:
+            yield None, None
+            return
+        run.log_config(config)
+        run.log_params({**params, "model.backbone": finetune.backbone, "seed": finetune.seed,
+                        "code_version": run.tags.get("ravl.code_version", "")})
+
+        def on_step(step: int, metrics: Mapping[str, float]) -> None:
+            run.log_metrics({STEP_METRICS.get(k, f"train/{k}"): v for k, v in metrics.items()}, step)
+
+        yield run, on_step
+
+
+#: MLflow names of the trainer's per-step values (others become ``train/<name>``).
+STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
+
+
 # --------------------------------------------------------------------------------------------- #
 # What the commands log
 
@@ -559,7 +596,8 @@ def manifest_summary(manifest: str | Path) -> tuple[dict[str, Any], dict[str, st
     """
     import pandas as pd
 
-    from ravl_med.models.weights import file_sha256  # the models package imports torch: only when needed
+    # Here, not at the top: the models package imports torch, and the CLI imports this module for --help.
+    from ravl_med.models.weights import file_sha256
 
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     params: dict[str, Any] = {"dataset.manifest_sha256": file_sha256(manifest), "dataset.rows": len(table)}

@@ -79,20 +79,10 @@ def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
     import pandas as pd
 
     from ravl_med.models.training import Trainer
-    from ravl_med.tracking import dataset_name, manifest_summary, optional_tracker
+    from ravl_med.tracking import training_run
 
-    params, tags = manifest_summary(config.manifest)
-    tags |= {"command": "finetune", "method": "label_aware" if config.label_aware else "contrastive",
-             "seed": config.seed}
-    with optional_tracker(not args.no_tracking, args.experiment or dataset_name(config.manifest), "finetune",
-                          tags=tags, tracking_uri=args.tracking_uri) as run:
-        on_step = None
-        if run is not None:
-            run.log_config(config)
-            run.log_params({**params, "model.backbone": config.backbone, "seed": config.seed,
-                            "code_version": run.tags.get("ravl.code_version", "")})
-            on_step = lambda step, metrics: run.log_metrics(
-                {"train/loss_step": metrics["loss"], "train/lr": metrics["lr"]}, step)
+    method = "label_aware" if config.label_aware else "contrastive"
+    with training_run(args, "finetune", config, config, {"method": method}) as (run, on_step):
         trainer = Trainer(config, progress=not args.no_progress, on_step=on_step)
         result = trainer.fit(resume=args.resume)
         if run is not None:

@@ -113,22 +113,13 @@ def _evaluate(config: MitigateConfig, summary: dict, spurious_class: str | None)
 def _mitigate_tracked(args: argparse.Namespace, config: MitigateConfig):
     """run_mitigation then the test evaluation, inside an MLflow run unless ``--no-tracking``."""
     from ravl_med.mitigate.run import run_mitigation
-    from ravl_med.tracking import dataset_name, manifest_summary, optional_tracker
+    from ravl_med.tracking import training_run
 
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
-    params, tags = manifest_summary(ft.manifest)
-    tags |= {"command": "mitigate", "method": config.method, "seed": ft.seed, "spurious_class": args.spurious_class}
-    with optional_tracker(not args.no_tracking, args.experiment or dataset_name(ft.manifest), f"mitigate-{config.method}",
-                          tags=tags, tracking_uri=args.tracking_uri) as run:
-        on_step = None
-        if run is not None:
-            run.log_config(config)
-            run.log_params({**params, "model.backbone": ft.backbone, "seed": ft.seed,
-                            "code_version": run.tags.get("ravl.code_version", "")})
-            on_step = lambda step, metrics: run.log_metrics(
-                {f"train/{'loss_step' if k == 'loss' else k}": v for k, v in metrics.items()}, step)
+    tags = {"method": config.method, "spurious_class": args.spurious_class}
+    with training_run(args, "mitigate", config, ft, tags, run_name=f"mitigate-{config.method}") as (run, on_step):
         summary = run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress,
                                  on_step=on_step)
         evaluation = _evaluate(config, summary, args.spurious_class)

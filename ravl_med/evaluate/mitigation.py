@@ -24,7 +24,7 @@ import torch
 
 from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
 
-__all__ = ["accuracy_summary", "core_regions_from_masks", "evaluate_model", "region_accuracy_summary"]
+__all__ = ["accuracy_summary", "core_regions_from_masks", "evaluate_model", "evaluate_split", "region_accuracy_summary"]
 
 
 def _bool_1d(name: str, values, length: int | None = None) -> np.ndarray:
