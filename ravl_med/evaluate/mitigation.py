@@ -11,6 +11,10 @@ or the lung mask for "no finding" images (which have no finding mask).
 
 Images (and regions of images) whose label is not one of ``classes`` (label -1) are left out of every
 number, as in :func:`group_accuracy_table`.
+
+:func:`evaluate_model` takes a loaded model and the feature flags; :func:`evaluate_split` loads a
+saved model, reads one manifest split and finds the flags (ground truth, else the audit) and the
+core regions (masks) itself: what ``ravl-med mitigate`` and the benchmark call.
 """
 
 from __future__ import annotations
