@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ravl_med.cli.common import apply_overrides, comma_list
 from ravl_med.config import AUDIT_METHODS, AuditConfig, ConfigError, load_config
 from ravl_med.tracking import add_tracking_options
 
@@ -43,20 +44,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     config = load_config(args.config, AuditConfig)
-    try:
-        if args.manifest is not None:
-            config.manifest = args.manifest
-        if args.checkpoint is not None:
-            config.checkpoint = args.checkpoint
-            config.sha256 = args.sha256
-        elif args.sha256 is not None:
-            config.sha256 = args.sha256
-        if args.out is not None:
-            config.output_dir = args.out
-        if args.methods is not None:
-            config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    except ValueError as err:  # pydantic validates assignments
-        raise ConfigError(f"{args.config}: {' '.join(str(err).split())}") from None
+    apply_overrides(config, args.config, {"manifest": args.manifest, "checkpoint": args.checkpoint,
+                                          "sha256": args.sha256, "output_dir": args.out,
+                                          "methods": comma_list(args.methods)})
+    if args.checkpoint is not None and args.sha256 is None:
+        config.sha256 = None  # the config's sha256 belongs to the config's checkpoint
     if args.no_tracking:
         result = run_audit(config, progress=not args.no_progress)
     else:

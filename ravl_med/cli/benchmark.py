@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.config import BenchmarkConfig, ConfigError, load_config
+from ravl_med.cli.common import apply_overrides, comma_list
+from ravl_med.config import BenchmarkConfig, load_config
 from ravl_med.tracking import add_tracking_options
-
-#: Built-in benchmark definitions: ``datasets/benchmarks/<suite>.yaml``.
-SUITES = ("smoke", "standard", "gpu", "demo")
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +24,7 @@ def add_parser(subparsers) -> None:
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--suite", choices=SUITES,
+    source.add_argument("--suite", choices=[p.stem for p in sorted(benchmarks_dir().glob("*.yaml"))],
                         help="built-in definition datasets/benchmarks/SUITE.yaml: smoke (CI-sized, minutes), "
                              "standard (the full table, hours on a CPU), gpu (larger, for a GPU machine), demo")
     source.add_argument("--config", type=Path, help="a benchmark YAML (format of datasets/benchmarks/*.yaml)")
@@ -39,26 +37,19 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def benchmark_path(suite: str) -> Path:
-    """``datasets/benchmarks/<suite>.yaml`` (the datasets folder honours ``$RAVL_MED_DATASETS``)."""
+def benchmarks_dir() -> Path:
+    """``datasets/benchmarks`` (the datasets folder honours ``$RAVL_MED_DATASETS``)."""
     from ravl_med.data.phantom.config import datasets_dir
 
-    return datasets_dir().parent / "benchmarks" / f"{suite}.yaml"
+    return datasets_dir().parent / "benchmarks"
 
 
 def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
     """The config named by ``--suite`` / ``--config`` with the command-line overrides applied."""
-    path = args.config if args.config is not None else benchmark_path(args.suite)
+    path = args.config if args.config is not None else benchmarks_dir() / f"{args.suite}.yaml"
     config = load_config(path, BenchmarkConfig)
-    try:
-        if args.out is not None:
-            config.output_dir = args.out
-        if args.settings:
-            config.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-        if args.methods:
-            config.mitigation.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    except ValueError as err:  # pydantic validates assignments
-        raise ConfigError(f"{path}: {' '.join(str(err).split())}") from None
+    apply_overrides(config, path, {"output_dir": args.out, "settings": comma_list(args.settings or None),
+                                   "mitigation.methods": comma_list(args.methods or None)})
     return config
 
 

@@ -4,16 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ravl_med.config import IngestConfig, load_config
+from ravl_med.config import ConfigError, IngestConfig, load_config
 from ravl_med.data.manifest import Manifest
 
 if TYPE_CHECKING:
     from ravl_med.data.scan import ScanResult
 
-__all__ = ["add_ingest_options", "load_ingest_config", "open_dataset", "print_scan_report"]
+__all__ = [
+    "add_ingest_options",
+    "apply_overrides",
+    "comma_list",
+    "load_ingest_config",
+    "open_dataset",
+    "print_scan_report",
+]
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (``None`` stays ``None``): a comma-separated option."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def apply_overrides(config, source: str | Path | None, values: Mapping[str, Any]) -> None:
+    """Command-line overrides: sets every dotted key of ``values`` whose value is not ``None``.
+
+    Args:
+        config: a pydantic config (it validates assignments).
+        source: the config file, named in the error.
+        values: e.g. ``{"manifest": args.manifest, "finetune.output_dir": args.out}``.
+
+    Raises:
+        ConfigError: a value the config refuses, as one line naming ``source``.
+    """
+    try:
+        for key, value in values.items():
+            if value is None:
+                continue
+            *parents, name = key.split(".")
+            target = config
+            for parent in parents:
+                target = getattr(target, parent)
+            setattr(target, name, value)
+    except ValueError as err:  # pydantic validates assignments
+        raise ConfigError(f"{source}: {' '.join(str(err).split())}") from None
 
 
 def add_ingest_options(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +69,7 @@ def add_ingest_options(parser: argparse.ArgumentParser) -> None:
 def load_ingest_config(args: argparse.Namespace) -> IngestConfig:
     config = load_config(args.config, IngestConfig)
     if args.classes:
-        config.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        config.classes = comma_list(args.classes)
     return config
 
 

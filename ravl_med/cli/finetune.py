@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ravl_med.cli.common import apply_overrides
 from ravl_med.config import ConfigError, FinetuneConfig, load_config
 from ravl_med.tracking import add_tracking_options
 
@@ -40,15 +41,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     config = load_config(args.config, FinetuneConfig)
-    try:
-        if args.manifest is not None:
-            config.manifest = args.manifest
-        if args.out is not None:
-            config.output_dir = args.out
-        if args.epochs is not None:
-            config.epochs = args.epochs
-    except ValueError as err:  # pydantic validates assignments
-        raise ConfigError(f"{args.config}: {' '.join(str(err).split())}") from None
+    apply_overrides(config, args.config, {"manifest": args.manifest, "output_dir": args.out, "epochs": args.epochs})
     if config.manifest is None:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
     if not Path(config.manifest).is_file():

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ravl_med.cli.common import apply_overrides
 from ravl_med.config import MITIGATION_METHODS, ConfigError, MitigateConfig, load_config
 from ravl_med.tracking import add_tracking_options
 
@@ -42,18 +43,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, MitigateConfig)
-    try:
-        if args.method is not None:
-            config.method = args.method
-        if args.audit is not None:
-            config.audit_dir = args.audit
-        if args.stage1 is not None:
-            config.stage1_checkpoint = args.stage1
-            config.stage1_sha256 = None
-        if args.out is not None:
-            config.finetune.output_dir = args.out
-    except ValueError as err:  # pydantic validates assignments
-        raise ConfigError(f"{args.config}: {' '.join(str(err).split())}") from None
+    apply_overrides(config, args.config, {"method": args.method, "audit_dir": args.audit,
+                                          "stage1_checkpoint": args.stage1, "finetune.output_dir": args.out})
+    if args.stage1 is not None:
+        config.stage1_sha256 = None  # the config's sha256 belongs to the config's stage-1 model
     if args.spurious_class is not None and args.spurious_class not in config.finetune.classes:
         raise ConfigError(f"--spurious-class {args.spurious_class!r} is not one of {config.finetune.classes}")
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 evaluates, reports and tracks
