@@ -173,25 +173,25 @@ def describe(run: ShortcutRun) -> str:
 # ----------------------------------------------------------------------------- fixtures
 
 
+def _timed_run(root: Path, write_data, recipe: Path, spurious_class: str) -> ShortcutRun:
+    """Writes the data with ``write_data(folder)``, then :func:`run_recipe`; records the data time."""
+    started = time.perf_counter()
+    manifest = write_data(root / "data")
+    written = time.perf_counter() - started
+    run = run_recipe(recipe, manifest, root / "run", spurious_class)
+    run.seconds["data"] = written
+    return run
+
+
 @pytest.fixture(scope="session")
 def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
-    root = tmp_path_factory.mktemp("shortcut-phantom")
-    started = time.perf_counter()
-    manifest = write_phantom_pairs(root / "data")
-    written = time.perf_counter() - started
-    run = run_recipe(PHANTOM_RECIPE, manifest, root / "run", PHANTOM_DATA["spurious_class"])
-    run.seconds["data"] = written
-    return run
+    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom"), write_phantom_pairs, PHANTOM_RECIPE,
+                      PHANTOM_DATA["spurious_class"])
 
 
 @pytest.fixture(scope="session")
 def digits_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-digits.yaml`` fine-tuned on ``DIGITS_DATA`` (square -> "three")."""
-    root = tmp_path_factory.mktemp("shortcut-digits")
-    started = time.perf_counter()
-    manifest = write_digit_pairs(root / "data")
-    written = time.perf_counter() - started
-    run = run_recipe(DIGITS_RECIPE, manifest, root / "run", DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])
-    run.seconds["data"] = written
-    return run
+    return _timed_run(tmp_path_factory.mktemp("shortcut-digits"), write_digit_pairs, DIGITS_RECIPE,
+                      DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])

@@ -16,11 +16,16 @@ import torch
 import yaml
 
 from ravl_med.cli import main
-from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, MitigateConfig
+from ravl_med.config import (
+    MITIGATION_METHODS,
+    ConfigError,
+    FinetuneConfig,
+    IngestConfig,
+    MitigateConfig,
+)
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.mitigate.methods import (
-    METHODS,
     GroupBalancedSampler,
     GroupDROObjective,
     stage1_groups,
@@ -142,7 +147,7 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     assert (tmp_path / "out" / "ravl" / "mitigate.json").is_file()
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "ravl"])
+@pytest.mark.parametrize("method", [m for m in MITIGATION_METHODS if m != "ravl"])
 def test_every_baseline_runs(stage1, tmp_path, method):
     summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False)
     assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))

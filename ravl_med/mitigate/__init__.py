@@ -14,7 +14,6 @@ from ravl_med.discover.medoids import Stage1Medoids, stage1_medoids
 
 from .losses import RegionAwareLoss, region_text_terms
 from .methods import (
-    METHODS,
     GroupBalancedSampler,
     GroupDROObjective,
     MitigationTrainer,
@@ -28,7 +27,6 @@ from .regions import label_training_regions, training_region_labels
 from .run import run_mitigation
 
 __all__ = [
-    "METHODS",
     "GroupBalancedSampler",
     "GroupDROObjective",
     "MitigationTrainer",

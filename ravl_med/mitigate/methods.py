@@ -42,7 +42,6 @@ from ravl_med.models.zeroshot import CXR_TEMPLATES
 from .losses import RegionAwareLoss
 
 __all__ = [
-    "METHODS",
     "GroupBalancedSampler",
     "GroupDROObjective",
     "MitigationTrainer",
@@ -51,9 +50,6 @@ __all__ = [
     "VLERMObjective",
     "stage1_groups",
 ]
-
-METHODS = MITIGATION_METHODS
-
 
 def _process() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -356,5 +352,5 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
             raise ConfigError("spurious_aware needs spurious_prompts (texts naming the spurious attribute)")
         objective = SpuriousAwareObjective(spurious_weight, temperature, label_aware)
     else:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(MITIGATION_METHODS)}")
     return {"objective": objective, "sampler_factory": sampler}
