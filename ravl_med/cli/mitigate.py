@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(config: MitigateConfig, summary: dict, spurious_class: str | None) -> dict | None:
     """Stage-2 metrics of the trained model on the manifest's test split; ``None`` without one."""
     import pandas as pd
-    import torch
 
     from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
     from ravl_med.evaluate.mitigation import evaluate_split
+    from ravl_med.models.registry import resolve_device
 
     ft = config.finetune
     splits = pd.read_csv(ft.manifest, dtype=str, keep_default_na=False, usecols=lambda c: c == "split")
@@ -86,7 +86,7 @@ def _evaluate(config: MitigateConfig, summary: dict, spurious_class: str | None)
     medoids = None
     if config.audit_dir is not None and (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
         medoids = Stage1Medoids.load(config.audit_dir).with_spurious_ranks(config.spurious_ranks)
-    device = "cuda" if torch.cuda.is_available() and ft.device != "cpu" else "cpu"
+    device = resolve_device(ft.device)
     try:
         evaluation = evaluate_split(ft.backbone, summary["result"]["checkpoint"], ft.manifest, ft.ingest, ft.classes,
                                     ft.templates, sha256=summary["result"]["sha256"], spurious_class=spurious_class,

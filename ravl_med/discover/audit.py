@@ -145,16 +145,6 @@ def build_discoverer(method: str, config: AuditConfig) -> BaseDiscoverer:
     return baselines[method](**common)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no CUDA device is available")
-    return device
-
-
 def _load_model(config: AuditConfig, device: str):
     """(model, preprocess, tokenizer, sha256 or None, notes); checkpoint problems become ConfigError."""
     from ravl_med.models import create_backbone
@@ -252,6 +242,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest
     from ravl_med.models.embed import embed_dataset
+    from ravl_med.models.registry import resolve_device
     from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
 
     if config.manifest is None:
@@ -261,7 +252,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model, preprocess, tokenizer, digest, model_notes = _load_model(config, device)
     notes += model_notes

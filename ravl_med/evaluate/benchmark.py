@@ -24,7 +24,6 @@ Outputs of one setting under ``output_dir/<setting>``: ``data/``, ``stage1/``, `
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,8 +36,6 @@ from ravl_med.config import BenchmarkConfig
 from ravl_med.data.atomic import atomic_path
 
 __all__ = ["RESULT_FILE", "load_rows", "run_setting", "summarise", "write_tables"]
-
-log = logging.getLogger(__name__)
 
 #: The per-setting result (one row of the tables).
 RESULT_FILE = "result.json"
@@ -95,11 +92,10 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
         ``top_cluster`` (RaVL's top cluster: class tied, influence), ``mitigation`` (method ->
         metrics and ``train_s``), ``paths``; written to ``<setting>/result.json``.
     """
-    import torch
-
     from ravl_med.data.phantom import write_setting
     from ravl_med.discover.audit import run_audit
     from ravl_med.evaluate.groups import shortcut_gaps, shortcut_learned
+    from ravl_med.models.registry import resolve_device
     from ravl_med.models.training import Trainer
 
     root = Path(config.output_dir) / setting.name
@@ -107,7 +103,7 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
     if done.is_file():
         say(f"{setting.name}: done before, reusing {done}")
         return json.loads(done.read_text())
-    device = "cuda" if torch.cuda.is_available() and config.finetune.device != "cpu" else "cpu"
+    device = resolve_device(config.finetune.device)
     row: dict[str, Any] = {"setting": setting.name, "artefact": setting.artefact,
                            "spurious_class": setting.spurious_class, "strength": setting.strength,
                            "seed": setting.seed, "device": device}

@@ -49,11 +49,9 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     Returns:
         the ``mitigate.json`` content, with ``"result"``: the trainer's :class:`FitResult` as a dict.
     """
-    import torch
-
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest
-    from ravl_med.models.registry import create_backbone
+    from ravl_med.models.registry import create_backbone, resolve_device
 
     from .methods import MitigationTrainer, build_method, stage1_groups
 
@@ -65,7 +63,7 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     stats: dict[str, Any] = {}
     if method in LABELLED_METHODS:
         medoids = _medoids(config)
-        device = "cuda" if torch.cuda.is_available() and ft.device != "cpu" else "cpu"
+        device = resolve_device(ft.device)
         if config.stage1_checkpoint is None:
             raise ConfigError(f"stage1_checkpoint: method {method!r} labels the training regions with the audited "
                               "stage-1 model; give its weights (set it or pass --stage1)")
