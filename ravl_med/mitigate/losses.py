@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ravl_med.models.losses import ClipLoss, LabelAwareClipLoss
+from ravl_med.models.losses import LabelAwareClipLoss
 
 __all__ = ["RegionAwareLoss", "pack_regions", "region_text_terms"]
 
@@ -152,8 +152,7 @@ class RegionAwareLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.lambda_, self.temperature = float(lambda_), float(temperature)
         self.label_aware = bool(label_aware)
-        self.clip = (LabelAwareClipLoss(rank=rank, world_size=world_size) if label_aware
-                     else ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size))
+        self.clip = LabelAwareClipLoss(rank=rank, world_size=world_size)  # plain InfoNCE when given no labels
 
     def forward(
         self,
@@ -190,10 +189,8 @@ class RegionAwareLoss(nn.Module):
             region_features, region_image, region_is_spurious = pack_regions(region_features, region_is_spurious)
         elif not isinstance(region_is_spurious, torch.Tensor):
             region_is_spurious = torch.as_tensor(region_is_spurious, dtype=torch.bool)
-        if self.label_aware:
-            clip = self.clip(image_features, text_features, logit_scale, labels=labels, logit_bias=logit_bias)
-        else:
-            clip = self.clip(image_features, text_features, logit_scale, logit_bias)
+        clip = self.clip(image_features, text_features, logit_scale, labels=labels if self.label_aware else None,
+                         logit_bias=logit_bias)
         loss_r, loss_a, n_used = region_text_terms(
             region_features, region_image, region_is_spurious, class_text_features, labels, self.temperature
         )

@@ -60,7 +60,7 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset, collate
 from ravl_med.data.manifest import Manifest, feature_presence
 from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
-from ravl_med.models.losses import ClipLoss, LabelAwareClipLoss
+from ravl_med.models.losses import LabelAwareClipLoss
 from ravl_med.models.registry import create_backbone
 from ravl_med.models.weights import save_checkpoint
 from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
@@ -250,16 +250,12 @@ class ContrastiveObjective:
 
     def __init__(self, label_aware: bool = False, rank: int = 0, world_size: int = 1) -> None:
         self.label_aware = label_aware
-        if label_aware:
-            self.loss: nn.Module = LabelAwareClipLoss(rank=rank, world_size=world_size)
-        else:
-            self.loss = ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
+        self.loss = LabelAwareClipLoss(rank=rank, world_size=world_size)  # plain InfoNCE when given no labels
 
     def __call__(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         image, text, scale = outputs["image_features"], outputs["text_features"], outputs["logit_scale"]
-        if self.label_aware:
-            return self.loss(image.float(), text.float(), scale.float(), labels=batch["label"].to(image.device))
-        return self.loss(image.float(), text.float(), scale.float())
+        labels = batch["label"].to(image.device) if self.label_aware else None
+        return self.loss(image.float(), text.float(), scale.float(), labels=labels)
 
 
 class _ResumableSampler(Sampler):
