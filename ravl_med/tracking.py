@@ -154,6 +154,16 @@ def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def _store_lock(database: Path | None):
+    """An inter-process lock on ``<database>.lock`` (a no-op context without a database)."""
+    if database is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".lock", timeout=600)
+
+
 def _server_alive(uri: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
@@ -423,17 +433,22 @@ class Tracker(TrackedRun):
     def _connect(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            location = None
-            if uri.startswith("sqlite:///"):  # artifacts beside the database they belong to
-                location = (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
-            elif not _is_remote(uri):
-                location = (self.local_dir / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
-            experiment_id = client.create_experiment(self.experiment, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        # MLflow creates a fresh SQLite store's tables (and the experiment) without guarding against
+        # another process doing the same: two runs started together on a new store crashed one of them
+        # ("table ... already exists"). A lock file beside the database serialises the set-up.
+        database = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        with _store_lock(database):
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                location = None
+                if database is not None:  # artifacts beside the database they belong to
+                    location = (database.parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+                elif not _is_remote(uri):
+                    location = (self.local_dir / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+                experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
         self._client, self._experiment_id = client, experiment_id
 
     def _open(self, run: TrackedRun) -> None:

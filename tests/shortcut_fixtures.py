@@ -6,7 +6,9 @@ Two settings, each written into a temporary folder and fine-tuned on the CPU wit
 * ``digits``: the paper's synthetic setting (56 x 56 four-quadrant images, a digit in one quadrant,
   a square in another, tied to one digit at Cramer's V 0.95), recipe ``configs/shortcut-digits.yaml``;
 * ``phantom``: phantom chest radiographs, ``chest_drain`` tied to ``pneumothorax`` at V 0.9,
-  recipe ``configs/shortcut-phantom.yaml``.
+  recipe ``configs/shortcut-phantom.yaml``;
+* ``phantom_cardiomegaly``: the same recipe with ``chest_drain`` tied to ``cardiomegaly`` at V 0.9 (a
+  class whose own finding the tiny model learns, which mitigation needs; BENCHMARKS.md, mitigation).
 
 Use them from a test module with::
 
@@ -188,6 +190,15 @@ def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
     return _timed_run(tmp_path_factory.mktemp("shortcut-phantom"), write_phantom_pairs, PHANTOM_RECIPE,
                       PHANTOM_DATA["spurious_class"])
+
+
+@pytest.fixture(scope="session")
+def phantom_cardiomegaly_shortcut(tmp_path_factory) -> ShortcutRun:
+    """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` with the drain tied to cardiomegaly."""
+    def write(out: Path) -> Path:
+        return write_phantom_pairs(out, spurious_class="cardiomegaly")
+
+    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom-cardiomegaly"), write, PHANTOM_RECIPE, "cardiomegaly")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""RaVL mitigation raises worst-group accuracy above standard fine-tuning (digits setting), on the CPU.
+"""RaVL mitigation raises worst-group accuracy above standard fine-tuning (digits and phantom), on the CPU.
 
 Standard fine-tuning is the stage-1 model of ``tests/shortcut_fixtures.py`` (the recipe, seed 0).
 RaVL runs the paper's protocol: audit the stage-1 model on the test split, label the training
@@ -6,13 +6,18 @@ regions by nearest stage-1 medoid, then fine-tune from the same initialisation (
 tiny-rn) with the same recipe, seed and number of steps, adding the region terms. Both models are
 scored on the test split, where the feature is independent of the class.
 
-The spurious clusters are those a reviewer would confirm from the audit's galleries: kept clusters
-tied to the spurious class whose top regions are mostly the planted feature (Precision@10 >= 0.5
-against the ground truth). The digits audit splits the square over several such clusters.
+Spurious clusters:
 
-Only the digits setting is tested: on the phantom chest drain <-> pneumothorax setting RaVL did not
-beat standard fine-tuning (worst-group accuracy 0.00 for both over the measured seeds; see
-BENCHMARKS.md), so no such test can pass there yet.
+* digits: those a reviewer would confirm from the audit's galleries, i.e. kept clusters tied to the
+  spurious class whose top regions are mostly the planted feature (Precision@10 >= 0.5 against the
+  ground truth). The digits audit splits the square over several such clusters; the top one alone
+  labels too few regions to change anything.
+* phantom (chest drain <-> cardiomegaly, V 0.9, 3 x 3 regions): the audit's top-ranked cluster, as the
+  benchmark does (``spurious_ranks: [1]``).
+
+The phantom setting ties the drain to cardiomegaly, not pneumothorax: the tiny model never learns the
+phantom's pneumothorax itself at 128 px, so no method lifts that setting's worst group (all stay
+near 0; BENCHMARKS.md, mitigation).
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ from tests.shortcut_fixtures import ShortcutRun, describe
 pytestmark = pytest.mark.slow
 
 
-def _mitigate(run: ShortcutRun, tmp_path) -> dict:
-    ingest = run.config.ingest
+def _mitigate(run: ShortcutRun, tmp_path, *, grid_sizes: list[int] | None = None, confirmed: bool = True) -> dict:
+    """Audits ``run``'s model, then RaVL fine-tunes; ``confirmed``: spurious clusters as in the module docstring,
+    else the top-ranked cluster only."""
+    ingest = run.config.ingest.model_copy(deep=True)
+    if grid_sizes is not None:
+        ingest.regions.grid_sizes = grid_sizes
     audit = run_audit(AuditConfig(
         backbone=run.config.backbone, checkpoint=run.result.checkpoint, sha256=run.result.sha256,
         manifest=run.config.manifest, split="test", classes=list(run.config.classes), templates=list(run.templates),
@@ -40,8 +49,10 @@ def _mitigate(run: ShortcutRun, tmp_path) -> dict:
         device="cpu", precision="fp32"), progress=False)
     ranked = json.loads((audit.output_dir / "audit.json").read_text())["methods"]["ravl"]["ranked_clusters"]
     assert ranked[0]["attribute_name"] == run.spurious_class
-    spurious_ranks = [c["rank"] for c in ranked
-                      if c["attribute_name"] == run.spurious_class and c["precision_at_k"] >= 0.5]
+    spurious_ranks = [1]
+    if confirmed:
+        spurious_ranks = [c["rank"] for c in ranked
+                          if c["attribute_name"] == run.spurious_class and c["precision_at_k"] >= 0.5]
     assert 1 in spurious_ranks, [(c["rank"], c["attribute_name"], c["precision_at_k"]) for c in ranked]
     # same recipe, seed and budget as stage 1, from the same (random, seed 0) initialisation
     finetune = run.config.model_copy(update={"checkpoint": None, "ingest": ingest, "output_dir": tmp_path / "ravl",
@@ -67,3 +78,8 @@ def _check(run: ShortcutRun, mitigated: dict) -> None:
 
 def test_ravl_beats_standard_fine_tuning_on_the_digits_setting(digits_shortcut, tmp_path):
     _check(digits_shortcut, _mitigate(digits_shortcut, tmp_path))
+
+
+def test_ravl_beats_standard_fine_tuning_on_a_phantom_setting(phantom_cardiomegaly_shortcut, tmp_path):
+    run = phantom_cardiomegaly_shortcut
+    _check(run, _mitigate(run, tmp_path, grid_sizes=[3], confirmed=False))

@@ -292,3 +292,27 @@ def test_mlflow_ui_shows_the_worst_group_metric(server, tmp_path):
         assert (tmp_path / "mlflow-run.png").stat().st_size > 1000
     finally:
         browser.quit()
+
+
+_OPEN_AT = """
+import sys, time
+from ravl_med.tracking import Tracker
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+with Tracker("ravl-med/race", sys.argv[3], tracking_uri=sys.argv[1]):
+    pass
+"""
+
+
+def test_two_processes_can_create_a_fresh_sqlite_store_at_once(tmp_path):
+    # Regression: MLflow's set-up of a new SQLite store is not safe across processes; started at the
+    # same instant, one of two benchmark processes died with "table ... already exists".
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    start = time.time() + 8.0  # both interpreters have imported mlflow by then
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, uri, str(start), f"run-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("ravl-med/race").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1"]
