@@ -24,6 +24,7 @@ from ravl_med.config import (
     MitigateConfig,
 )
 from ravl_med.data.dataset import RadiographDataset
+from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.mitigate.methods import (
     GroupBalancedSampler,
@@ -35,7 +36,7 @@ from ravl_med.mitigate.regions import (
     label_training_regions,
     stage1_medoids,
 )
-from ravl_med.mitigate.run import run_mitigation
+from ravl_med.mitigate.run import labelling_agreement, run_mitigation
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
@@ -104,6 +105,14 @@ def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     assert loaded.spurious.tolist() == [False, False, True] and np.array_equal(loaded.embeddings, top.embeddings)
 
 
+def test_labelling_agreement_counts():
+    labelled = np.array([True, True, False, False, True])
+    present = np.array([True, False, True, False, True])
+    assert labelling_agreement(labelled, present) == {
+        "n_feature_images": 3, "n_labelled_images": 3, "precision": 2 / 3, "recall": 2 / 3}
+    assert labelling_agreement(np.zeros(2, bool), np.zeros(2, bool))["precision"] is None
+
+
 def test_groups_and_balanced_sampler():
     labels_ = {"a": np.array([False, True]), "b": np.array([False]), "c": np.array([True])}
     groups = stage1_groups([0, 0, 1, -1], ["a", "b", "c", "d"], labels_)
@@ -143,6 +152,10 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     assert losses[-1] < losses[0]
     stats = summary["region_labels"]
     assert 0 < stats["spurious_fraction"] < 1 and stats["spurious_clusters"] == [0]
+    truth = stats["ground_truth"]  # the phantom manifest says which training images carry the feature
+    train = Manifest.read(config.finetune.manifest).table.query("split == 'train'")
+    assert truth["n_feature_images"] == int(train["artefact_present"].astype(int).sum())
+    assert truth["n_labelled_images"] == sum(stats["group_sizes"][g] for g in stats["group_sizes"] if g.endswith("|with"))
     assert (tmp_path / "out" / "ravl" / "model.safetensors").is_file()
     assert (tmp_path / "out" / "ravl" / "mitigate.json").is_file()
 

@@ -2,7 +2,8 @@
 
 Writes to ``finetune.output_dir/<method>``: what the trainer writes (``checkpoints/``,
 ``model.safetensors``, ``metrics.json``) plus ``mitigate.json`` (method, parameters, region-label
-statistics, stage-1 group sizes).
+statistics, stage-1 group sizes and, when the manifest says which images carry the planted feature,
+how well the labelling finds them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 
 from .regions import training_region_labels
 
-__all__ = ["LABELLED_METHODS", "run_mitigation"]
+__all__ = ["LABELLED_METHODS", "labelling_agreement", "run_mitigation"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,25 @@ def _medoids(config: MitigateConfig) -> Stage1Medoids:
     return medoids
 
 
+def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, Any]:
+    """Image-level agreement of the stage-1 labelling with the ground truth (synthetic data).
+
+    Args:
+        labelled: (N,) bool, the image has at least one region labelled spurious.
+        present: (N,) bool, the image carries the planted feature (manifest ``artefact_present``).
+
+    Returns:
+        ``{"n_feature_images", "n_labelled_images", "precision", "recall"}``: precision = share of the
+        labelled images that carry the feature, recall = share of the feature's images labelled
+        (``None`` when undefined).
+    """
+    labelled, present = np.asarray(labelled, dtype=bool), np.asarray(present, dtype=bool)
+    hits = int((labelled & present).sum())
+    return {"n_feature_images": int(present.sum()), "n_labelled_images": int(labelled.sum()),
+            "precision": hits / int(labelled.sum()) if labelled.any() else None,
+            "recall": hits / int(present.sum()) if present.any() else None}
+
+
 def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
                    progress: bool = True, on_step=None) -> dict[str, Any]:
     """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`).
@@ -50,7 +70,7 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
         the ``mitigate.json`` content, with ``"result"``: the trainer's :class:`FitResult` as a dict.
     """
     from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.manifest import Manifest
+    from ravl_med.data.manifest import Manifest, feature_presence
     from ravl_med.models.registry import create_backbone, resolve_device
 
     from .methods import MitigationTrainer, build_method, stage1_groups
@@ -69,7 +89,8 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
                               "stage-1 model; give its weights (set it or pass --stage1)")
         model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
                                                sha256=config.stage1_sha256, device=device)
-        train = RadiographDataset(Manifest.read(ft.manifest, classes=ft.classes), ft.ingest, ft.classes, split="train")
+        manifest = Manifest.read(ft.manifest, classes=ft.classes)
+        train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
         region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
                                                device=device, precision=ft.precision)
         del model
@@ -82,6 +103,10 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
                             int((groups == g).sum()) for g in range(2 * len(ft.classes))},
             "spurious_clusters": medoids.clusters[medoids.spurious].tolist(),
         }
+        truth = feature_presence(manifest, train.keys)
+        if truth is not None:
+            labelled = np.array([bool(np.any(region_labels.get(str(k), ()))) for k in train.keys], dtype=bool)
+            stats["ground_truth"] = {"feature": truth[1], **labelling_agreement(labelled, truth[0])}
     run_config = ft.model_copy(update={"output_dir": Path(ft.output_dir) / method})
     pieces = build_method(method, finetune_config=ft, region_labels=region_labels, lambda_=config.loss_lambda,
                           temperature=config.temperature, gdro_step_size=config.gdro_step_size,
