@@ -183,3 +183,16 @@ def test_demo_refuses_a_grid(tmp_path, capsys):
     Path(data["suite"]).write_text(yaml.safe_dump(suite))
     assert main(["demo", "--config", str(config), "--no-tracking"]) == 2
     assert "the demo runs one setting; this config selects 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shipped_smoke_suite_reaches_mitigation(tmp_path, capsys):
+    # Regression: the shipped smoke suite tied the drain to pneumothorax, which the small model never
+    # learned, so both settings came out invalid and the mitigation stage never ran.
+    setting = "chest_drain-cardiomegaly-v0.99-s0"
+    assert main(["benchmark", "--suite", "smoke", "--settings", setting, "--out", str(tmp_path), "--no-progress",
+                 "--no-tracking"]) == 0
+    row = load_rows(tmp_path)[0]
+    assert row["setting"] == setting and row["valid"], capsys.readouterr().out
+    assert set(row["mitigation"]) == {"ravl", "standard", "vl_gdro"}
+    assert all(0.0 <= m["image_worst_group"] <= 1.0 for m in row["mitigation"].values())
