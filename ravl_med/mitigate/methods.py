@@ -48,11 +48,17 @@ __all__ = [
     "RaVLObjective",
     "SpuriousAwareObjective",
     "VLERMObjective",
+    "images_with_spurious_region",
     "stage1_groups",
 ]
 
 def _process() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def images_with_spurious_region(keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: the image has at least one region labelled spurious (missing key: none)."""
+    return np.array([bool(np.any(region_labels.get(str(k), ()))) for k in keys], dtype=bool)
 
 
 def stage1_groups(labels: Sequence[int] | np.ndarray, keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -67,7 +73,7 @@ def stage1_groups(labels: Sequence[int] | np.ndarray, keys: Sequence[str], regio
         (N,) int64.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    present = np.array([bool(np.any(region_labels.get(str(k), ()))) for k in keys], dtype=np.int64)
+    present = images_with_spurious_region(keys, region_labels).astype(np.int64)
     return np.where(labels >= 0, 2 * labels + present, -1)
 
 

@@ -73,7 +73,12 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     from ravl_med.data.manifest import Manifest, feature_presence
     from ravl_med.models.registry import create_backbone, resolve_device
 
-    from .methods import MitigationTrainer, build_method, stage1_groups
+    from .methods import (
+        MitigationTrainer,
+        build_method,
+        images_with_spurious_region,
+        stage1_groups,
+    )
 
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
@@ -105,7 +110,7 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
         }
         truth = feature_presence(manifest, train.keys)
         if truth is not None:
-            labelled = np.array([bool(np.any(region_labels.get(str(k), ()))) for k in train.keys], dtype=bool)
+            labelled = images_with_spurious_region(train.keys, region_labels)
             stats["ground_truth"] = {"feature": truth[1], **labelling_agreement(labelled, truth[0])}
     run_config = ft.model_copy(update={"output_dir": Path(ft.output_dir) / method})
     pieces = build_method(method, finetune_config=ft, region_labels=region_labels, lambda_=config.loss_lambda,
