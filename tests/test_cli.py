@@ -29,6 +29,15 @@ def test_version_and_help_run_as_a_console_script():
         assert command in helped.stdout
 
 
+def test_help_loads_neither_torch_nor_monai():
+    # Regression: `ravl-med --help` took 4-7 s because the phantom command's artefact list imported
+    # the phantom package, whose MONAI transforms loaded torch and MONAI.
+    probe = ("import sys; from ravl_med.cli import build_parser; build_parser().format_help(); "
+             "print(sorted(m for m in ('torch', 'monai', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage: ravl-med" in capsys.readouterr().out

@@ -2,55 +2,57 @@
 
 The medical counterpart of the RaVL evaluation framework: a known spurious feature (artefact),
 at a known location (pixel mask), tied to a class at a chosen Cramer's V. Modules, in pipeline
-order: ``anatomy`` (patient and detector), ``findings`` (classes), ``artefacts`` (shortcuts and the
-``InjectArtefact(d)`` transforms), ``render`` (one image), ``reports``, ``dicom``, ``settings``
-(sampling to a target V), ``config`` (suite YAML), ``writer`` (a setting on disk), ``sheet``,
-``digits`` (the paper's synthetic digits setting).
+order: ``anatomy`` (patient and detector), ``findings`` (classes), ``artefacts`` (shortcuts),
+``inject`` (the ``InjectArtefact(d)`` MONAI transforms), ``render`` (one image), ``reports``,
+``dicom``, ``settings`` (sampling to a target V), ``config`` (suite YAML), ``writer`` (a setting on
+disk), ``sheet``, ``digits`` (the paper's synthetic digits setting).
+
+The names below are imported from their modules on first use, so that ``import
+ravl_med.data.phantom.config`` (the command line's suite listing) does not load torch and MONAI.
 """
 
-from ravl_med.data.phantom.anatomy import DEVICES, Device
-from ravl_med.data.phantom.artefacts import (
-    ARTEFACTS,
-    Artefact,
-    CustomArtefact,
-    InjectArtefact,
-    InjectArtefactd,
-    Layout,
-    get_artefact,
-)
-from ravl_med.data.phantom.config import (
-    PhantomSetting,
-    PhantomSuite,
-    find_suite,
-    list_suites,
-    load_suite,
-)
-from ravl_med.data.phantom.findings import CLASSES
-from ravl_med.data.phantom.render import PhantomImage, render_phantom
-from ravl_med.data.phantom.settings import cramers_v, plan_correlated, plan_independent
-from ravl_med.data.phantom.writer import plan_setting, write_setting
+from __future__ import annotations
 
-__all__ = [
-    "ARTEFACTS",
-    "CLASSES",
-    "DEVICES",
-    "Artefact",
-    "CustomArtefact",
-    "Device",
-    "InjectArtefact",
-    "InjectArtefactd",
-    "Layout",
-    "PhantomImage",
-    "PhantomSetting",
-    "PhantomSuite",
-    "cramers_v",
-    "find_suite",
-    "get_artefact",
-    "list_suites",
-    "load_suite",
-    "plan_correlated",
-    "plan_independent",
-    "plan_setting",
-    "render_phantom",
-    "write_setting",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module (in this package) that defines it.
+_EXPORTS: dict[str, str] = {
+    "DEVICES": "anatomy",
+    "Device": "anatomy",
+    "ARTEFACTS": "artefacts",
+    "Artefact": "artefacts",
+    "CustomArtefact": "artefacts",
+    "Layout": "artefacts",
+    "get_artefact": "artefacts",
+    "InjectArtefact": "inject",
+    "InjectArtefactd": "inject",
+    "PhantomSetting": "config",
+    "PhantomSuite": "config",
+    "find_suite": "config",
+    "list_suites": "config",
+    "load_suite": "config",
+    "CLASSES": "findings",
+    "PhantomImage": "render",
+    "render_phantom": "render",
+    "cramers_v": "settings",
+    "plan_correlated": "settings",
+    "plan_independent": "settings",
+    "plan_setting": "writer",
+    "write_setting": "writer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -18,13 +18,9 @@ from ravl_med.data.phantom.anatomy import (
     render_density,
     sample_patient,
 )
-from ravl_med.data.phantom.artefacts import (
-    Artefact,
-    InjectArtefact,
-    Layout,
-    get_artefact,
-)
+from ravl_med.data.phantom.artefacts import Artefact, Layout, get_artefact
 from ravl_med.data.phantom.findings import get_finding
+from ravl_med.data.phantom.inject import InjectArtefact
 
 __all__ = ["SITES", "PhantomImage", "render_phantom"]
 
