@@ -15,9 +15,9 @@ Spurious clusters:
 * phantom (chest drain <-> cardiomegaly, V 0.9, 3 x 3 regions): the audit's top-ranked cluster, as the
   benchmark does (``spurious_ranks: [1]``).
 
-The phantom setting ties the drain to cardiomegaly, not pneumothorax: the tiny model never learns the
-phantom's pneumothorax itself at 128 px, so no method lifts that setting's worst group (all stay
-near 0; BENCHMARKS.md, mitigation).
+The phantom setting ties the drain to cardiomegaly, not pneumothorax: the tiny model barely learns the
+phantom's pneumothorax itself at 128 px, and no method lifted the worst group of the pneumothorax
+settings much (RaVL 0.00-0.02; BENCHMARKS.md, mitigation).
 """
 
 from __future__ import annotations
