@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import precision_score, recall_score
 
 from ravl_med.config import ConfigError, MitigateConfig
 from ravl_med.data.atomic import atomic_path
@@ -56,10 +57,10 @@ def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, 
         (``None`` when undefined).
     """
     labelled, present = np.asarray(labelled, dtype=bool), np.asarray(present, dtype=bool)
-    hits = int((labelled & present).sum())
+    scores = {name: float(metric(present, labelled, zero_division=np.nan))
+              for name, metric in (("precision", precision_score), ("recall", recall_score))}
     return {"n_feature_images": int(present.sum()), "n_labelled_images": int(labelled.sum()),
-            "precision": hits / int(labelled.sum()) if labelled.any() else None,
-            "recall": hits / int(present.sum()) if present.any() else None}
+            **{name: None if np.isnan(value) else value for name, value in scores.items()}}
 
 
 def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
