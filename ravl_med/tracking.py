@@ -549,6 +549,10 @@ def optional_tracker(enabled: bool, *args, **kwargs) -> Iterator[Tracker | None]
         yield tracker
 
 
+#: MLflow names of the trainer's per-step values (others become ``train/<name>``).
+STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
+
+
 @contextlib.contextmanager
 def training_run(args, command: str, config, finetune, tags: Mapping[str, Any],
                  run_name: str | None = None) -> Iterator[tuple[Tracker | None, Any]]:
@@ -579,10 +583,6 @@ def training_run(args, command: str, config, finetune, tags: Mapping[str, Any],
             run.log_metrics({STEP_METRICS.get(k, f"train/{k}"): v for k, v in metrics.items()}, step)
 
         yield run, on_step
-
-
-#: MLflow names of the trainer's per-step values (others become ``train/<name>``).
-STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +196,8 @@ def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
 @pytest.fixture(scope="session")
 def phantom_cardiomegaly_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` with the drain tied to cardiomegaly."""
-    def write(out: Path) -> Path:
-        return write_phantom_pairs(out, spurious_class="cardiomegaly")
-
-    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom-cardiomegaly"), write, PHANTOM_RECIPE, "cardiomegaly")
+    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom-cardiomegaly"),
+                      partial(write_phantom_pairs, spurious_class="cardiomegaly"), PHANTOM_RECIPE, "cardiomegaly")
 
 
 @pytest.fixture(scope="session")
