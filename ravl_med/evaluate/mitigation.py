@@ -235,12 +235,15 @@ def evaluate_split(backbone: str, checkpoint, manifest: str | Path, ingest, clas
         if stage1_checkpoint is None or medoids is None:
             raise ValueError(f"{manifest} does not say which images carry the feature (no artefact_present "
                              "column); give the stage-1 model and the audit's medoids to find it")
-        from ravl_med.mitigate.regions import training_region_labels
+        from ravl_med.mitigate.regions import (
+            images_with_spurious_region,
+            training_region_labels,
+        )
 
         stage1, stage1_pre, _ = create_backbone(backbone, checkpoint=stage1_checkpoint, sha256=stage1_sha256,
                                                 device=device)
         flags = training_region_labels(stage1, stage1_pre, dataset, medoids, batch_size=batch_size, device=device)
-        present = np.array([bool(np.any(flags[str(k)])) for k in dataset.keys], dtype=bool)
+        present = images_with_spurious_region(dataset.keys, flags)
         feature, source = "audit_cluster", "audit"
         del stage1
     model, preprocess, tokenizer = create_backbone(backbone, checkpoint=checkpoint, sha256=sha256, device=device)

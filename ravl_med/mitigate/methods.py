@@ -40,6 +40,7 @@ from ravl_med.models.training import ContrastiveObjective, DistributedContext, T
 from ravl_med.models.zeroshot import CXR_TEMPLATES
 
 from .losses import RegionAwareLoss
+from .regions import images_with_spurious_region
 
 __all__ = [
     "GroupBalancedSampler",
@@ -48,17 +49,11 @@ __all__ = [
     "RaVLObjective",
     "SpuriousAwareObjective",
     "VLERMObjective",
-    "images_with_spurious_region",
     "stage1_groups",
 ]
 
 def _process() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def images_with_spurious_region(keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(N,) bool: the image has at least one region labelled spurious (missing key: none)."""
-    return np.array([bool(np.any(region_labels.get(str(k), ()))) for k in keys], dtype=bool)
 
 
 def stage1_groups(labels: Sequence[int] | np.ndarray, keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:

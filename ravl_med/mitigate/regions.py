@@ -12,7 +12,7 @@ look them up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids, stage1_medoid
 __all__ = [
     "MEDOIDS_FILE",
     "Stage1Medoids",
+    "images_with_spurious_region",
     "label_training_regions",
     "stage1_medoids",
     "training_region_labels",
@@ -81,3 +82,8 @@ def training_region_labels(
                                precision=precision, progress=progress)
     flags = label_training_regions(embeddings.region_embeddings, medoids.embeddings, medoids.spurious)
     return {str(key): flags[embeddings.regions_of(i)] for i, key in enumerate(embeddings.keys)}
+
+
+def images_with_spurious_region(keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: the image has at least one region labelled spurious (a key missing from ``region_labels``: none)."""
+    return np.array([bool(np.any(region_labels.get(str(k), ()))) for k in keys], dtype=bool)

@@ -21,7 +21,7 @@ from ravl_med.config import ConfigError, MitigateConfig
 from ravl_med.data.atomic import atomic_path
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 
-from .regions import training_region_labels
+from .regions import images_with_spurious_region, training_region_labels
 
 __all__ = ["LABELLED_METHODS", "labelling_agreement", "run_mitigation"]
 
@@ -74,12 +74,7 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     from ravl_med.data.manifest import Manifest, feature_presence
     from ravl_med.models.registry import create_backbone, resolve_device
 
-    from .methods import (
-        MitigationTrainer,
-        build_method,
-        images_with_spurious_region,
-        stage1_groups,
-    )
+    from .methods import MitigationTrainer, build_method, stage1_groups
 
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
