@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.cli.common import apply_overrides, comma_list
-from ravl_med.config import BenchmarkConfig, load_config
-from ravl_med.tracking import add_tracking_options
+from ravl_med.cli.common import add_tracking_options, apply_overrides, comma_list
+from ravl_med.config import load_config
+from ravl_med.stages.config import BenchmarkConfig
 
 
 def add_parser(subparsers) -> None:
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 def benchmarks_dir() -> Path:
     """``datasets/benchmarks`` (the datasets folder honours ``$RAVL_MED_DATASETS``)."""
-    from ravl_med.data.phantom.config import datasets_dir
+    from ravl_med.phantom.config import datasets_dir
 
     return datasets_dir().parent / "benchmarks"
 
@@ -55,39 +55,37 @@ def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
     return config
 
 
-def run_benchmark(config: BenchmarkConfig, args: argparse.Namespace, run_name: str = "benchmark") -> list[dict]:
-    """Every selected setting through :func:`~ravl_med.evaluate.benchmark.run_setting`, tracked; writes the tables."""
-    from ravl_med.data.phantom import find_suite
-    from ravl_med.evaluate.benchmark import run_setting, write_tables
+def run_tracked(config: BenchmarkConfig, args: argparse.Namespace, run_name: str = "benchmark") -> list:
+    """The benchmark stage inside an MLflow parent run (a child run per setting x stage x method)."""
+    from ravl_med.phantom import find_suite
+    from ravl_med.stages.benchmark import run_benchmark
     from ravl_med.tracking import optional_tracker
+    from ravl_med.tracking.observe import TrackingObserver
 
     suite = find_suite(config.suite)
     settings = suite.select(config.settings)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     experiment = args.experiment or f"ravl-med/benchmark/{suite.name}"
-    rows = []
     with optional_tracker(not args.no_tracking, experiment, run_name, tracking_uri=args.tracking_uri,
                           tags={"command": run_name, "suite": suite.name}, local_dir=out) as tracker:
         if tracker is not None:
             tracker.log_config(config)
             tracker.log_params({"suite.settings": len(settings), "code_version": tracker.tags.get("ravl.code_version")})
-        for index, setting in enumerate(settings, 1):
-            print(f"setting {index}/{len(settings)}: {setting.name}")
-            rows.append(run_setting(setting, config, tracker=tracker, progress=not args.no_progress))
-        files = write_tables(rows, out / "tables", config.audit.evaluation.precision_k)
+        observer = None if tracker is None else TrackingObserver(tracker)
+        results, files = run_benchmark(config, observer=observer, progress=not args.no_progress)
         if tracker is not None:
             tracker.log_artifacts(out / "tables", "tables")
             print(f"tracking: {tracker.store} store {tracker.tracking_uri}, experiment {experiment!r}, "
                   f"run {tracker.run_id}")
     print(f"tables: {', '.join(str(p) for p in files.values())}")
-    return rows
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_benchmark(args)
-    rows = run_benchmark(config, args)
-    valid = sum(r["valid"] for r in rows)
+    rows = run_tracked(config, args)
+    valid = sum(r.valid for r in rows)
     print(f"{len(rows)} setting(s), {valid} valid (the stage-1 model learned the shortcut), "
           f"{len(rows) - valid} invalid")
     tables = Path(config.output_dir) / "tables"

@@ -16,12 +16,36 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_ingest_options",
+    "add_tracking_options",
     "apply_overrides",
     "comma_list",
     "load_ingest_config",
     "open_dataset",
     "print_scan_report",
+    "tracking_options",
 ]
+
+
+def add_tracking_options(parser, local: str = "<cwd>", experiment: str = "ravl-med/<dataset>") -> None:
+    """``--tracking-uri``, ``--experiment``, ``--no-tracking`` on an argparse parser.
+
+    Args:
+        local: the folder of the default local store, as the help shows it.
+        experiment: the default experiment name, as the help shows it.
+    """
+    from ravl_med.tracking import DEFAULT_ARTIFACT_DIR, DEFAULT_DB
+
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR})")
+    parser.add_argument("--experiment", help=f"MLflow experiment name (default: {experiment})")
+    parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
+
+
+def tracking_options(args: argparse.Namespace):
+    """The :class:`~ravl_med.tracking.observe.TrackingOptions` of :func:`add_tracking_options`' flags."""
+    from ravl_med.tracking.observe import TrackingOptions
+
+    return TrackingOptions(enabled=not args.no_tracking, uri=args.tracking_uri, experiment=args.experiment)
 
 
 def comma_list(text: str | None) -> list[str] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ravl_med.tracking import add_tracking_options
+from ravl_med.cli.common import add_tracking_options
 
 
 def add_parser(subparsers) -> None:
@@ -42,43 +42,43 @@ def _group_lines(before: pd.DataFrame, after: pd.DataFrame, feature: str, method
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.cli.benchmark import load_benchmark, run_benchmark
+    from ravl_med.cli.benchmark import load_benchmark, run_tracked
     from ravl_med.config import ConfigError
-    from ravl_med.data.phantom import find_suite
+    from ravl_med.phantom import find_suite
 
     config = load_benchmark(args)
     selected = find_suite(config.suite).select(config.settings)
     if len(selected) != 1:
         raise ConfigError(f"the demo runs one setting; this config selects {len(selected)} "
                           "(name one in 'settings', or use 'ravl-med benchmark' for a grid)")
-    row = run_benchmark(config, args, run_name="demo")[0]
-    root = Path(row["paths"]["root"])
-    feature = row["artefact"].replace("_", " ")
+    row = run_tracked(config, args, run_name="demo")[0]
+    root = Path(row.paths["root"])
+    feature = row.artefact.replace("_", " ")
     print("\n" + "=" * 78)
-    print(f"Hidden shortcut planted: {feature} <-> {row['spurious_class']} (Cramer's V {row['strength']:.2f} "
+    print(f"Hidden shortcut planted: {feature} <-> {row.spurious_class} (Cramer's V {row.strength:.2f} "
           "in the fine-tuning split; independent of the class in the test split).")
-    top = row.get("top_cluster") or {}
-    precision = row.get("discovery", {})
+    top = row.top_cluster or {}
+    precision = row.discovery
     print(f"Audit (RaVL): top cluster ({top.get('n_regions')} regions in {top.get('n_images')} images) tied to "
           f"{top.get('attribute_name')!r}, influence {top.get('influence') or float('nan'):.2f}; "
           f"Precision@10 against the ground-truth {feature} masks: "
           + ", ".join(f"{m} {p:.2f}" for m, p in precision.items()))
-    if not row["valid"]:
-        print(f"The fine-tuned model did not learn the shortcut (gap {row['shortcut_gap']:+.2f}); nothing to mitigate.")
+    if not row.valid:
+        print(f"The fine-tuned model did not learn the shortcut (gap {row.shortcut_gap:+.2f}); nothing to mitigate.")
     else:
-        after = "ravl" if "ravl" in row["mitigation"] else next(iter(row["mitigation"]))
+        after = "ravl" if "ravl" in row.mitigation else next(iter(row.mitigation))
         before_table = pd.read_csv(root / "groups" / "stage1.csv")
         after_table = pd.read_csv(root / "groups" / f"{after}.csv")
         print(f"\nPer-group zero-shot accuracy on the test split (class x {feature} present), before "
               f"mitigation (the stage-1 model) and after:")
         print("\n".join(_group_lines(before_table, after_table, feature, after)))
         print("\nWorst-group accuracy: before {:.1%} -> after {:.1%} ({})   overall: {:.1%} -> {:.1%}".format(
-            row["stage1"]["image_worst_group"], row["mitigation"][after]["image_worst_group"], after,
-            row["stage1"]["image_accuracy"], row["mitigation"][after]["image_accuracy"]))
-        others = {m: v["image_worst_group"] for m, v in row["mitigation"].items() if m != after}
+            row.stage1["image_worst_group"], row.mitigation[after]["image_worst_group"], after,
+            row.stage1["image_accuracy"], row.mitigation[after]["image_accuracy"]))
+        others = {m: v["image_worst_group"] for m, v in row.mitigation.items() if m != after}
         if others:
             print("Other methods, worst-group accuracy: " + ", ".join(f"{m} {v:.1%}" for m, v in others.items()))
-    print(f"\nAudit report: {row['paths']['report']}")
+    print(f"\nAudit report: {row.paths['report']}")
     print(f"Everything: {root}")
     if not args.no_tracking:
         from ravl_med.tracking import resolve_tracking_uri

@@ -7,9 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from ravl_med.cli.common import apply_overrides
+from ravl_med.cli.common import add_tracking_options, apply_overrides, tracking_options
 from ravl_med.config import ConfigError, FinetuneConfig, load_config
-from ravl_med.tracking import add_tracking_options
 
 
 def add_parser(subparsers) -> None:
@@ -36,18 +35,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.models.training import (
-        Trainer,  # torch: imported only when the command runs
-    )
+    from ravl_med.stages.finetune import run_finetune  # torch: imported only when the command runs
 
     config = load_config(args.config, FinetuneConfig)
     apply_overrides(config, args.config, {"manifest": args.manifest, "output_dir": args.out, "epochs": args.epochs})
     if config.manifest is None:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
-    if not Path(config.manifest).is_file():
-        raise ConfigError(f"manifest not found: {config.manifest}")
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports (and tracks)
-        Trainer(config, progress=not args.no_progress).fit(resume=args.resume)
+        run_finetune(config, resume=args.resume, progress=not args.no_progress)
         return 0
     result = _fit_tracked(args, config)
     for epoch in result.history:
@@ -63,36 +58,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
-    """Trainer.fit inside an MLflow run (unless ``--no-tracking``): config, data, step and epoch metrics, model.
-
-    Per step: ``train/loss_step``, ``train/lr``. Per epoch: ``train/loss``, ``train/images_per_s``,
-    ``train/steps``, ``val/acc/overall``, ``val/acc/worst_group``; for the last epoch with a group
-    table, the per-group metrics and ``groups/val_groups.csv``/``.json`` of ``TrackedRun.log_group_table``.
-    """
-    import pandas as pd
-
-    from ravl_med.models.training import Trainer
-    from ravl_med.tracking import training_run
+    """The fine-tuning stage inside an MLflow run (unless ``--no-tracking``): the result and the model."""
+    from ravl_med.stages.finetune import run_finetune
+    from ravl_med.tracking.observe import log, stage_run
 
     method = "label_aware" if config.label_aware else "contrastive"
-    with training_run(args, "finetune", config, config, {"method": method}) as (run, on_step):
-        trainer = Trainer(config, progress=not args.no_progress, on_step=on_step)
-        result = trainer.fit(resume=args.resume)
+    if not Path(config.manifest).is_file():
+        raise ConfigError(f"manifest not found: {config.manifest}")
+    with stage_run(tracking_options(args), command="finetune", config=config, manifest=config.manifest,
+                   backbone=config.backbone, seed=config.seed, tags={"method": method}) as (run, on_step):
+        result = run_finetune(config, resume=args.resume, progress=not args.no_progress, on_step=on_step)
         if run is not None:
-            last = result.history[-1] if result.history and result.history[-1].val_groups else None
-            for epoch in result.history:
-                metrics = {"train/loss": epoch.train_loss, "train/images_per_s": epoch.images_per_s,
-                           "train/steps": epoch.steps}
-                if epoch is not last:  # log_group_table logs these two for the last epoch
-                    metrics |= {"val/acc/overall": epoch.val_accuracy, "val/acc/worst_group": epoch.val_worst_group}
-                run.log_metrics(metrics, step=epoch.epoch)
-            if last is not None:
-                run.log_group_table(pd.DataFrame(last.val_groups), split="val", feature=result.feature or "feature",
-                                    step=last.epoch)
-            run.log_params({"model.checkpoint_sha256": result.sha256, "train.steps": result.steps})
-            metrics_file = Path(config.output_dir) / "metrics.json"
-            if metrics_file.is_file():
-                run.log_artifact(metrics_file)
-            model = getattr(trainer.model_, "module", trainer.model_)
-            run.log_model(model, trainer.preprocess_)
+            log(run, result)
+            run.log_model(*_trained_model(config, result))
     return result
+
+
+def _trained_model(config: FinetuneConfig, result):
+    """(model, preprocess) of the final weights, for the MLflow model."""
+    from ravl_med.models.registry import create_backbone
+
+    model, preprocess, _ = create_backbone(config.backbone, checkpoint=result.checkpoint, sha256=result.sha256)
+    return model, preprocess

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["TABLE_COLUMNS", "group_accuracy_table", "shortcut_gaps", "shortcut_learned", "worst_group_accuracy"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "GroupAccuracy",
+    "group_accuracy_table",
+    "overall_accuracy",
+    "shortcut_gaps",
+    "shortcut_learned",
+    "worst_group_accuracy",
+]
 
 #: Columns of :func:`group_accuracy_table` (``predicted_spurious`` only with ``spurious_class``).
 TABLE_COLUMNS = ("class", "class_index", "feature_present", "count", "correct", "accuracy", "ci_low", "ci_high")
@@ -112,6 +120,91 @@ def group_accuracy_table(
                 row["predicted_spurious"] = float((predictions[mask] == spurious_index).mean()) if count else float("nan")
             rows.append(row)
     return pd.DataFrame(rows, columns=[*TABLE_COLUMNS] + (["predicted_spurious"] if spurious_index is not None else []))
+
+
+def overall_accuracy(table: pd.DataFrame) -> float:
+    """Accuracy over every image of a :func:`group_accuracy_table` table (NaN when it counts none).
+
+    The one definition of "overall accuracy" in the package: rows with an unknown label (-1) are not
+    in the table, so this is the accuracy over the images with a known label, i.e. the count-weighted
+    mean of the group accuracies.
+    """
+    count = int(table["count"].sum())
+    return float(table["correct"].sum() / count) if count else float("nan")
+
+
+class GroupAccuracy:
+    """Accuracy overall and per (class x feature present/absent) group, in the style of Fairlearn's MetricFrame.
+
+    The one home of "overall" and "worst-group" accuracy. Keyword-only; computed on construction::
+
+        frame = GroupAccuracy(labels=y, predictions=p, feature_present=f, classes=names, n_boot=1000)
+        frame.overall, frame.worst_group, frame.by_group  # float, float, DataFrame with 95% intervals
+
+    Args:
+        labels: (N,) true class indices into ``classes`` (-1: unknown, left out everywhere).
+        predictions: (N,) predicted class indices.
+        feature_present: (N,) bool, the spurious feature per row.
+        classes: C class names.
+        spurious_class: adds ``predicted_spurious`` to :attr:`by_group`.
+        n_boot, confidence, seed: the bootstrap intervals of :func:`group_accuracy_table`.
+
+    Attributes:
+        by_group: the :func:`group_accuracy_table` (2C rows).
+        overall: :func:`overall_accuracy` (NaN without a known label).
+        count: rows with a known label.
+    """
+
+    def __init__(self, *, labels, predictions, feature_present, classes: Sequence[str],
+                 spurious_class: str | None = None, n_boot: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> None:
+        labels = _as_1d("labels", labels).astype(np.int64)
+        predictions = _as_1d("predictions", predictions).astype(np.int64)
+        self.by_group = group_accuracy_table(labels, predictions, feature_present, classes,
+                                             spurious_class=spurious_class, n_boot=n_boot, confidence=confidence,
+                                             seed=seed)
+        self.overall = overall_accuracy(self.by_group)
+        self.count = int(self.by_group["count"].sum())
+
+    @classmethod
+    def of_regions(cls, *, region_predictions, region_image, labels, feature_present, scored,
+                   classes: Sequence[str], n_boot: int = 0, seed: int = 0) -> GroupAccuracy:
+        """Accuracy of regions: a region is right when its prediction is its image's label.
+
+        Args:
+            region_predictions: (M,) predicted class per region.
+            region_image: (M,) image index of each region.
+            labels: (N,) image labels; feature_present: (N,) bool per image.
+            scored: (M,) bool, the regions counted (e.g. the core regions); a region's group is its image's.
+            classes, n_boot, seed: as the constructor.
+        """
+        region_image = np.asarray(region_image, dtype=np.int64).reshape(-1)
+        region_predictions = np.asarray(region_predictions, dtype=np.int64).reshape(-1)
+        scored = _as_flags("scored", scored, len(region_image))
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        present = _as_flags("feature_present", feature_present, len(labels))
+        if len(region_predictions) != len(region_image):
+            raise ValueError("region_predictions and region_image differ in length")
+        rows = region_image[scored]
+        return cls(labels=labels[rows], predictions=region_predictions[scored], feature_present=present[rows],
+                   classes=classes, n_boot=n_boot, seed=seed)
+
+    @property
+    def worst_group(self) -> float:
+        """:func:`worst_group_accuracy` of :attr:`by_group` (NaN when every group is empty)."""
+        return worst_group_accuracy(self.by_group)
+
+
+def _as_flags(name: str, values, length: int) -> np.ndarray:
+    """(length,) bool from bool or 0/1 values; ValueError naming ``name`` otherwise."""
+    array = _as_1d(name, values)
+    if array.dtype != bool:
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean (or 0/1)")
+        array = array.astype(bool)
+    if len(array) != length:
+        raise ValueError(f"{name} has length {len(array)}, expected {length}")
+    return array
 
 
 def worst_group_accuracy(table_or_labels, predictions=None, feature_present=None, classes=None, *,

@@ -33,13 +33,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler
 
-from ravl_med.config import MITIGATION_METHODS, ConfigError
+from ravl_med.config import ConfigError
 from ravl_med.models.hybrid import CNNImageTower
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.training import ContrastiveObjective, DistributedContext, Trainer
 from ravl_med.models.zeroshot import CXR_TEMPLATES
 
 from .losses import RegionAwareLoss
+from .registry import MITIGATION_METHODS
 from .regions import images_with_spurious_region
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""A shortcut audit of a fine-tuned model: RaVL stage 1 (and baselines) from a config to a report.
+"""The audit stage: RaVL stage 1 (and baselines) on a fine-tuned model, from a config to a report.
 
 :func:`run_audit` chains the pipeline: backbone + verified checkpoint -> the evaluation split of a
 manifest -> image and region embeddings (:func:`~ravl_med.models.embed.embed_dataset`, cached under
@@ -27,28 +27,30 @@ keys (opaque hashes unless the manifest sets its own).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ravl_med import __version__
-from ravl_med.config import AuditConfig, ConfigError
+from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
 
-from ._base import BaseDiscoverer, scores_from_embeddings
-from .baselines import (
+from ravl_med.discover._base import BaseDiscoverer, scores_from_embeddings
+from ravl_med.discover.baselines import (
     DistillingFailuresDiscoverer,
     DominoDiscoverer,
     GeorgeDiscoverer,
     RandomDiscoverer,
 )
-from .medoids import MEDOIDS_FILE, stage1_medoids
-from .metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
-from .ravl import RaVLDiscoverer
-from .report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
+from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
+from ravl_med.discover.metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
+from ravl_med.discover.ravl import RaVLDiscoverer
+from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
+from ravl_med.stages.config import AuditConfig
 
 __all__ = ["AuditResult", "build_discoverer", "ground_truth_regions", "run_audit"]
 
@@ -57,7 +59,7 @@ logger = logging.getLogger(__name__)
 AUDIT_JSON, REPORT_HTML, CLUSTERS_CSV = "audit.json", "report.html", "clusters.csv"
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuditResult:
     """What :func:`run_audit` computed and wrote.
 
@@ -87,7 +89,11 @@ class AuditResult:
     batches_computed: int
     batches_reused: int
     audit: dict
-    files: dict = field(default_factory=dict)
+    files: dict
+
+    def to_json(self) -> dict:
+        """The content of ``audit.json``."""
+        return self.audit
 
     @property
     def primary(self) -> str:
@@ -314,9 +320,9 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
                          image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
                          region_is_spurious=truth, precision=precision, batches_computed=computed,
-                         batches_reused=n_batches - computed, audit={})
-    _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
-    return result
+                         batches_reused=n_batches - computed, audit={}, files={})
+    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
+    return dataclasses.replace(result, audit=audit, files=files)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -328,7 +334,8 @@ def _gallery_name(method: str, rank: int, primary: str) -> str:
 
 
 def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | None, notes: list[str],
-                   truth_info: dict | None) -> None:
+                   truth_info: dict | None) -> tuple[dict, dict]:
+    """Writes audit.json, clusters.csv, report.html and the galleries; returns (audit dict, files by role)."""
     config, emb, out = result.config, result.embeddings, result.output_dir
     classes = list(config.classes)
     labels = np.asarray(emb.labels, dtype=np.int64)
@@ -403,4 +410,4 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
         tmp.write_text(json.dumps(audit, indent=2, allow_nan=False) + "\n")
     write_clusters_csv(audit, files["csv"])
     write_report_html(audit, galleries, files["html"])
-    result.audit, result.files = audit, files
+    return audit, files

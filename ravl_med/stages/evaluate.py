@@ -1,7 +1,7 @@
-"""Stage-2 evaluation of a (mitigated) model: the same numbers for every mitigation method.
+"""The evaluation stage: stage-2 metrics of a (mitigated) model, the same numbers for every method.
 
 Image level: zero-shot accuracy over all test images and the worst (class x spurious feature
-present/absent) group's accuracy, with the per-group table of :func:`group_accuracy_table`.
+present/absent) group's accuracy, with the per-group table (:class:`~ravl_med.evaluate.GroupAccuracy`).
 Region level (when the core regions are given): each core region is classified zero-shot on its own
 embedding (from :func:`~ravl_med.models.embed.embed_dataset`) and compared with its image's label;
 overall and worst-group accuracy over core regions, a region's group being its image's group.
@@ -10,84 +10,87 @@ Core regions are those overlapping the finding (:func:`core_regions_from_masks`)
 or the lung mask for "no finding" images (which have no finding mask).
 
 Images (and regions of images) whose label is not one of ``classes`` (label -1) are left out of every
-number, as in :func:`group_accuracy_table`.
+number, as in :func:`~ravl_med.evaluate.group_accuracy_table`.
 
-:func:`evaluate_model` takes a loaded model and the feature flags; :func:`evaluate_split` loads a
+:func:`evaluate_model` takes a loaded model and the feature flags; :func:`run_evaluation` loads a
 saved model, reads one manifest split and finds the flags (ground truth, else the audit) and the
-core regions (masks) itself: what ``ravl-med mitigate`` and the benchmark call.
+core regions (masks) itself: what the mitigation stage and the benchmark call.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
+from ravl_med.evaluate.groups import GroupAccuracy
 
-__all__ = ["accuracy_summary", "core_regions_from_masks", "evaluate_model", "evaluate_split", "region_accuracy_summary"]
-
-
-def _bool_1d(name: str, values, length: int | None = None) -> np.ndarray:
-    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    if array.dtype != bool:
-        if not np.isin(array, (0, 1)).all():
-            raise ValueError(f"{name} must be boolean (or 0/1)")
-        array = array.astype(bool)
-    if length is not None and len(array) != length:
-        raise ValueError(f"{name} has length {len(array)}, expected {length}")
-    return array
+__all__ = ["EvaluationResult", "core_regions_from_masks", "evaluate_model", "run_evaluation"]
 
 
-def accuracy_summary(labels, predictions, feature_present, classes: Sequence[str], *, n_boot: int = 1000,
-                     seed: int = 0, spurious_class: str | None = None) -> dict[str, Any]:
-    """Overall and worst-group accuracy with the group table, from labels and predictions.
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Stage-2 metrics of one model on one split.
 
-    Returns:
-        ``overall`` (accuracy over rows with a known label; NaN when there is none),
-        ``worst_group`` (:func:`worst_group_accuracy` of the table), ``table`` (the DataFrame)
-        and ``count`` (rows with a known label).
+    Attributes:
+        images: image-level :class:`GroupAccuracy` (zero-shot prediction per image).
+        regions: core-region :class:`GroupAccuracy`, ``None`` without core regions.
+        labels, predictions: (N,) int64 image labels (-1: unknown) and zero-shot predictions.
+        feature: name of the feature defining the groups (manifest ``artefact``, or ``audit_cluster``).
+        groups_from: ``"ground truth"`` or ``"audit"`` (where feature presence came from); ``None``
+            when the caller gave the flags.
+        n_feature_present: images carrying the feature.
     """
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
-    present = _bool_1d("feature_present", feature_present, len(labels))
-    if len(predictions) != len(labels):
-        raise ValueError(f"labels and predictions differ in length: {len(labels)}, {len(predictions)}")
-    table = group_accuracy_table(labels, predictions, present, classes, spurious_class=spurious_class,
-                                 n_boot=n_boot, seed=seed)
-    known = (labels >= 0) & (labels < len(classes))
-    count = int(known.sum())
-    overall = float((labels[known] == predictions[known]).mean()) if count else float("nan")
-    return {"overall": overall, "worst_group": worst_group_accuracy(table), "table": table, "count": count}
 
+    images: GroupAccuracy
+    regions: GroupAccuracy | None
+    labels: np.ndarray
+    predictions: np.ndarray
+    feature: str | None = None
+    groups_from: str | None = None
+    n_feature_present: int | None = None
 
-def region_accuracy_summary(region_predictions, region_image, labels, feature_present, core_regions,
-                            classes: Sequence[str], *, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
-    """Accuracy of core regions: a region is right when its prediction is its image's label.
+    @property
+    def image_accuracy(self) -> float:
+        return self.images.overall
 
-    Args:
-        region_predictions: (M,) predicted class per region.
-        region_image: (M,) image index of each region.
-        labels: (N,) image labels; feature_present: (N,) bool per image.
-        core_regions: (M,) bool, the regions scored.
+    @property
+    def image_worst_group(self) -> float:
+        return self.images.worst_group
 
-    Returns:
-        as :func:`accuracy_summary`, over the core regions (``count``: core regions scored).
-    """
-    region_image = np.asarray(region_image, dtype=np.int64).reshape(-1)
-    region_predictions = np.asarray(region_predictions, dtype=np.int64).reshape(-1)
-    core = _bool_1d("core_regions", core_regions, len(region_image))
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    present = _bool_1d("feature_present", feature_present, len(labels))
-    if len(region_predictions) != len(region_image):
-        raise ValueError("region_predictions and region_image differ in length")
-    rows = region_image[core]
-    return accuracy_summary(labels[rows], region_predictions[core], present[rows], classes, n_boot=n_boot, seed=seed)
+    @property
+    def region_accuracy(self) -> float | None:
+        return None if self.regions is None else self.regions.overall
+
+    @property
+    def region_worst_group(self) -> float | None:
+        return None if self.regions is None else self.regions.worst_group
+
+    @property
+    def n_images(self) -> int:
+        return self.images.count
+
+    @property
+    def n_core_regions(self) -> int | None:
+        return None if self.regions is None else self.regions.count
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary written to ``evaluation.json`` (no per-image arrays, no tables)."""
+        keys = ("image_accuracy", "image_worst_group", "region_accuracy", "region_worst_group", "n_images",
+                "n_core_regions", "feature", "groups_from", "n_feature_present")
+        return {key: getattr(self, key) for key in keys}
+
+    def write(self, folder: str | Path) -> None:
+        """``evaluation.json`` and ``groups.csv`` (the image group table) in ``folder``."""
+        folder = Path(folder)
+        self.images.by_group.to_csv(folder / "groups.csv", index=False)
+        (folder / "evaluation.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Path, *, model_side: int | None = None,
@@ -127,7 +130,7 @@ def core_regions_from_masks(dataset, region_boxes, region_image, root: str | Pat
 def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str], templates, feature_present,
                    core_regions=None, batch_size: int = 64, *, device: str | torch.device = "cpu",
                    n_boot: int = 1000, seed: int = 0, spurious_class: str | None = None,
-                   embeddings=None) -> dict[str, Any]:
+                   embeddings=None) -> EvaluationResult:
     """Stage-2 metrics of one model on a test split (the same call for every mitigation method).
 
     Args:
@@ -142,18 +145,17 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
         device: where the model runs (its mode is restored after).
         n_boot, seed: bootstrap of the image group table (the region table has no intervals).
         spurious_class: adds ``predicted_spurious`` to the image table.
-        embeddings: a precomputed :class:`EmbeddingSet` of this model and dataset to reuse for the
-            regions (else :func:`embed_dataset` runs, without a cache).
+        embeddings: a precomputed fp32 :class:`EmbeddingSet` of this model and dataset to reuse for
+            the regions (else :func:`embed_dataset` runs, without a cache).
 
     Returns:
-        ``image_accuracy``, ``image_worst_group``, ``image_table`` (DataFrame), ``n_images``,
-        ``labels`` and ``predictions`` ((N,) arrays), and with ``core_regions``:
-        ``region_accuracy``, ``region_worst_group``, ``region_table``, ``n_core_regions``.
+        the :class:`EvaluationResult` (``regions`` is ``None`` without ``core_regions``).
     """
-    from ravl_med.models.training import zero_shot_predictions
-    from ravl_med.models.zeroshot import class_text_embeddings
+    from ravl_med.models.zeroshot import class_text_embeddings, zero_shot_predictions
 
-    present = _bool_1d("feature_present", feature_present, len(dataset))
+    present = np.asarray(feature_present)
+    if present.shape != (len(dataset),):
+        raise ValueError(f"feature_present has shape {present.shape}, expected ({len(dataset)},)")
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
@@ -164,35 +166,30 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
             text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
         labels, predictions = zero_shot_predictions(model, preprocess, text, dataset, device=device,
                                                     batch_size=batch_size)
-        images = accuracy_summary(labels, predictions, present, classes, n_boot=n_boot, seed=seed,
-                                  spurious_class=spurious_class)
-        out: dict[str, Any] = {
-            "image_accuracy": images["overall"], "image_worst_group": images["worst_group"],
-            "image_table": images["table"], "n_images": images["count"],
-            "labels": labels, "predictions": predictions,
-        }
+        images = GroupAccuracy(labels=labels, predictions=predictions, feature_present=present, classes=classes,
+                               spurious_class=spurious_class, n_boot=n_boot, seed=seed)
+        regions = None
         if core_regions is not None:
             if embeddings is None:
                 from ravl_med.models.embed import embed_dataset
 
                 embeddings = embed_dataset(model, preprocess, dataset, batch_size=batch_size, device=device,
                                            progress=False, precision="fp32")
-            core = _bool_1d("core_regions", core_regions, len(embeddings.region_image))
-            regions = torch.from_numpy(np.asarray(embeddings.region_embeddings, dtype=np.float32))
-            region_predictions = (regions @ text.cpu().T).argmax(dim=1).numpy()
-            summary = region_accuracy_summary(region_predictions, embeddings.region_image, labels, present, core,
-                                              classes)
-            out.update(region_accuracy=summary["overall"], region_worst_group=summary["worst_group"],
-                       region_table=summary["table"], n_core_regions=summary["count"])
+            vectors = torch.from_numpy(np.asarray(embeddings.region_embeddings, dtype=np.float32))
+            region_predictions = (vectors @ text.cpu().T).argmax(dim=1).numpy()
+            regions = GroupAccuracy.of_regions(region_predictions=region_predictions,
+                                               region_image=embeddings.region_image, labels=labels,
+                                               feature_present=present, scored=core_regions, classes=classes)
     finally:
         model.train(was_training)
-    return out
+    return EvaluationResult(images=images, regions=regions, labels=labels, predictions=predictions)
 
 
-def evaluate_split(backbone: str, checkpoint, manifest: str | Path, ingest, classes: Sequence[str], templates, *,
+def run_evaluation(backbone: str, checkpoint, manifest: str | Path, ingest, classes: Sequence[str], templates, *,
                    sha256: str | None = None, split: str = "test", spurious_class: str | None = None,
                    stage1_checkpoint=None, stage1_sha256: str | None = None, medoids=None, regions: bool = True,
-                   batch_size: int = 64, device: str = "cpu", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   batch_size: int = 64, device: str = "cpu", n_boot: int = 1000, seed: int = 0,
+                   embeddings=None) -> EvaluationResult:
     """:func:`evaluate_model` of a saved model on one split of a manifest, with the groups found for you.
 
     Feature presence per image (the groups' second half) comes from the manifest's ground truth
@@ -212,10 +209,11 @@ def evaluate_split(backbone: str, checkpoint, manifest: str | Path, ingest, clas
             :class:`~ravl_med.discover.medoids.Stage1Medoids`, for presence from the audit.
         regions: compute the core-region metrics when the masks allow.
         batch_size, device, n_boot, seed: as :func:`evaluate_model`.
+        embeddings: fp32 one-pass region embeddings of this model on this split, already computed
+            (the benchmark passes the audit's: the split is embedded once), or ``None``.
 
     Returns:
-        :func:`evaluate_model`'s dict plus ``feature`` (the feature's name), ``groups_from``
-        (``"ground truth"`` or ``"audit"``) and ``n_feature_present``.
+        the :class:`EvaluationResult` with ``feature``, ``groups_from`` and ``n_feature_present``.
 
     Raises:
         ValueError: the split is empty, or presence is unknown and no audit was given.
@@ -247,14 +245,16 @@ def evaluate_split(backbone: str, checkpoint, manifest: str | Path, ingest, clas
         feature, source = "audit_cluster", "audit"
         del stage1
     model, preprocess, tokenizer = create_backbone(backbone, checkpoint=checkpoint, sha256=sha256, device=device)
-    core, embeddings = None, None
+    core = None
     if regions and {"mask_finding", "lung_mask"} <= set(dataset.table.columns):
-        from ravl_med.models.embed import embed_dataset
+        if embeddings is None:
+            from ravl_med.models.embed import embed_dataset
 
-        embeddings = embed_dataset(model, preprocess, dataset, batch_size=batch_size, device=device, progress=False,
-                                   precision="fp32")
+            embeddings = embed_dataset(model, preprocess, dataset, batch_size=batch_size, device=device,
+                                       progress=False, precision="fp32")
         core = core_regions_from_masks(dataset, embeddings.region_boxes, embeddings.region_image,
                                        Path(manifest).parent, model_side=preprocess.image_size)
-    out = evaluate_model(model, preprocess, tokenizer, dataset, classes, templates, present, core, batch_size,
-                         device=device, n_boot=n_boot, seed=seed, spurious_class=spurious_class, embeddings=embeddings)
-    return {**out, "feature": feature, "groups_from": source, "n_feature_present": int(present.sum())}
+    result = evaluate_model(model, preprocess, tokenizer, dataset, classes, templates, present, core, batch_size,
+                            device=device, n_boot=n_boot, seed=seed, spurious_class=spurious_class,
+                            embeddings=embeddings)
+    return dataclasses.replace(result, feature=feature, groups_from=source, n_feature_present=int(present.sum()))

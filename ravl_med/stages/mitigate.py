@@ -1,34 +1,69 @@
-"""``run_mitigation``: stage-1 region labels -> one mitigation method through the fine-tuning loop.
+"""The mitigation stage: stage-1 region labels -> one mitigation method -> its test evaluation.
 
-Writes to ``finetune.output_dir/<method>``: what the trainer writes (``checkpoints/``,
-``model.safetensors``, ``metrics.json``) plus ``mitigate.json`` (method, parameters, region-label
+:func:`run_mitigation` writes to ``finetune.output_dir/<method>``, whoever calls it (``ravl-med
+mitigate``, the benchmark, the demo): what the trainer writes (``checkpoints/``,
+``model.safetensors``, ``metrics.json``), ``mitigate.json`` (method, parameters, region-label
 statistics, stage-1 group sizes and, when the manifest says which images carry the planted feature,
-how well the labelling finds them).
+how well the labelling finds them) and, when the manifest has rows of ``evaluation.split``,
+``evaluation.json`` and ``groups.csv`` (:class:`~ravl_med.stages.evaluate.EvaluationResult`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import precision_score, recall_score
 
-from ravl_med.config import ConfigError, MitigateConfig
+from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
+from ravl_med.mitigate.registry import MITIGATION_METHODS
+from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
+from ravl_med.models.training import FitResult
+from ravl_med.stages.config import MitigateConfig
+from ravl_med.stages.evaluate import EvaluationResult
 
-from .regions import images_with_spurious_region, training_region_labels
-
-__all__ = ["LABELLED_METHODS", "labelling_agreement", "run_mitigation"]
+__all__ = ["MitigationResult", "labelling_agreement", "run_mitigation"]
 
 log = logging.getLogger(__name__)
 
-#: Methods that read the stage-1 region labels.
-LABELLED_METHODS = ("ravl", "upsampled", "vl_gdro")
+
+@dataclass(frozen=True)
+class MitigationResult:
+    """What :func:`run_mitigation` trained, wrote and measured.
+
+    Attributes:
+        method: the mitigation method.
+        config: the config as run.
+        region_labels: statistics of the stage-1 region labels (empty for methods that read none).
+        fit: the trainer's :class:`~ravl_med.models.training.FitResult`.
+        evaluation: the test-split :class:`EvaluationResult`, ``None`` when not evaluated (see ``notes``).
+        output_dir: ``finetune.output_dir/<method>``.
+        train_seconds: wall time of the region labelling and the training, s.
+        notes: plain-words remarks (e.g. why the evaluation was skipped).
+    """
+
+    method: str
+    config: MitigateConfig
+    region_labels: dict[str, Any]
+    fit: FitResult
+    evaluation: EvaluationResult | None
+    output_dir: Path
+    train_seconds: float
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``mitigate.json``."""
+        return {"method": self.method, "config": self.config.model_dump(mode="json"),
+                "region_labels": self.region_labels, "result": self.fit.as_dict()}
 
 
 def _medoids(config: MitigateConfig) -> Stage1Medoids:
@@ -64,61 +99,119 @@ def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, 
 
 
 def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
-                   progress: bool = True, on_step=None) -> dict[str, Any]:
-    """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`).
+                   progress: bool = True, on_step=None) -> MitigationResult:
+    """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`), then evaluates it on the test split.
+
+    Args:
+        config: the mitigation config (``finetune.manifest`` must exist).
+        resume: continue from the latest training state in the method's folder.
+        max_steps: stop after this many optimizer steps.
+        progress: progress bars.
+        on_step: the trainer's per-step callback (tracking).
 
     Returns:
-        the ``mitigate.json`` content, with ``"result"``: the trainer's :class:`FitResult` as a dict.
+        the :class:`MitigationResult`; under ``torchrun`` only rank 0 writes ``mitigate.json`` and evaluates.
+
+    Raises:
+        ConfigError: missing manifest, audit folder, medoids or stage-1 model.
     """
-    from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.manifest import Manifest, feature_presence
-    from ravl_med.models.registry import create_backbone, resolve_device
-
-    from .methods import MitigationTrainer, build_method, stage1_groups
-
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
-    method = config.method
-    region_labels: dict[str, np.ndarray] = {}
-    stats: dict[str, Any] = {}
-    if method in LABELLED_METHODS:
-        medoids = _medoids(config)
-        device = resolve_device(ft.device)
-        if config.stage1_checkpoint is None:
-            raise ConfigError(f"stage1_checkpoint: method {method!r} labels the training regions with the audited "
-                              "stage-1 model; give its weights (set it or pass --stage1)")
-        model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
-                                               sha256=config.stage1_sha256, device=device)
-        manifest = Manifest.read(ft.manifest, classes=ft.classes)
-        train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
-        region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
-                                               device=device, precision=ft.precision)
-        del model
-        flags = np.concatenate(list(region_labels.values())) if region_labels else np.zeros(0, dtype=bool)
-        groups = stage1_groups(train.labels.numpy(), train.keys, region_labels)
-        stats = {
-            "n_regions": int(flags.size), "spurious_fraction": float(flags.mean()) if flags.size else None,
-            "images_without_relevant_region": int(sum(bool(np.all(f)) for f in region_labels.values())),
-            "group_sizes": {f"{ft.classes[g // 2]}|{'with' if g % 2 else 'without'}":
-                            int((groups == g).sum()) for g in range(2 * len(ft.classes))},
-            "spurious_clusters": medoids.clusters[medoids.spurious].tolist(),
-        }
-        truth = feature_presence(manifest, train.keys)
-        if truth is not None:
-            labelled = images_with_spurious_region(train.keys, region_labels)
-            stats["ground_truth"] = {"feature": truth[1], **labelling_agreement(labelled, truth[0])}
-    run_config = ft.model_copy(update={"output_dir": Path(ft.output_dir) / method})
-    pieces = build_method(method, finetune_config=ft, region_labels=region_labels, lambda_=config.loss_lambda,
+    start = time.perf_counter()
+    labelled = MITIGATION_METHODS[config.method].reads_region_labels
+    region_labels, stats = _stage1_region_labels(config) if labelled else ({}, {})
+    fit = _train(config, region_labels, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
+    out = Path(ft.output_dir) / config.method
+    result = MitigationResult(method=config.method, config=config, region_labels=stats, fit=fit, evaluation=None,
+                              output_dir=out, train_seconds=time.perf_counter() - start)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    with atomic_path(out / "mitigate.json") as tmp:
+        tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    evaluation, notes = _evaluate(config, fit)
+    if evaluation is not None:
+        evaluation.write(out)
+    return dataclasses.replace(result, evaluation=evaluation, notes=notes)
+
+
+def _stage1_region_labels(config: MitigateConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every training region labelled by its nearest stage-1 medoid, and the statistics of the labels."""
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.data.manifest import Manifest, feature_presence
+    from ravl_med.mitigate.methods import stage1_groups
+    from ravl_med.models.registry import create_backbone, resolve_device
+
+    ft = config.finetune
+    medoids = _medoids(config)
+    device = resolve_device(ft.device)
+    if config.stage1_checkpoint is None:
+        raise ConfigError(f"stage1_checkpoint: method {config.method!r} labels the training regions with the audited "
+                          "stage-1 model; give its weights (set it or pass --stage1)")
+    model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
+                                           sha256=config.stage1_sha256, device=device)
+    manifest = Manifest.read(ft.manifest, classes=ft.classes)
+    train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
+    region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
+                                           device=device, precision=ft.precision)
+    del model
+    flags = np.concatenate(list(region_labels.values())) if region_labels else np.zeros(0, dtype=bool)
+    groups = stage1_groups(train.labels.numpy(), train.keys, region_labels)
+    stats = {
+        "n_regions": int(flags.size), "spurious_fraction": float(flags.mean()) if flags.size else None,
+        "images_without_relevant_region": int(sum(bool(np.all(f)) for f in region_labels.values())),
+        "group_sizes": {f"{ft.classes[g // 2]}|{'with' if g % 2 else 'without'}":
+                        int((groups == g).sum()) for g in range(2 * len(ft.classes))},
+        "spurious_clusters": medoids.clusters[medoids.spurious].tolist(),
+    }
+    truth = feature_presence(manifest, train.keys)
+    if truth is not None:
+        labelled = images_with_spurious_region(train.keys, region_labels)
+        stats["ground_truth"] = {"feature": truth[1], **labelling_agreement(labelled, truth[0])}
+    return region_labels, stats
+
+
+def _train(config: MitigateConfig, region_labels: dict[str, np.ndarray], **fit_kwargs) -> FitResult:
+    """The method's objective and sampler through the fine-tuning loop, into ``finetune.output_dir/<method>``."""
+    from ravl_med.mitigate.methods import MitigationTrainer, build_method
+
+    ft = config.finetune
+    run_config = ft.model_copy(update={"output_dir": Path(ft.output_dir) / config.method})
+    pieces = build_method(config.method, finetune_config=ft, region_labels=region_labels, lambda_=config.loss_lambda,
                           temperature=config.temperature, gdro_step_size=config.gdro_step_size,
                           spurious_prompts=config.spurious_prompts, spurious_weight=config.spurious_weight)
+    progress, on_step = fit_kwargs.pop("progress"), fit_kwargs.pop("on_step")
     trainer = MitigationTrainer(run_config, objective=pieces["objective"], sampler_factory=pieces["sampler_factory"],
                                 region_labels=region_labels, spurious_prompts=config.spurious_prompts,
                                 progress=progress, on_step=on_step)
-    result = trainer.fit(resume=resume, max_steps=max_steps)
-    summary = {"method": method, "config": config.model_dump(mode="json"), "region_labels": stats,
-               "result": result.as_dict()}
-    if int(os.environ.get("RANK", "0")) == 0:
-        with atomic_path(Path(run_config.output_dir) / "mitigate.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return trainer.fit(**fit_kwargs)
+
+
+def _evaluate(config: MitigateConfig, fit: FitResult) -> tuple[EvaluationResult | None, tuple[str, ...]]:
+    """The trained model on ``evaluation.split`` (groups from the ground truth, else from the audit).
+
+    Returns ``(None, ())`` when the manifest has no such split, ``(None, (why,))`` when the evaluation cannot run.
+    """
+    import pandas as pd
+
+    from ravl_med.models.registry import resolve_device
+    from ravl_med.stages.evaluate import run_evaluation
+
+    ft, plan = config.finetune, config.evaluation
+    if not plan.enabled:
+        return None, ()
+    splits = pd.read_csv(ft.manifest, dtype=str, keep_default_na=False, usecols=lambda c: c == "split")
+    if "split" not in splits or not (splits["split"] == plan.split).any():
+        return None, ()
+    medoids = None
+    if config.audit_dir is not None and (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
+        medoids = Stage1Medoids.load(config.audit_dir).with_spurious_ranks(config.spurious_ranks)
+    try:
+        evaluation = run_evaluation(ft.backbone, fit.checkpoint, ft.manifest, ft.ingest, ft.classes, ft.templates,
+                                    sha256=fit.sha256, split=plan.split, spurious_class=plan.spurious_class,
+                                    stage1_checkpoint=config.stage1_checkpoint, stage1_sha256=config.stage1_sha256,
+                                    medoids=medoids, batch_size=plan.batch_size, device=resolve_device(ft.device),
+                                    n_boot=plan.n_boot, seed=ft.seed)
+    except ValueError as err:
+        return None, (f"test evaluation skipped: {err}",)
+    return evaluation, ()

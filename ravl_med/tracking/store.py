@@ -1,34 +1,7 @@
-"""Experiment tracking with MLflow: every fine-tuning and audit run reviewable in one store.
+"""The MLflow store: one :class:`Tracker` (parent run) per command invocation, child runs below it.
 
-One :class:`Tracker` per command invocation: an MLflow experiment per dataset or benchmark, a
-parent run for the invocation and nested child runs (:meth:`Tracker.child`) per method, setting or
-seed, with tags (``method``, ``setting``, ``artefact``, ``spurious_class``, ``strength``, ``seed``)
-that make ``mlflow.search_runs(filter_string="tags.method = 'ravl'")`` filters natural.
-
-Where it logs (first that applies): the ``tracking_uri`` argument (``--tracking-uri``), the
-``MLFLOW_TRACKING_URI`` variable, else a local SQLite store ``sqlite:///<cwd>/mlruns.db`` with
-artifacts under ``<cwd>/mlartifacts`` (no server needed).
-
-Per-group metric names. MLflow metric names may only hold letters, digits, ``_ - . /``, spaces
-(and ``:`` outside Windows), so the issue's ``test/acc/group=pneumothorax|drain=1`` is not a legal
-name. The scheme used instead (:func:`group_metric_name`)::
-
-    {split}/acc/group/{class}/{feature}-{0|1}      e.g.  test/acc/group/pneumothorax/chest_drain-1
-    {split}/acc/overall                            accuracy over all images with a known label
-    {split}/acc/worst_group                        lowest accuracy over non-empty groups
-
-where ``class`` and ``feature`` have every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``
-and ``1`` means the feature is present. The exact table (with counts and intervals) is logged as
-``groups/{split}_groups.csv`` and ``.json``.
-
-Server loss. When a remote server stops answering mid-run, the tracker does not raise: it warns
-once, opens the same runs in the local SQLite store, replays everything already logged to them
-(each run keeps a journal of its calls) and continues there. Such runs carry the tags
-``ravl.store = local-fallback``, ``ravl.fallback_from`` (the remote URI) and
-``ravl.remote_run_id``.
-
-Privacy: only what callers pass is logged; the commands pass configs, digests, counts, metrics
-and the outputs that are already free of DICOM header fields and image paths.
+See :mod:`ravl_med.tracking` for where runs are logged and how a lost server falls back to the
+local store.
 """
 
 from __future__ import annotations
@@ -37,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -47,19 +19,18 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from ravl_med.tracking import names
+from ravl_med.tracking.names import group_metric_name, metric_key
+
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_DB",
-    "STEP_METRICS",
     "TrackedRun",
     "Tracker",
     "code_version",
-    "dataset_name",
     "flatten",
-    "group_metric_name",
-    "metric_key",
+    "optional_tracker",
     "resolve_tracking_uri",
-    "training_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,31 +39,6 @@ DEFAULT_DB = "mlruns.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 #: Param values longer than this go to ``params/long_params.json`` (MLflow's limit is 6000).
 MAX_PARAM_LENGTH = 500
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
-_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_.\-/ ]+")
-
-
-# --------------------------------------------------------------------------------------------- #
-# Names and values
-
-
-def metric_key(name: str) -> str:
-    """``name`` made a legal MLflow metric/param key (illegal characters -> ``_``, 250 chars)."""
-    key = _UNSAFE_KEY.sub("_", name).strip("/") or "_"
-    return key[:250]
-
-
-def _component(value: str) -> str:
-    return _UNSAFE.sub("_", str(value).strip()) or "_"
-
-
-def group_metric_name(split: str, class_name: str, feature: str, present: bool) -> str:
-    """The flat metric name of a (class, feature present/absent) group's accuracy.
-
-    ``group_metric_name("test", "pneumothorax", "chest drain", True)`` is
-    ``"test/acc/group/pneumothorax/chest_drain-1"`` (see the module docstring).
-    """
-    return f"{_component(split)}/acc/group/{_component(class_name)}/{_component(feature)}-{int(bool(present))}"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -126,13 +72,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
-
-
-def dataset_name(manifest: str | Path) -> str:
-    """An experiment name for a manifest: its file stem, or its folder's name for ``manifest.csv``."""
-    path = Path(manifest)
-    name = path.parent.name if path.stem in ("manifest", "") else path.stem
-    return f"ravl-med/{name or 'dataset'}"
 
 
 def resolve_tracking_uri(uri: str | None = None, local_dir: str | Path | None = None) -> str:
@@ -202,15 +141,13 @@ def _ensure_embedder() -> None:
         _EMBEDDER = _embedder_class()
         # Pickled by reference: make the class findable as ravl_med.tracking.ImageEmbedderModule.
         _EMBEDDER.__qualname__ = _EMBEDDER.__name__ = "ImageEmbedderModule"
-        _EMBEDDER.__module__ = __name__
-        globals()["ImageEmbedderModule"] = _EMBEDDER
+        _EMBEDDER.__module__ = "ravl_med.tracking"
 
 
-def __getattr__(name: str):  # lazy torch import: the CLI imports this module without torch
-    if name == "ImageEmbedderModule":
-        _ensure_embedder()
-        return _EMBEDDER
-    raise AttributeError(name)
+def image_embedder_class() -> type:
+    """The picklable image-embedder module class (built on first use: importing torch is slow)."""
+    _ensure_embedder()
+    return _EMBEDDER
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -291,18 +228,20 @@ class TrackedRun:
         ``{split}/acc/worst_group`` and ``{split}/acc/overall``, and the table as
         ``groups/{split}_groups.csv`` and ``.json``. Returns the logged metrics.
         """
+        from ravl_med.evaluate.groups import overall_accuracy, worst_group_accuracy
+
         metrics: dict[str, float] = {}
         counted = table[table["count"] > 0]
         for row in counted.itertuples(index=False):
             metrics[group_metric_name(split, row[0], feature, bool(row.feature_present))] = float(row.accuracy)
         if len(counted):
-            metrics[f"{_component(split)}/acc/worst_group"] = float(counted["accuracy"].min())
-            metrics[f"{_component(split)}/acc/overall"] = float(counted["correct"].sum() / counted["count"].sum())
+            metrics[names.accuracy(split, "worst_group")] = worst_group_accuracy(table)
+            metrics[names.accuracy(split, "overall")] = overall_accuracy(table)
         self.log_metrics(metrics, step)
-        csv_path = self.tracker._staging_file(f"{_component(split)}_groups.csv")
+        csv_path = self.tracker._staging_file(f"{names.component(split)}_groups.csv")
         table.to_csv(csv_path, index=False)
         self.tracker._do(self, "artifact", str(csv_path), "groups")
-        self.log_dict(json.loads(table.to_json(orient="records")), f"groups/{_component(split)}_groups.json")
+        self.log_dict(json.loads(table.to_json(orient="records")), f"groups/{names.component(split)}_groups.json")
         return metrics
 
     def log_model(self, model, preprocess, name: str = "model") -> None:
@@ -549,80 +488,3 @@ def optional_tracker(enabled: bool, *args, **kwargs) -> Iterator[Tracker | None]
         yield tracker
 
 
-#: MLflow names of the trainer's per-step values (others become ``train/<name>``).
-STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
-
-
-@contextlib.contextmanager
-def training_run(args, command: str, config, finetune, tags: Mapping[str, Any],
-                 run_name: str | None = None) -> Iterator[tuple[Tracker | None, Any]]:
-    """The MLflow run of a training command (``finetune``, ``mitigate``), or ``(None, None)`` with ``--no-tracking``.
-
-    Logs the whole ``config``, the manifest summary of ``finetune.manifest`` (no paths), backbone,
-    seed and code version, and yields ``(run, on_step)``: ``on_step(step, {"loss", "lr"})`` for the
-    trainer logs ``train/loss_step`` and ``train/lr`` per optimizer step.
-
-    Args:
-        args: the command's parsed arguments (``--tracking-uri``, ``--experiment``, ``--no-tracking``).
-        command: the ``command`` tag; run_name: the parent run's name (default: ``command``).
-        config: the command's config; finetune: its :class:`~ravl_med.config.FinetuneConfig`.
-        tags: further tags (``method``, ...).
-    """
-    params, base_tags = manifest_summary(finetune.manifest)
-    tags = base_tags | {"command": command, "seed": finetune.seed, **tags}
-    with optional_tracker(not args.no_tracking, args.experiment or dataset_name(finetune.manifest),
-                          run_name or command, tags=tags, tracking_uri=args.tracking_uri) as run:
-        if run is None:
-            yield None, None
-            return
-        run.log_config(config)
-        run.log_params({**params, "model.backbone": finetune.backbone, "seed": finetune.seed,
-                        "code_version": run.tags.get("ravl.code_version", "")})
-
-        def on_step(step: int, metrics: Mapping[str, float]) -> None:
-            run.log_metrics({STEP_METRICS.get(k, f"train/{k}"): v for k, v in metrics.items()}, step)
-
-        yield run, on_step
-
-
-# --------------------------------------------------------------------------------------------- #
-# What the commands log
-
-
-def add_tracking_options(parser, local: str = "<cwd>", experiment: str = "ravl-med/<dataset>") -> None:
-    """``--tracking-uri``, ``--experiment``, ``--no-tracking`` on an argparse parser.
-
-    Args:
-        local: the folder of the default local store, as the help shows it.
-        experiment: the default experiment name, as the help shows it.
-    """
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR})")
-    parser.add_argument("--experiment", help=f"MLflow experiment name (default: {experiment})")
-    parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
-
-
-def manifest_summary(manifest: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(params, tags) describing a manifest CSV without any of its paths or header fields.
-
-    Params: ``dataset.manifest_sha256``, ``dataset.rows`` and ``dataset.rows.<split>``,
-    ``dataset.labels.<label>`` counts. Tags: ``setting`` (the dataset name), ``artefact`` (most
-    common non-empty ``artefact`` value, phantom and digits manifests).
-    """
-    import pandas as pd
-
-    # Here, not at the top: the models package imports torch, and the CLI imports this module for --help.
-    from ravl_med.models.weights import file_sha256
-
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    params: dict[str, Any] = {"dataset.manifest_sha256": file_sha256(manifest), "dataset.rows": len(table)}
-    for column, name in (("split", "rows"), ("label", "labels")):
-        if column in table:
-            for value, count in table[column].value_counts().sort_index().items():
-                params[f"dataset.{name}.{value or 'none'}"] = int(count)
-    tags = {"setting": dataset_name(manifest).split("/", 1)[1]}
-    if "artefact" in table:
-        values = table["artefact"][table["artefact"] != ""]
-        if len(values):
-            tags["artefact"] = str(values.value_counts().index[0])
-    return params, tags

@@ -1,0 +1,123 @@
+"""The benchmark's result tables and plots, from the per-setting rows (``<setting>/result.json``).
+
+:func:`write_tables` turns rows into ``settings.csv``, ``discovery.csv|md``, ``mitigation.csv|md``
+and two PNG plots; :func:`summarise` computes the tables; :func:`load_rows` reads a suite's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["METRICS", "RESULT_FILE", "load_rows", "summarise", "write_tables"]
+
+#: The per-setting result (one row of the tables).
+RESULT_FILE = "result.json"
+#: Image and core-region metrics kept per model in a row.
+METRICS = ("image_accuracy", "image_worst_group", "region_accuracy", "region_worst_group")
+
+
+def load_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``<setting>/result.json`` under ``folder``, sorted by setting name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob(f"*/{RESULT_FILE}"))]
+
+
+def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str, pd.DataFrame]:
+    """The result tables from setting rows.
+
+    Returns:
+        ``settings`` (one row per setting), ``discovery`` (mean / std / n of Precision@k per
+        method and strength, over valid settings), ``mitigation`` (mean / std / n of each metric per
+        method, over valid settings).
+    """
+    flat = []
+    for row in rows:
+        base = {k: row[k] for k in ("setting", "artefact", "spurious_class", "strength", "seed", "valid",
+                                    "shortcut_gap")}
+        base |= {f"stage1_{k}": v for k, v in row["stage1"].items() if k in METRICS}
+        base |= {f"p@{precision_k}_{m}": v for m, v in row.get("discovery", {}).items()}
+        base |= {f"{m}_{k}": v for m, values in row.get("mitigation", {}).items() for k, v in values.items()
+                 if k in METRICS}
+        flat.append(base)
+    settings = pd.DataFrame(flat)
+    valid = [r for r in rows if r["valid"]]
+    discovery = pd.DataFrame([{"method": m, "strength": r["strength"], "precision": p}
+                              for r in valid for m, p in r.get("discovery", {}).items()])
+    if len(discovery):
+        discovery = (discovery.groupby(["method", "strength"], sort=False)["precision"]
+                     .agg(mean="mean", std="std", n="count").reset_index())
+    mitigation = pd.DataFrame([{"method": m, **{k: v.get(k) for k in METRICS}}
+                               for r in valid for m, v in r.get("mitigation", {}).items()])
+    if len(mitigation):
+        grouped = mitigation.groupby("method", sort=False)
+        mitigation = pd.concat({k: grouped[k].agg(["mean", "std"]) for k in METRICS}, axis=1)
+        mitigation.columns = [f"{k}_{s}" for k, s in mitigation.columns]
+        mitigation.insert(0, "n", grouped.size())
+        mitigation = mitigation.reset_index()
+    return {"settings": settings, "discovery": discovery, "mitigation": mitigation}
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (floats to 3 decimals; no extra dependency)."""
+    if not len(table):
+        return "(no valid setting)\n"
+
+    def cell(value):
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.3f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: Sequence[dict[str, Any]], out: str | Path, precision_k: int = 10) -> dict[str, Path]:
+    """Writes the tables of :func:`summarise` (CSV + Markdown) and the plots (PNG) under ``out``.
+
+    Plots: ``precision_vs_strength.png`` (mean Precision@k per method against Cramer's V) and
+    ``worst_group.png`` (mean image worst-group accuracy per mitigation method, error bars = std).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = summarise(rows, precision_k)
+    files: dict[str, Path] = {}
+    for name, table in tables.items():
+        files[f"{name}.csv"] = out / f"{name}.csv"
+        table.to_csv(files[f"{name}.csv"], index=False)
+        if name != "settings":
+            files[f"{name}.md"] = out / f"{name}.md"
+            files[f"{name}.md"].write_text(_markdown(table))
+    discovery, mitigation = tables["discovery"], tables["mitigation"]
+    if len(discovery):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, part in discovery.groupby("method", sort=False):
+            ax.errorbar(part["strength"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3,
+                        label=method)
+        ax.set(xlabel="Cramer's V of the planted shortcut", ylabel=f"Precision@{precision_k}", ylim=(-0.05, 1.05))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files["precision_vs_strength.png"] = out / "precision_vs_strength.png"
+        fig.savefig(files["precision_vs_strength.png"], dpi=120)
+        plt.close(fig)
+    if len(mitigation):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.bar(mitigation["method"], mitigation["image_worst_group_mean"],
+               yerr=mitigation["image_worst_group_std"].fillna(0), capsize=3)
+        ax.set(ylabel="image worst-group accuracy", ylim=(0, 1))
+        ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        files["worst_group.png"] = out / "worst_group.png"
+        fig.savefig(files["worst_group.png"], dpi=120)
+        plt.close(fig)
+    return files

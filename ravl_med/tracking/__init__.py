@@ -1,0 +1,58 @@
+"""Experiment tracking with MLflow: every fine-tuning and audit run reviewable in one store.
+
+Tracking is an observer of the stages: a stage returns a typed result and
+:func:`~ravl_med.tracking.observe.log` writes it to a run (the same metrics whoever ran the stage).
+One :class:`Tracker` per command invocation: an MLflow experiment per dataset or benchmark, a
+parent run for the invocation and nested child runs (:meth:`Tracker.child`) per method, setting or
+seed, with tags (``method``, ``setting``, ``artefact``, ``spurious_class``, ``strength``, ``seed``)
+that make ``mlflow.search_runs(filter_string="tags.method = 'ravl'")`` filters natural.
+
+Where it logs (first that applies): the ``tracking_uri`` argument (``--tracking-uri``), the
+``MLFLOW_TRACKING_URI`` variable, else a local SQLite store ``sqlite:///<cwd>/mlruns.db`` with
+artifacts under ``<cwd>/mlartifacts`` (no server needed).
+
+Metric names: :mod:`ravl_med.tracking.names` (every name the package logs, defined once).
+
+Server loss. When a remote server stops answering mid-run, the tracker does not raise: it warns
+once, opens the same runs in the local SQLite store, replays everything already logged to them
+(each run keeps a journal of its calls) and continues there. Such runs carry the tags
+``ravl.store = local-fallback``, ``ravl.fallback_from`` (the remote URI) and
+``ravl.remote_run_id``.
+
+Privacy: only what callers pass is logged; the commands pass configs, digests, counts, metrics
+and the outputs that are already free of DICOM header fields and image paths.
+"""
+
+from ravl_med.tracking.names import group_metric_name, metric_key
+from ravl_med.tracking.store import (
+    DEFAULT_ARTIFACT_DIR,
+    DEFAULT_DB,
+    TrackedRun,
+    Tracker,
+    code_version,
+    flatten,
+    image_embedder_class,
+    optional_tracker,
+    resolve_tracking_uri,
+)
+
+__all__ = [
+    "DEFAULT_ARTIFACT_DIR",
+    "DEFAULT_DB",
+    "TrackedRun",
+    "Tracker",
+    "code_version",
+    "flatten",
+    "group_metric_name",
+    "metric_key",
+    "optional_tracker",
+    "resolve_tracking_uri",
+]
+
+
+def __getattr__(name: str):
+    # Logged models pickle their module class by reference as ravl_med.tracking.ImageEmbedderModule;
+    # it is built on first use because it needs torch (the CLI imports this package without torch).
+    if name == "ImageEmbedderModule":
+        return image_embedder_class()
+    raise AttributeError(name)

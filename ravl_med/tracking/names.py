@@ -1,0 +1,81 @@
+"""Every MLflow metric name the package logs, defined once.
+
+MLflow metric names may only hold letters, digits, ``_ - . /``, spaces (and ``:`` outside Windows),
+so a per-group name such as ``test/acc/group=pneumothorax|drain=1`` is not legal. The scheme::
+
+    {split}/acc/group/{class}/{feature}-{0|1}      e.g.  test/acc/group/pneumothorax/chest_drain-1
+    {split}/acc/overall                            accuracy over all images with a known label
+    {split}/acc/worst_group                        lowest accuracy over non-empty groups
+    {split}/region_acc/overall|worst_group         the same over core regions
+
+where ``class`` and ``feature`` have every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``
+and ``1`` means the feature is present.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CLUSTERS_KEPT",
+    "SHORTCUT_GAP",
+    "STEP_METRICS",
+    "TRAIN_IMAGES_PER_S",
+    "TRAIN_LOSS",
+    "TRAIN_SECONDS",
+    "TRAIN_STEPS",
+    "accuracy",
+    "component",
+    "group_metric_name",
+    "metric_key",
+    "precision_at",
+    "region_accuracy",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_.\-/ ]+")
+
+#: Mean training loss of an epoch (nats), its throughput, optimizer steps so far, wall time of a fit.
+TRAIN_LOSS, TRAIN_IMAGES_PER_S, TRAIN_STEPS, TRAIN_SECONDS = (
+    "train/loss", "train/images_per_s", "train/steps", "train/seconds")
+#: MLflow names of the trainer's per-step values (others become ``train/<name>``).
+STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
+#: acc(spurious class | feature) - acc(spurious class | no feature) of a stage-1 model on the test split.
+SHORTCUT_GAP = "test/shortcut_gap"
+#: Clusters a discovery method kept.
+CLUSTERS_KEPT = "clusters_kept"
+
+
+def metric_key(name: str) -> str:
+    """``name`` made a legal MLflow metric/param key (illegal characters -> ``_``, 250 chars)."""
+    key = _UNSAFE_KEY.sub("_", name).strip("/") or "_"
+    return key[:250]
+
+
+def component(value: str) -> str:
+    """One path component of a metric name: characters outside ``[A-Za-z0-9_.-]`` -> ``_``."""
+    return _UNSAFE.sub("_", str(value).strip()) or "_"
+
+
+def accuracy(split: str, which: str) -> str:
+    """``{split}/acc/{which}``; ``which`` is ``overall`` or ``worst_group``."""
+    return f"{component(split)}/acc/{which}"
+
+
+def region_accuracy(split: str, which: str) -> str:
+    """``{split}/region_acc/{which}``: accuracy over core regions (``overall`` or ``worst_group``)."""
+    return f"{component(split)}/region_acc/{which}"
+
+
+def group_metric_name(split: str, class_name: str, feature: str, present: bool) -> str:
+    """The flat metric name of a (class, feature present/absent) group's accuracy.
+
+    ``group_metric_name("test", "pneumothorax", "chest drain", True)`` is
+    ``"test/acc/group/pneumothorax/chest_drain-1"``.
+    """
+    return f"{component(split)}/acc/group/{component(class_name)}/{component(feature)}-{int(bool(present))}"
+
+
+def precision_at(k: int) -> str:
+    """``precision_at_{k}``: Precision@k of a discovery method's top cluster."""
+    return f"precision_at_{k}"
