@@ -17,12 +17,13 @@ import yaml
 from PIL import Image
 
 from ravl_med.cli import main
-from ravl_med.config import AuditConfig, IngestConfig, RegionConfig
+from ravl_med.config import IngestConfig, RegionConfig
+from ravl_med.stages.config import AuditConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.data.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.discover.audit import build_discoverer, run_audit
+from ravl_med.stages.audit import build_discoverer, run_audit
 from ravl_med.discover.report import (
     OUTCOME_TEXT,
     GalleryTile,

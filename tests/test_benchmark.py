@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ravl_med.cli import main
-from ravl_med.evaluate.benchmark import load_rows, summarise
+from ravl_med.stages.tables import load_rows, summarise
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion", "pneumothorax"]
 SETTING = "chest_drain-pneumothorax-v0.90-s0"
@@ -34,14 +34,13 @@ def _suite(tmp: Path) -> Path:
 def _config(tmp: Path, **overrides) -> Path:
     config = {
         "suite": str(_suite(tmp)),
-        "finetune": {"backbone": "tiny-rn", "classes": CLASSES, "templates": ["a chest x-ray showing {}."],
-                     "ingest": {"image_size": 64}, "epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1,
-                     "text": "labels", "label_aware": True, "checkpoint_every": 0, "device": "cpu",
-                     "precision": "fp32"},
-        "audit": {"classes": CLASSES, "templates": ["a chest x-ray showing {}."],
-                  "ingest": {"image_size": 64, "regions": {"grid_sizes": [2]}}, "methods": ["ravl", "random"],
-                  "discovery": {"n_boot": 0, "k_range": [1, 2]}, "batch_size": 16, "device": "cpu",
-                  "precision": "fp32"},
+        "model": {"backbone": "tiny-rn"},
+        "templates": ["a chest x-ray showing {}."],
+        "ingest": {"image_size": 64, "regions": {"grid_sizes": [2]}},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "text": "labels",
+                     "label_aware": True, "checkpoint_every": 0, "device": "cpu", "precision": "fp32"},
+        "audit": {"methods": ["ravl", "random"], "discovery": {"n_boot": 0, "k_range": [1, 2]}, "batch_size": 16,
+                  "device": "cpu", "precision": "fp32"},
         "mitigation": {"methods": ["ravl", "standard", "vl_gdro"]},
         "min_shortcut_gap": -1.0,  # every setting valid: the one-epoch model need not learn anything
         "n_boot": 0,

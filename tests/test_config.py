@@ -58,7 +58,8 @@ def test_partial_config_keeps_other_defaults(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    from ravl_med.config import AuditConfig, FinetuneConfig, MitigateConfig
+    from ravl_med.config import FinetuneConfig
+    from ravl_med.stages.config import AuditConfig, MitigateConfig
 
     model = {"ingest": IngestConfig, "audit": AuditConfig, "mitigate": MitigateConfig}.get(
         path.stem.removeprefix("demo-"), FinetuneConfig
@@ -68,13 +69,15 @@ def test_every_shipped_config_loads(path):
 
 @pytest.mark.parametrize("path", sorted((CONFIGS.parent / "datasets" / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_benchmark_loads_and_names_a_suite(path):
-    from ravl_med.config import BenchmarkConfig
-    from ravl_med.data.phantom import find_suite
+    from ravl_med.phantom import find_suite
+    from ravl_med.stages.config import BenchmarkConfig
 
     config = load_config(path, BenchmarkConfig)
     suite = find_suite(config.suite)
     settings = suite.select(config.settings)
     assert settings
     for setting in settings:  # stage 1, the audit and the mitigation all see the suite's classes
-        assert config.finetune.classes == setting.classes == config.audit.classes
-    assert config.finetune.ingest.image_size == config.audit.ingest.image_size
+        finetune = config.finetune_config(setting, Path("manifest.csv"), Path("stage1"))
+        audit = config.audit_config(setting, Path("manifest.csv"), Path("audit"), Path("stage1"), None)
+        assert finetune.classes == setting.classes == audit.classes
+    assert finetune.ingest.image_size == audit.ingest.image_size

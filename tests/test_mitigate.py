@@ -16,13 +16,7 @@ import torch
 import yaml
 
 from ravl_med.cli import main
-from ravl_med.config import (
-    MITIGATION_METHODS,
-    ConfigError,
-    FinetuneConfig,
-    IngestConfig,
-    MitigateConfig,
-)
+from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
@@ -36,12 +30,14 @@ from ravl_med.mitigate.regions import (
     label_training_regions,
     stage1_medoids,
 )
-from ravl_med.mitigate.run import labelling_agreement, run_mitigation
+from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.training import latest_state
 from ravl_med.models.weights import save_checkpoint
+from ravl_med.stages.config import MitigateConfig
+from ravl_med.stages.mitigate import labelling_agreement, run_mitigation
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 
@@ -146,7 +142,7 @@ def test_one_pass_image_embedding_matches_encode_image(stage1):
 def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     config = _config(stage1, tmp_path / "out", "ravl")
     config.finetune.batch_size = 16  # one batch = the whole training split: the same images each step
-    summary = run_mitigation(config, max_steps=5, progress=False)
+    summary = run_mitigation(config, max_steps=5, progress=False).to_json()
     losses = summary["result"]["step_losses"]
     assert len(losses) == 5 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
@@ -162,7 +158,7 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
 
 @pytest.mark.parametrize("method", [m for m in MITIGATION_METHODS if m != "ravl"])
 def test_every_baseline_runs(stage1, tmp_path, method):
-    summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False)
+    summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False).to_json()
     assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
 
 
@@ -187,12 +183,12 @@ def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
 
 def test_vl_gdro_resumes_with_its_group_weights(stage1, tmp_path):
     # 16 rows / 8 = 2 steps per epoch; the interrupted run stops after step 1 (mid-epoch) and resumes.
-    straight = run_mitigation(_config(stage1, tmp_path / "a", "vl_gdro"), max_steps=3, progress=False)
+    straight = run_mitigation(_config(stage1, tmp_path / "a", "vl_gdro"), max_steps=3, progress=False).to_json()
     config = _config(stage1, tmp_path / "b", "vl_gdro")
     run_mitigation(config, max_steps=1, progress=False)
     saved = torch.load(latest_state(tmp_path / "b" / "vl_gdro"), weights_only=False)["objective"]["group_weights"]
     assert saved.shape == (2 * len(CLASSES),) and not torch.allclose(saved, torch.full_like(saved, saved.mean()))
-    resumed = run_mitigation(config, resume=True, max_steps=3, progress=False)
+    resumed = run_mitigation(config, resume=True, max_steps=3, progress=False).to_json()
     # From uniform weights the second step's loss (sum_g q_g L_g) would differ.
     assert resumed["result"]["step_losses"] == straight["result"]["step_losses"]
     final = [torch.load(latest_state(out / "vl_gdro"), weights_only=False)["objective"]["group_weights"]

@@ -26,11 +26,10 @@ import json
 
 import pytest
 
-from ravl_med.config import AuditConfig, MitigateConfig
-from ravl_med.discover.audit import run_audit
 from ravl_med.evaluate.groups import worst_group_accuracy
-from ravl_med.evaluate.mitigation import evaluate_split
-from ravl_med.mitigate.run import run_mitigation
+from ravl_med.stages.audit import run_audit
+from ravl_med.stages.config import AuditConfig, MitigateConfig, MitigationEvaluation
+from ravl_med.stages.mitigate import run_mitigation
 from tests.shortcut_fixtures import ShortcutRun, describe
 
 pytestmark = pytest.mark.slow
@@ -58,19 +57,18 @@ def _mitigate(run: ShortcutRun, tmp_path, *, grid_sizes: list[int] | None = None
     finetune = run.config.model_copy(update={"checkpoint": None, "ingest": ingest, "output_dir": tmp_path / "ravl",
                                              "cache_images": True}, deep=True)
     config = MitigateConfig(finetune=finetune, method="ravl", stage1_checkpoint=run.result.checkpoint,
-                            stage1_sha256=run.result.sha256, audit_dir=audit.output_dir, spurious_ranks=spurious_ranks)
-    summary = run_mitigation(config, progress=False)
+                            stage1_sha256=run.result.sha256, audit_dir=audit.output_dir, spurious_ranks=spurious_ranks,
+                            evaluation=MitigationEvaluation(spurious_class=run.spurious_class, n_boot=0))
+    result = run_mitigation(config, progress=False)
+    summary = result.to_json()
     assert summary["result"]["steps"] == run.result.steps
-    evaluation = evaluate_split(run.config.backbone, summary["result"]["checkpoint"], run.config.manifest, ingest,
-                                run.config.classes, list(run.templates), spurious_class=run.spurious_class,
-                                regions=False, n_boot=0)
-    return {"evaluation": evaluation, "region_labels": summary["region_labels"], "spurious_ranks": spurious_ranks}
+    return {"evaluation": result.evaluation, "region_labels": summary["region_labels"], "spurious_ranks": spurious_ranks}
 
 
 def _check(run: ShortcutRun, mitigated: dict) -> None:
     standard = worst_group_accuracy(run.table)
-    ravl = mitigated["evaluation"]["image_worst_group"]
-    shown = mitigated["evaluation"]["image_table"].drop(columns=["class_index"]).round(3).to_string(index=False)
+    ravl = mitigated["evaluation"].image_worst_group
+    shown = mitigated["evaluation"].images.by_group.drop(columns=["class_index"]).round(3).to_string(index=False)
     print(f"standard (stage 1):\n{describe(run)}\nRaVL: worst group {ravl:.3f} (standard {standard:.3f}), "
           f"spurious ranks {mitigated['spurious_ranks']}, region labels {mitigated['region_labels']}\n{shown}")
     assert ravl > standard, f"RaVL worst-group accuracy {ravl:.3f} is not above standard fine-tuning's {standard:.3f}"

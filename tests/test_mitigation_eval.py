@@ -1,5 +1,5 @@
-"""Stage-2 evaluation (``ravl_med.evaluate.mitigation``): metrics against hand computations, and a
-random tiny-rn on a few phantom images end to end."""
+"""Stage-2 evaluation (``ravl_med.evaluate.GroupAccuracy``, ``ravl_med.stages.evaluate``): metrics against
+hand computations, and a random tiny-rn on a few phantom images end to end."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
-from ravl_med.evaluate import (
-    accuracy_summary,
-    core_regions_from_masks,
-    evaluate_model,
-    region_accuracy_summary,
-)
+from ravl_med.evaluate import GroupAccuracy
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.zeroshot import CXR_TEMPLATES
+from ravl_med.stages.evaluate import core_regions_from_masks, evaluate_model
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
 
@@ -41,12 +37,12 @@ def test_image_metrics_match_boolean_masks():
     labels = rng.integers(-1, 3, size=200)
     predictions = rng.integers(0, 3, size=200)
     present = rng.random(200) < 0.4
-    out = accuracy_summary(labels, predictions, present, CLASSES, n_boot=200)
+    out = GroupAccuracy(labels=labels, predictions=predictions, feature_present=present, classes=CLASSES, n_boot=200)
     overall, worst = _hand_metrics(labels, predictions, present, 3)
-    assert out["overall"] == pytest.approx(overall)
-    assert out["worst_group"] == pytest.approx(worst)
-    assert out["count"] == int((labels >= 0).sum())
-    table = out["table"]
+    assert out.overall == pytest.approx(overall)
+    assert out.worst_group == pytest.approx(worst)
+    assert out.count == int((labels >= 0).sum())
+    table = out.by_group
     assert len(table) == 6 and {"count", "accuracy", "ci_low", "ci_high"} <= set(table.columns)
     assert (table["ci_low"] <= table["accuracy"] + 1e-12).all() and (table["accuracy"] <= table["ci_high"] + 1e-12).all()
 
@@ -55,10 +51,10 @@ def test_image_metrics_small_exact():
     labels = np.array([0, 0, 1, 1, 1, 2])
     predictions = np.array([0, 1, 1, 1, 0, 2])
     present = np.array([True, False, True, True, False, False])
-    out = accuracy_summary(labels, predictions, present, CLASSES, n_boot=0)
-    assert out["overall"] == pytest.approx(4 / 6)
-    assert out["worst_group"] == 0.0  # (class 0, absent) and (class 1, absent) both wrong
-    row = out["table"].query("class_index == 1 and feature_present").iloc[0]
+    out = GroupAccuracy(labels=labels, predictions=predictions, feature_present=present, classes=CLASSES, n_boot=0)
+    assert out.overall == pytest.approx(4 / 6)
+    assert out.worst_group == 0.0  # (class 0, absent) and (class 1, absent) both wrong
+    row = out.by_group.query("class_index == 1 and feature_present").iloc[0]
     assert row["count"] == 2 and row["accuracy"] == 1.0
 
 
@@ -68,13 +64,15 @@ def test_region_metrics_use_core_regions_and_image_labels():
     region_image = np.array([0, 0, 1, 1, 1, 2, 2])
     region_pred = np.array([0, 2, 1, 0, 1, 2, 2])
     core = np.array([True, False, True, True, True, False, True])
-    out = region_accuracy_summary(region_pred, region_image, labels, present, core, CLASSES)
+    out = GroupAccuracy.of_regions(region_predictions=region_pred, region_image=region_image, labels=labels,
+                                   feature_present=present, scored=core, classes=CLASSES)
     # core regions: img0 -> 0 (right); img1 -> 1, 0, 1 (2/3); img2 -> 2 (right)
-    assert out["count"] == 5
-    assert out["overall"] == pytest.approx(4 / 5)
-    assert out["worst_group"] == pytest.approx(2 / 3)
+    assert out.count == 5
+    assert out.overall == pytest.approx(4 / 5)
+    assert out.worst_group == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
-        region_accuracy_summary(region_pred, region_image, labels, present, core[:-1], CLASSES)
+        GroupAccuracy.of_regions(region_predictions=region_pred, region_image=region_image, labels=labels,
+                                 feature_present=present, scored=core[:-1], classes=CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -121,21 +119,21 @@ def test_evaluate_model_end_to_end(phantom_test_set):
         torch.set_num_threads(threads)
     assert core.any()
     for key in ("image_accuracy", "image_worst_group", "region_accuracy", "region_worst_group"):
-        assert np.isfinite(out[key]) and 0.0 <= out[key] <= 1.0, key
-        assert again[key] == pytest.approx(out[key], abs=1e-6), key
-    assert out["n_images"] == len(dataset) and out["n_core_regions"] == int(core.sum())
-    assert out["image_table"]["count"].sum() == len(dataset)
-    assert "region_accuracy" not in images_only
-    assert images_only["image_accuracy"] == out["image_accuracy"]
-    overall, worst = _hand_metrics(out["labels"], out["predictions"], present, len(CLASSES))
-    assert out["image_accuracy"] == pytest.approx(overall) and out["image_worst_group"] == pytest.approx(worst)
+        assert np.isfinite(getattr(out, key)) and 0.0 <= getattr(out, key) <= 1.0, key
+        assert getattr(again, key) == pytest.approx(getattr(out, key), abs=1e-6), key
+    assert out.n_images == len(dataset) and out.n_core_regions == int(core.sum())
+    assert out.images.by_group["count"].sum() == len(dataset)
+    assert images_only.region_accuracy is None
+    assert images_only.image_accuracy == out.image_accuracy
+    overall, worst = _hand_metrics(out.labels, out.predictions, present, len(CLASSES))
+    assert out.image_accuracy == pytest.approx(overall) and out.image_worst_group == pytest.approx(worst)
 
 
-def test_evaluate_split_groups_from_ground_truth_or_from_the_audit(phantom_test_set, tmp_path):
+def test_run_evaluation_groups_from_ground_truth_or_from_the_audit(phantom_test_set, tmp_path):
     import pandas as pd
 
     from ravl_med.discover.medoids import Stage1Medoids
-    from ravl_med.evaluate.mitigation import evaluate_split
+    from ravl_med.stages.evaluate import run_evaluation
     from ravl_med.mitigate.regions import training_region_labels
     from ravl_med.models.weights import save_checkpoint
 
@@ -145,10 +143,10 @@ def test_evaluate_split_groups_from_ground_truth_or_from_the_audit(phantom_test_
     checkpoint = tmp_path / "model.safetensors"
     save_checkpoint(model, checkpoint)
     ingest = IngestConfig(image_size=64)
-    truth = evaluate_split("tiny-rn", checkpoint, manifest, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8)
-    assert truth["groups_from"] == "ground truth" and truth["feature"] == "chest_drain"
-    assert truth["n_feature_present"] == int(dataset.table["artefact_present"].astype(int).sum())
-    assert truth["region_accuracy"] is not None  # the phantom masks give core regions
+    truth = run_evaluation("tiny-rn", checkpoint, manifest, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8)
+    assert truth.groups_from == "ground truth" and truth.feature == "chest_drain"
+    assert truth.n_feature_present == int(dataset.table["artefact_present"].astype(int).sum())
+    assert truth.region_accuracy is not None  # the phantom masks give core regions
     # A hospital manifest says nothing about the feature: the audit's spurious cluster decides.
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False).drop(columns=["artefact_present"])
     table["path"] = [str(manifest.parent / p) for p in table["path"]]
@@ -158,12 +156,12 @@ def test_evaluate_split_groups_from_ground_truth_or_from_the_audit(phantom_test_
     plain = tmp_path / "manifest.csv"
     table.to_csv(plain, index=False)
     with pytest.raises(ValueError, match="artefact_present"):
-        evaluate_split("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0)
+        run_evaluation("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0)
     emb = embed_dataset(model, preprocess, dataset, batch_size=8, progress=False, precision="fp32")
     medoids = Stage1Medoids(emb.region_embeddings[[0, 7]], [0, 1], [1, 0], [True, False])
-    audit = evaluate_split("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8,
+    audit = run_evaluation("tiny-rn", checkpoint, plain, ingest, CLASSES, CXR_TEMPLATES, n_boot=0, batch_size=8,
                            stage1_checkpoint=checkpoint, medoids=medoids)
     flags = training_region_labels(model, preprocess, dataset, medoids, batch_size=8)
-    assert audit["groups_from"] == "audit"
-    assert audit["n_feature_present"] == sum(bool(f.any()) for f in flags.values()) > 0
-    assert audit["image_accuracy"] == pytest.approx(truth["image_accuracy"])  # same model, same images
+    assert audit.groups_from == "audit"
+    assert audit.n_feature_present == sum(bool(f.any()) for f in flags.values()) > 0
+    assert audit.image_accuracy == pytest.approx(truth.image_accuracy)  # same model, same images
