@@ -69,7 +69,7 @@ def test_every_shipped_config_loads(path):
 @pytest.mark.parametrize("path", sorted((CONFIGS.parent / "datasets" / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_benchmark_loads_and_names_a_suite(path):
     from ravl_med.config import BenchmarkConfig
-    from ravl_med.data.phantom import find_suite
+    from ravl_med.phantom import find_suite
 
     config = load_config(path, BenchmarkConfig)
     suite = find_suite(config.suite)

@@ -25,7 +25,6 @@ from ravl_med.config import (
 )
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.mitigate.methods import (
     GroupBalancedSampler,
     GroupDROObjective,
@@ -42,6 +41,7 @@ from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.training import latest_state
 from ravl_med.models.weights import save_checkpoint
+from ravl_med.phantom import PhantomSetting, write_setting
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 

@@ -10,7 +10,6 @@ import torch
 from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.evaluate import (
     accuracy_summary,
     core_regions_from_masks,
@@ -20,6 +19,7 @@ from ravl_med.evaluate import (
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.zeroshot import CXR_TEMPLATES
+from ravl_med.phantom import PhantomSetting, write_setting
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
 

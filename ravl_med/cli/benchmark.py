@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 def benchmarks_dir() -> Path:
     """``datasets/benchmarks`` (the datasets folder honours ``$RAVL_MED_DATASETS``)."""
-    from ravl_med.data.phantom.config import datasets_dir
+    from ravl_med.phantom.config import datasets_dir
 
     return datasets_dir().parent / "benchmarks"
 
@@ -57,8 +57,8 @@ def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
 
 def run_benchmark(config: BenchmarkConfig, args: argparse.Namespace, run_name: str = "benchmark") -> list[dict]:
     """Every selected setting through :func:`~ravl_med.evaluate.benchmark.run_setting`, tracked; writes the tables."""
-    from ravl_med.data.phantom import find_suite
     from ravl_med.evaluate.benchmark import run_setting, write_tables
+    from ravl_med.phantom import find_suite
     from ravl_med.tracking import optional_tracker
 
     suite = find_suite(config.suite)

@@ -44,7 +44,7 @@ def _group_lines(before: pd.DataFrame, after: pd.DataFrame, feature: str, method
 def run(args: argparse.Namespace) -> int:
     from ravl_med.cli.benchmark import load_benchmark, run_benchmark
     from ravl_med.config import ConfigError
-    from ravl_med.data.phantom import find_suite
+    from ravl_med.phantom import find_suite
 
     config = load_benchmark(args)
     selected = find_suite(config.suite).select(config.settings)

@@ -3,7 +3,7 @@
 One setting, :func:`run_setting`, in five stages (each one reused when its outputs exist, so an
 interrupted suite resumes where it stopped):
 
-1. ``data``: the phantom setting written as DICOM (:func:`~ravl_med.data.phantom.write_setting`);
+1. ``data``: the phantom setting written as DICOM (:func:`~ravl_med.phantom.write_setting`);
 2. ``stage1``: fine-tuning with the benchmark's recipe (:class:`~ravl_med.models.training.Trainer`),
    then the stage-1 evaluation on the test split, where the feature is independent of the class;
    the setting is *valid* only when the model learned the shortcut
@@ -79,7 +79,7 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
     """Runs one phantom setting end to end (see the module docstring) and returns its row.
 
     Args:
-        setting: a :class:`~ravl_med.data.phantom.PhantomSetting`.
+        setting: a :class:`~ravl_med.phantom.PhantomSetting`.
         config: the benchmark config (its ``output_dir`` is the suite's folder).
         tracker: a :class:`~ravl_med.tracking.Tracker` (the invocation's parent run): a child run
             per stage-1 model, per discovery method and per mitigation method, or ``None``.
@@ -92,11 +92,11 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
         ``top_cluster`` (RaVL's top cluster: class tied, influence), ``mitigation`` (method ->
         metrics and ``train_s``), ``paths``; written to ``<setting>/result.json``.
     """
-    from ravl_med.data.phantom import write_setting
     from ravl_med.discover.audit import run_audit
     from ravl_med.evaluate.groups import shortcut_gaps, shortcut_learned
     from ravl_med.models.registry import resolve_device
     from ravl_med.models.training import Trainer
+    from ravl_med.phantom import write_setting
 
     root = Path(config.output_dir) / setting.name
     done = root / RESULT_FILE
