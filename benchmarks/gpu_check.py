@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from ravl_med.config import FinetuneConfig, IngestConfig
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import get_backbone_spec, list_backbones
 from ravl_med.models.training import Trainer
+from ravl_med.phantom import PhantomSetting, write_setting
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 

@@ -32,10 +32,10 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from ravl_med.config import IngestConfig
-from ravl_med.data.phantom.anatomy import DEVICES
-from ravl_med.data.phantom.dicom import phantom_dataset, write_dicom
-from ravl_med.data.phantom.render import render_phantom
 from ravl_med.data.pipeline import ingest_transforms
+from ravl_med.phantom.anatomy import DEVICES
+from ravl_med.phantom.dicom import phantom_dataset, write_dicom
+from ravl_med.phantom.render import render_phantom
 
 SIDE = 1024
 DEVICE = next(d for d in DEVICES if d.bits_stored == 16 and not d.monochrome1)

@@ -11,10 +11,10 @@ import argparse
 import tempfile
 import time
 
-from ravl_med.data.phantom.config import PhantomSetting
-from ravl_med.data.phantom.render import render_phantom
-from ravl_med.data.phantom.reports import sentence_pools
-from ravl_med.data.phantom.writer import write_setting
+from ravl_med.phantom.config import PhantomSetting
+from ravl_med.phantom.render import render_phantom
+from ravl_med.phantom.reports import sentence_pools
+from ravl_med.phantom.writer import write_setting
 
 
 def main() -> None:

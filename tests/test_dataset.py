@@ -10,8 +10,8 @@ from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset, collate, label_sentence
 from ravl_med.data.errors import IngestError
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import create_backbone
+from ravl_med.phantom import PhantomSetting, write_setting
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 

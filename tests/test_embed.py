@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ravl_med.config import IngestConfig, RegionConfig
 from ravl_med.data.dataset import RadiographDataset
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import RegionEmbedder, create_backbone
 from ravl_med.models import embed as embed_module
 from ravl_med.models.embed import (
@@ -24,6 +23,7 @@ from ravl_med.models.embed import (
     embedding_fingerprint,
     weights_fingerprint,
 )
+from ravl_med.phantom import PhantomSetting, write_setting
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 N_IMAGES = 10

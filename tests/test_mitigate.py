@@ -19,7 +19,6 @@ from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.mitigate.methods import (
     GroupBalancedSampler,
     GroupDROObjective,

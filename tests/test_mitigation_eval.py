@@ -10,7 +10,7 @@ import torch
 from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.evaluate import GroupAccuracy
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset

@@ -14,11 +14,11 @@ import pytest
 from ravl_med.cli import main
 from ravl_med.config import IngestConfig
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import DEVICES, get_artefact, render_phantom
-from ravl_med.data.phantom.config import PhantomSetting
-from ravl_med.data.phantom.dicom import phantom_dataset, write_dicom
-from ravl_med.data.phantom.writer import MANIFEST_COLUMNS, write_mask, write_setting
 from ravl_med.data.pipeline import ingest_transforms, load_radiograph
+from ravl_med.phantom import DEVICES, get_artefact, render_phantom
+from ravl_med.phantom.config import PhantomSetting
+from ravl_med.phantom.dicom import phantom_dataset, write_dicom
+from ravl_med.phantom.writer import MANIFEST_COLUMNS, write_mask, write_setting
 
 
 def _write(tmp_path, device, artefact="pacemaker", name="x"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ravl_med.data.phantom import (
+from ravl_med.phantom import (
     CLASSES,
     CustomArtefact,
     InjectArtefact,
@@ -14,8 +14,8 @@ from ravl_med.data.phantom import (
     Layout,
     render_phantom,
 )
-from ravl_med.data.phantom.anatomy import render_density, sample_patient
-from ravl_med.data.phantom.artefacts import ARTEFACTS, get_artefact
+from ravl_med.phantom.anatomy import render_density, sample_patient
+from ravl_med.phantom.artefacts import ARTEFACTS, get_artefact
 
 SIZE = 128
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ravl_med.config import ConfigError
-from ravl_med.data.phantom import (
+from ravl_med.phantom import (
     CLASSES,
     cramers_v,
     find_suite,
@@ -16,9 +16,9 @@ from ravl_med.data.phantom import (
     plan_correlated,
     plan_independent,
 )
-from ravl_med.data.phantom.config import PhantomSetting
-from ravl_med.data.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.data.phantom.writer import plan_setting
+from ravl_med.phantom.config import PhantomSetting
+from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
+from ravl_med.phantom.writer import plan_setting
 
 
 def test_cramers_v_matches_known_tables():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ravl_med.config import ConfigError
-from ravl_med.data.phantom.config import (
+from ravl_med.phantom.config import (
     DATASETS_DIR,
     DATASETS_ENV,
     datasets_dir,

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from ravl_med.cli import main
 from ravl_med.data.manifest import Manifest
-from ravl_med.data.phantom import PhantomSetting, write_setting
+from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.tracking import Tracker, group_metric_name, metric_key
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 

@@ -21,7 +21,6 @@ import yaml
 from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, load_config
 from ravl_med.data.dataset import RadiographDataset
-from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.models import create_backbone, load_state_dict
 from ravl_med.models.training import (
     Trainer,
@@ -31,6 +30,7 @@ from ravl_med.models.training import (
     zero_shot_predictions,
 )
 from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+from ravl_med.phantom import PhantomSetting, write_setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]

@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 from ravl_med.config import ConfigError
-from ravl_med.data.phantom.artefacts import ARTEFACTS
-from ravl_med.data.phantom.config import (
+from ravl_med.phantom.artefacts import ARTEFACTS
+from ravl_med.phantom.config import (
     PhantomSetting,
     find_suite,
     list_suites,
     load_suite,
     setting_name,
 )
-from ravl_med.data.phantom.findings import CLASSES
+from ravl_med.phantom.findings import CLASSES
 
 
 def add_parser(subparsers) -> None:
@@ -120,7 +120,7 @@ def _settings(args: argparse.Namespace) -> list[PhantomSetting]:
 
 
 def run_write(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.writer import write_setting
+    from ravl_med.phantom.writer import write_setting
 
     for setting in _settings(args):
         summary = write_setting(setting, args.out, workers=args.workers, progress=not args.no_progress)
@@ -132,14 +132,14 @@ def run_write(args: argparse.Namespace) -> int:
 
 
 def run_sheet(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.sheet import contact_sheet
+    from ravl_med.phantom.sheet import contact_sheet
 
     print(f"contact sheet: {contact_sheet(args.out, n=args.n, size=args.image_size, seed=args.seed, lungs=args.lungs)}")
     return 0
 
 
 def run_digits(args: argparse.Namespace) -> int:
-    from ravl_med.data.phantom.digits import write_digits
+    from ravl_med.phantom.digits import write_digits
 
     manifest = write_digits(args.out, spurious_digit=args.spurious_digit, strength=args.strength, seed=args.seed,
                             n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)

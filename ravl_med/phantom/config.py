@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ravl_med.config import ConfigError, StrictModel, load_config
-from ravl_med.data.phantom.artefacts import ARTEFACTS
-from ravl_med.data.phantom.findings import CLASSES
+from ravl_med.phantom.artefacts import ARTEFACTS
+from ravl_med.phantom.findings import CLASSES
 
 __all__ = [
     "DATASETS_DIR", "DATASETS_ENV", "PhantomSetting", "PhantomSuite", "datasets_dir", "find_suite", "list_suites",
@@ -31,7 +31,7 @@ __all__ = [
 DATASETS_ENV = "RAVL_MED_DATASETS"
 
 #: The benchmark definitions in the source checkout (the default when ``$RAVL_MED_DATASETS`` is unset).
-DATASETS_DIR = Path(__file__).resolve().parents[3] / "datasets" / "phantom"
+DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets" / "phantom"
 
 
 def datasets_dir() -> Path:

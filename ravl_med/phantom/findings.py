@@ -2,7 +2,7 @@
 
 A finding acts in two steps: :meth:`Finding.prepare` may change the patient's geometry before
 the anatomy is drawn (cardiomegaly enlarges the heart), :meth:`Finding.apply` changes the drawn
-:class:`~ravl_med.data.phantom.anatomy.Density` in place and returns the finding's mask, bool
+:class:`~ravl_med.phantom.anatomy.Density` in place and returns the finding's mask, bool
 (H, W). Side index 0 is the patient's right (viewer's left), 1 the patient's left.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ravl_med.data.phantom.anatomy import Density, Patient, grid, smooth_noise
+from ravl_med.phantom.anatomy import Density, Patient, grid, smooth_noise
 
 __all__ = ["CLASSES", "FINDINGS", "Finding", "FindingResult", "get_finding"]
 

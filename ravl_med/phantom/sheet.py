@@ -9,9 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 from ravl_med.data.atomic import atomic_path
-from ravl_med.data.phantom.artefacts import ARTEFACTS
-from ravl_med.data.phantom.findings import CLASSES
-from ravl_med.data.phantom.render import render_phantom
+from ravl_med.phantom.artefacts import ARTEFACTS
+from ravl_med.phantom.findings import CLASSES
+from ravl_med.phantom.render import render_phantom
 
 __all__ = ["contact_sheet", "outline"]
 

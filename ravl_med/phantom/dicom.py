@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian
 
-from ravl_med.data.phantom.anatomy import Device
+from ravl_med.phantom.anatomy import Device
 
 __all__ = ["CR_SOP_CLASS", "DX_SOP_CLASS", "phantom_dataset", "write_dicom"]
 

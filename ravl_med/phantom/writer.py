@@ -26,12 +26,12 @@ import pandas as pd
 from PIL import Image
 
 from ravl_med.data.atomic import atomic_path
-from ravl_med.data.phantom.artefacts import get_artefact
-from ravl_med.data.phantom.config import PhantomSetting
-from ravl_med.data.phantom.dicom import phantom_dataset, write_dicom
-from ravl_med.data.phantom.render import render_phantom
-from ravl_med.data.phantom.reports import ReportWriter
-from ravl_med.data.phantom.settings import SplitPlan, plan_correlated, plan_independent
+from ravl_med.phantom.artefacts import get_artefact
+from ravl_med.phantom.config import PhantomSetting
+from ravl_med.phantom.dicom import phantom_dataset, write_dicom
+from ravl_med.phantom.render import render_phantom
+from ravl_med.phantom.reports import ReportWriter
+from ravl_med.phantom.settings import SplitPlan, plan_correlated, plan_independent
 
 __all__ = ["MANIFEST_COLUMNS", "WriteSummary", "plan_setting", "write_mask", "write_setting"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravl_med.data.phantom.anatomy import (
+from ravl_med.phantom.anatomy import (
     DEVICES,
     Device,
     add_detector_noise,
@@ -18,9 +18,9 @@ from ravl_med.data.phantom.anatomy import (
     render_density,
     sample_patient,
 )
-from ravl_med.data.phantom.artefacts import Artefact, Layout, get_artefact
-from ravl_med.data.phantom.findings import get_finding
-from ravl_med.data.phantom.inject import InjectArtefact
+from ravl_med.phantom.artefacts import Artefact, Layout, get_artefact
+from ravl_med.phantom.findings import get_finding
+from ravl_med.phantom.inject import InjectArtefact
 
 __all__ = ["SITES", "PhantomImage", "render_phantom"]
 
@@ -71,7 +71,7 @@ def render_phantom(
 
     Args:
         seed: seed (or seed tuple) of this image's generator.
-        label: the finding class (see :data:`~ravl_med.data.phantom.findings.CLASSES`).
+        label: the finding class (see :data:`~ravl_med.phantom.findings.CLASSES`).
         artefact: artefact to inject (instance or built-in name); ``None``: none.
         size: image side in pixels (square image).
         site: simulated site; ``None`` draws one.

@@ -1,7 +1,7 @@
 """MONAI-style transforms that paint a shortcut artefact into an image and return its mask.
 
 :class:`InjectArtefact` (array) and :class:`InjectArtefactd` (dictionary) wrap an
-:class:`~ravl_med.data.phantom.artefacts.Artefact`; they live apart from the artefacts so that
+:class:`~ravl_med.phantom.artefacts.Artefact`; they live apart from the artefacts so that
 naming or listing artefacts (the command line) does not import torch and MONAI.
 """
 
@@ -14,7 +14,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
-from ravl_med.data.phantom.artefacts import (
+from ravl_med.phantom.artefacts import (
     Artefact,
     ArtefactResult,
     Layout,

@@ -8,7 +8,7 @@ order: ``anatomy`` (patient and detector), ``findings`` (classes), ``artefacts``
 disk), ``sheet``, ``digits`` (the paper's synthetic digits setting).
 
 The names below are imported from their modules on first use, so that ``import
-ravl_med.data.phantom.config`` (the command line's suite listing) does not load torch and MONAI.
+ravl_med.phantom.config`` (the command line's suite listing) does not load torch and MONAI.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from ravl_med.data.atomic import atomic_path
-from ravl_med.data.phantom.settings import SplitPlan, plan_correlated, plan_independent
+from ravl_med.phantom.settings import SplitPlan, plan_correlated, plan_independent
 
 __all__ = ["DIGIT_NAMES", "QUADRANT_BOXES", "render_digit_image", "write_digits"]
 

@@ -12,7 +12,7 @@ Where an artefact may go is its ``placement``:
 
 Placement needs a :class:`Layout` (lung fields, body outline); without one every artefact is
 placed by ``any`` rules. The MONAI-style array and dictionary transforms that paint them into an
-image are :class:`~ravl_med.data.phantom.inject.InjectArtefact` / ``InjectArtefactd`` (this module
+image are :class:`~ravl_med.phantom.inject.InjectArtefact` / ``InjectArtefactd`` (this module
 imports neither torch nor MONAI, so listing the artefacts stays cheap); a user-supplied artefact
 (a small image, or a callable) goes through :class:`CustomArtefact`.
 """
