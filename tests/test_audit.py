@@ -18,12 +18,8 @@ from PIL import Image
 
 from ravl_med.cli import main
 from ravl_med.config import IngestConfig, RegionConfig
-from ravl_med.stages.config import AuditConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.phantom import PhantomSetting, write_setting
-from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.stages.audit import build_discoverer, run_audit
 from ravl_med.discover.report import (
     OUTCOME_TEXT,
     GalleryTile,
@@ -34,6 +30,8 @@ from ravl_med.models import create_backbone, save_checkpoint
 from ravl_med.models import embed as embed_module
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
+from ravl_med.stages.audit import build_discoverer, run_audit
+from ravl_med.stages.config import AuditConfig
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]

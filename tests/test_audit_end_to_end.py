@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from ravl_med.stages.config import AuditConfig
 from ravl_med.stages.audit import run_audit
+from ravl_med.stages.config import AuditConfig
 from tests.shortcut_fixtures import ShortcutRun
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import torch
 from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
-from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.evaluate import GroupAccuracy
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.zeroshot import CXR_TEMPLATES
+from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.stages.evaluate import core_regions_from_masks, evaluate_model
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
@@ -133,9 +133,9 @@ def test_run_evaluation_groups_from_ground_truth_or_from_the_audit(phantom_test_
     import pandas as pd
 
     from ravl_med.discover.medoids import Stage1Medoids
-    from ravl_med.stages.evaluate import run_evaluation
     from ravl_med.mitigate.regions import training_region_labels
     from ravl_med.models.weights import save_checkpoint
+    from ravl_med.stages.evaluate import run_evaluation
 
     manifest, dataset = phantom_test_set
     torch.manual_seed(0)

@@ -38,7 +38,6 @@ import numpy as np
 from ravl_med import __version__
 from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
-
 from ravl_med.discover._base import BaseDiscoverer, scores_from_embeddings
 from ravl_med.discover.baselines import (
     DistillingFailuresDiscoverer,

@@ -123,10 +123,9 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
     Returns:
         the :class:`SettingResult`, also written to ``<setting>/result.json``.
     """
+    from ravl_med.models.runtime import resolve_device
     from ravl_med.phantom import write_setting
     from ravl_med.stages.audit import run_audit
-
-    from ravl_med.models.runtime import resolve_device
 
     root = Path(config.output_dir) / setting.name
     done = root / RESULT_FILE

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.config import (
     DataSource,
     FinetuneConfig,
@@ -23,6 +22,7 @@ from ravl_med.config import (
     StrictModel,
     _distinct,
 )
+from ravl_med.mitigate.registry import MITIGATION_METHODS
 
 __all__ = [
     "AUDIT_METHODS",

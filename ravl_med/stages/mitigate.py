@@ -25,8 +25,8 @@ from sklearn.metrics import precision_score, recall_score
 from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
-from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
+from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models.training import FitResult
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
