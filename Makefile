@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Exit code 5 ("no tests collected") is a failure with its own message, never a silent pass.
+# The layering contract (pyproject.toml, import-linter) first, then the suite. Exit code 5 ("no tests
+# collected") is a failure with its own message, never a silent pass.
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc; }
 
