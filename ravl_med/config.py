@@ -16,6 +16,9 @@ from typing import Annotated, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# The one module of a library layer imported here: the audit section embeds RaVL's discovery parameters.
+from ravl_med.discover.config import DiscoveryConfig
+
 __all__ = [
     "AUDIT_METHODS",
     "MITIGATION_METHODS",
@@ -23,7 +26,6 @@ __all__ = [
     "BenchmarkConfig",
     "BenchmarkMitigation",
     "ConfigError",
-    "DiscoveryConfig",
     "EvaluationConfig",
     "FinetuneConfig",
     "IngestConfig",
@@ -229,41 +231,10 @@ def load_config(path: str | Path | None, model: type[ModelT]) -> ModelT:
 # --------------------------------------------------------------------------------------------- #
 # Audit (``ravl-med audit``): RaVL stage 1 on a fine-tuned model, with baselines and ground truth.
 
-#: Discovery methods an audit can run (RaVL and the baselines of ``ravl_med.discover``).
+#: Discovery methods an audit can run: the names of ``ravl_med.discover.registry.DISCOVERY_METHODS``,
+#: written out because importing the registry would load scikit-learn with every config (and
+#: ``ravl-med --help``); a test keeps the two equal.
 AUDIT_METHODS = ("ravl", "random", "distilling_failures", "george", "domino")
-
-
-class DiscoveryConfig(StrictModel):
-    """RaVL discovery parameters (defaults = :class:`~ravl_med.discover.RaVLDiscoverer`'s)."""
-
-    #: T of the zero-shot softmax p(q | x) = softmax(<e, t_q> / T).
-    temperature: Annotated[float, Field(gt=0)] = 0.07
-    #: k is swept over [low * C, high * C] (C = number of classes).
-    k_range: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (2, 5)
-    #: Include high * C in the sweep (the authors' code does not).
-    k_range_inclusive: bool = True
-    #: Keep clusters with influence >= this (paper: 0.25).
-    influence_threshold: Annotated[float, Field(ge=0, le=1)] = 0.25
-    #: The best silhouette must exceed this, else "no structure" (paper: 0).
-    min_silhouette: Annotated[float, Field(ge=-1, lt=1)] = 0.0
-    #: Exact K-Medoids on the full distance matrix up to this many regions, sampled (CLARA) above.
-    exact_max_regions: Annotated[int, Field(ge=2)] = 20000
-    clara_samples: Annotated[int, Field(ge=1)] = 5
-    clara_sample_size: Annotated[int, Field(ge=2)] = 4000
-    silhouette_sample_size: Annotated[int, Field(ge=2)] = 5000
-    #: Bootstrap resamples for the 95% intervals of the per-class tables (every method).
-    n_boot: Annotated[int, Field(ge=0)] = 1000
-    #: Regions listed per cluster in the JSON (``top_regions``).
-    n_top_regions: Annotated[int, Field(ge=1)] = 25
-    #: Threads for K-Medoids (1 was measured fastest on 2 cores; -1: automatic).
-    n_jobs: int = 1
-
-    @field_validator("k_range")
-    @classmethod
-    def _ordered_k(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] > value[1]:
-            raise ValueError(f"k_range low {value[0]} must not exceed high {value[1]}")
-        return value
 
 
 class EvaluationConfig(StrictModel):

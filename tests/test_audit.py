@@ -22,7 +22,8 @@ from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.phantom import PhantomSetting, write_setting
 from ravl_med.data.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.discover.audit import build_discoverer, run_audit
+from ravl_med.discover.audit import run_audit
+from ravl_med.discover.registry import build_discoverer
 from ravl_med.discover.report import (
     OUTCOME_TEXT,
     GalleryTile,
@@ -123,7 +124,9 @@ def test_json_matches_estimator(audited):
     emb = audited.embeddings
     audit = json.loads((audited.output_dir / "audit.json").read_text())
     for method in ("ravl", "random", "george"):
-        disc = build_discoverer(method, audited.config).fit(
+        discovery = audited.config.discovery
+        disc = build_discoverer(method, discovery=discovery, n_boot=discovery.n_boot,
+                                n_top_regions=discovery.n_top_regions, random_state=audited.config.seed).fit(
             emb.region_embeddings, emb.region_image, emb.labels, audited.image_scores, audited.region_scores,
             class_names=CLASSES, image_embeddings=emb.image_embeddings)
         expected = disc.to_dict()
