@@ -20,6 +20,7 @@ from ravl_med.cli import main
 from ravl_med.config import IngestConfig, RegionConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
+from ravl_med.discover.registry import build_discoverer
 from ravl_med.discover.report import (
     OUTCOME_TEXT,
     GalleryTile,
@@ -30,7 +31,7 @@ from ravl_med.models import create_backbone, save_checkpoint
 from ravl_med.models import embed as embed_module
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.stages.audit import build_discoverer, run_audit
+from ravl_med.stages.audit import run_audit
 from ravl_med.stages.config import AuditConfig
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
@@ -124,7 +125,9 @@ def test_json_matches_estimator(audited):
     emb = audited.embeddings
     audit = json.loads((audited.output_dir / "audit.json").read_text())
     for method in ("ravl", "random", "george"):
-        disc = build_discoverer(method, audited.config).fit(
+        discovery = audited.config.discovery
+        disc = build_discoverer(method, discovery=discovery, n_boot=discovery.n_boot,
+                                n_top_regions=discovery.n_top_regions, random_state=audited.config.seed).fit(
             emb.region_embeddings, emb.region_image, emb.labels, audited.image_scores, audited.region_scores,
             class_names=CLASSES, image_embeddings=emb.image_embeddings)
         expected = disc.to_dict()

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import tracemalloc
+import typing
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from ravl_med.discover import (
+    DISCOVERY_METHODS,
     OUTCOMES,
+    DiscoveryConfig,
     DistillingFailuresDiscoverer,
     DominoDiscoverer,
     GeorgeDiscoverer,
     RandomDiscoverer,
     RaVLDiscoverer,
     _clustering,
+    build_discoverer,
     cosine_distance_matrix,
+    estimator_class,
+    nearest_medoid,
     precision_at_k,
     quadrant_is_spurious,
     region_overlaps_mask,
 )
 from ravl_med.discover._groups import group_statistics, validate_inputs
 from ravl_med.discover.synthetic import make_planted_spurious
+from ravl_med.stages.config import AUDIT_METHODS, AuditConfig
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +357,114 @@ def test_baselines_handle_all_correct_predictions():
     data = make_planted_spurious(n_images=100, n_classes=2, dim=16, plant=False, distractor=0.0)
     disc = DistillingFailuresDiscoverer().fit(*data.fit_args())
     assert disc.outcome_ == "no_selection" and disc.top_ranked_regions().size == 0
+
+
+# -- the scikit-learn contract, the parameter checks and the method registry ------------------------
+
+
+def _tiny_fit_args():
+    return np.eye(3, dtype=np.float32), [0, 1, 2], [0, 1, 0], np.eye(2)[[0, 1, 0]], np.eye(2)[[0, 1, 0]]
+
+
+def test_reversed_k_range_is_refused_not_an_empty_sweep():
+    # Regression: k_range=(5, 2) gave an empty k sweep, reported as "too few regions".
+    with pytest.raises(ValueError, match=r"^RaVLDiscoverer: k_range: low 5 must not exceed high 2 \(got \(5, 2\)\)$"):
+        RaVLDiscoverer(k_range=(5, 2)).fit(*_tiny_fit_args())
+
+
+@pytest.mark.parametrize("estimator, parameter", [
+    (RaVLDiscoverer(temperature=0.0), "temperature"),
+    (RaVLDiscoverer(n_boot=-1), "n_boot"),
+    (RaVLDiscoverer(influence_threshold=-0.1), "influence_threshold"),
+    (RaVLDiscoverer(min_silhouette=1.0), "min_silhouette"),
+    (RaVLDiscoverer(k_range=(0, 2)), "k_range[0]"),
+    (RaVLDiscoverer(block_rows=0), "block_rows"),
+    (RandomDiscoverer(n_top_regions=0), "n_top_regions"),
+    (DistillingFailuresDiscoverer(svm_c=0.0), "svm_c"),
+    (GeorgeDiscoverer(n_clusters=1), "n_clusters"),
+    (DominoDiscoverer(n_pca=0), "n_pca"),
+])
+def test_bad_parameters_are_one_line_errors_naming_the_parameter(estimator, parameter):
+    with pytest.raises(ValueError) as err:
+        estimator.fit(*_tiny_fit_args())
+    message = str(err.value)
+    assert message.startswith(f"{type(estimator).__name__}: {parameter}: ") and "\n" not in message
+
+
+def test_fit_embeddings_checks_the_temperature_first(planted3):
+    with pytest.raises(ValueError, match="temperature"):
+        RaVLDiscoverer(temperature=-1.0).fit_embeddings(
+            planted3.region_embeddings, planted3.region_image, planted3.image_labels,
+            planted3.image_embeddings, planted3.text_embeddings)
+
+
+@pytest.mark.parametrize("method", list(DISCOVERY_METHODS))
+def test_estimators_follow_the_scikit_learn_contract(method):
+    cls = estimator_class(method)
+    signature = inspect.signature(cls.__init__)
+    assert all(p.kind is p.KEYWORD_ONLY for name, p in signature.parameters.items() if name != "self")
+    with pytest.raises(TypeError):
+        cls(1)
+    estimator = cls(n_boot=7)
+    params = estimator.get_params()
+    assert params["n_boot"] == 7 and set(params) == set(signature.parameters) - {"self"}
+    assert clone(estimator).get_params() == params
+    # to_dict lists the parameters in signature order (scikit-learn's get_params sorts them).
+    estimator.fit(*_tiny_fit_args())
+    assert list(estimator.to_dict()["params"]) == [p for p in signature.parameters if p != "self"]
+
+
+def test_ravl_signature_is_declared_by_discovery_config():
+    signature = inspect.signature(RaVLDiscoverer.__init__).parameters
+    for name, field in DiscoveryConfig.model_fields.items():
+        assert signature[name].default == field.default, name
+    engine_only = set(signature) - {"self"} - set(DiscoveryConfig.model_fields)
+    assert engine_only == {"warm_start", "max_iter", "block_rows", "random_state"}
+
+
+def test_registry_names_the_audit_methods():
+    assert tuple(DISCOVERY_METHODS) == AUDIT_METHODS
+    (methods,) = typing.get_args(AuditConfig.model_fields["methods"].annotation)
+    assert typing.get_args(methods) == AUDIT_METHODS
+    discovery = DiscoveryConfig(k_range=(1, 3), n_boot=5)
+    ravl = build_discoverer("ravl", discovery=discovery, n_boot=9, n_top_regions=4, random_state=3)
+    assert ravl.get_params()["k_range"] == (1, 3) and ravl.n_boot == 9 and ravl.random_state == 3
+    george = build_discoverer("george", discovery=discovery, n_boot=9, n_top_regions=4, random_state=3)
+    assert isinstance(george, GeorgeDiscoverer) and (george.n_boot, george.n_top_regions) == (9, 4)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        build_discoverer("nope", discovery=discovery, n_boot=9, n_top_regions=4, random_state=3)
+
+
+# -- predict: the nearest medoid ----------------------------------------------------------------
+
+
+def test_predict_assigns_the_fitted_regions_to_their_clusters(planted3, ravl3):
+    assert np.array_equal(ravl3.predict(planted3.region_embeddings), ravl3.labels_)
+    assert ravl3.medoid_embeddings_.shape == (ravl3.n_clusters_, planted3.region_embeddings.shape[1])
+    # A medoid's own embedding, at any norm, belongs to its cluster.
+    assert np.array_equal(ravl3.predict(3.0 * ravl3.medoid_embeddings_), np.arange(ravl3.n_clusters_))
+    with pytest.raises(ValueError):
+        ravl3.predict(np.zeros((2, 5)))
+    with pytest.raises(NotFittedError):
+        RaVLDiscoverer().predict(planted3.region_embeddings)
+    with pytest.raises(ValueError, match="no clustering"):
+        RaVLDiscoverer().fit(*_tiny_fit_args()).predict(np.eye(3))
+
+
+def test_nearest_medoid_float64_is_the_labelling_arithmetic():
+    # The stage-2 labelling (float64, both sides normalised) in blocks equals one unblocked product, bit for bit.
+    rng = np.random.default_rng(0)
+    regions = rng.standard_normal((20000, 32)).astype(np.float32) * rng.uniform(0.5, 2.0, (20000, 1)).astype(np.float32)
+    medoids = rng.standard_normal((7, 32)).astype(np.float32)
+    r64, m64 = regions.astype(np.float64), medoids.astype(np.float64)
+    r64 = r64 / np.maximum(np.linalg.norm(r64, axis=1, keepdims=True), 1e-12)
+    m64 = m64 / np.maximum(np.linalg.norm(m64, axis=1, keepdims=True), 1e-12)
+    sims = r64 @ np.ascontiguousarray(m64.T)
+    labels, similarity = nearest_medoid(regions, medoids, dtype=np.float64, normalise=True)
+    assert similarity.dtype == np.float64
+    assert np.array_equal(labels, sims.argmax(axis=1)) and np.array_equal(similarity, sims.max(axis=1))
+    # The default is the clustering's float32 arithmetic on rows taken as unit-norm.
+    labels32, similarity32 = nearest_medoid(regions, medoids, block_rows=4096)
+    expected = regions @ np.ascontiguousarray(medoids.T)
+    assert similarity32.dtype == np.float32 and np.array_equal(similarity32, expected.max(axis=1))
+    assert np.array_equal(labels32, expected.argmax(axis=1))

@@ -88,6 +88,18 @@ def test_label_training_regions_by_nearest_medoid():
         label_training_regions(regions, np.zeros((2, 3)), [0])
 
 
+def test_stage1_medoids_predict_is_the_labelling_rule():
+    rng = np.random.default_rng(0)
+    regions = rng.standard_normal((500, 8)) * rng.uniform(0.1, 5.0, (500, 1))
+    medoids = Stage1Medoids(rng.standard_normal((4, 8)), [0, 1, 2, 3], [1, 0, 2, 0], [True, False, True, False])
+    nearest = medoids.predict(regions)
+    assert nearest.dtype == np.int64 and set(nearest.tolist()) <= {0, 1, 2, 3}
+    labels = label_training_regions(regions, medoids.embeddings, medoids.spurious)
+    assert np.array_equal(medoids.spurious[nearest], labels)
+    with pytest.raises(ValueError):
+        medoids.predict(np.zeros((2, 3)))
+
+
 def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     regions = np.eye(4, dtype=np.float32)
     disc = SimpleNamespace(medoids_=np.array([3, 1, 0]),

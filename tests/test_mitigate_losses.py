@@ -95,10 +95,27 @@ def test_total_with_clip_term_by_hand_and_list_input():
     loss_a = (nll(e(0.6), e(0.6) + e(-0.6) + e(0.8)) + nll(e(0.8), 2 * e(0.8) + e(0.6))) / 2
     loss = RegionAwareLoss(lambda_=0.8, temperature=TAU)
     packed = loss(image, text, scale, REGIONS, SPURIOUS, TEXTS, LABELS, region_image=REGION_IMAGE, output_dict=True)
-    assert float(packed["clip_loss"]) == pytest.approx(clip, rel=1e-10)
-    assert float(packed["loss"]) == pytest.approx(0.8 * clip + 0.2 * (loss_r + loss_a), rel=1e-10)
+    assert float(packed["clip_loss"]) == pytest.approx(0.8 * clip, rel=1e-10)
+    assert float(sum(packed.values())) == pytest.approx(0.8 * clip + 0.2 * (loss_r + loss_a), rel=1e-10)
     listed = loss(image, text, scale, [REGIONS[:2], REGIONS[2:]], [SPURIOUS[:2], SPURIOUS[2:]], TEXTS, LABELS)
-    assert float(listed) == pytest.approx(float(packed["loss"]), rel=1e-12)
+    assert float(listed) == pytest.approx(float(sum(packed.values())), rel=1e-12)
+
+
+def test_output_dict_holds_the_weighted_terms_of_the_scalar_loss():
+    # Regression: the dict held the unweighted terms plus the total, so an open_clip-style loop that
+    # sums it (total_loss = sum(losses.values())) ignored lambda and counted the loss twice.
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    text = torch.tensor([[0.8, 0.6], [0.6, 0.8]], dtype=torch.float64)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    for lambda_ in (0.0, 0.3, 0.8, 1.0):
+        loss = RegionAwareLoss(lambda_=lambda_, temperature=TAU)
+        args = (image, text, scale, REGIONS, SPURIOUS, TEXTS, LABELS)
+        parts = loss(*args, region_image=REGION_IMAGE, output_dict=True)
+        scalar = loss(*args, region_image=REGION_IMAGE)
+        assert set(parts) == {"clip_loss", "region_loss"}
+        assert torch.equal(sum(parts.values()), scalar)
+        loss_r, loss_a, _ = region_text_terms(REGIONS, REGION_IMAGE, SPURIOUS, TEXTS, LABELS, TAU)
+        assert float(parts["region_loss"]) == pytest.approx((1 - lambda_) * float(loss_r + loss_a), rel=1e-12)
 
 
 def test_label_aware_clip_term_follows_the_recipe():
@@ -115,7 +132,7 @@ def test_label_aware_clip_term_follows_the_recipe():
     out = aware(image, text, scale, REGIONS, flags, TEXTS, labels, region_image=torch.arange(3), output_dict=True)
     expected = LabelAwareClipLoss()(image, text, scale, labels=labels)
     assert float(out["clip_loss"]) == pytest.approx(float(expected), rel=1e-12)
-    (aware_grad,) = torch.autograd.grad(out["loss"], text)
+    (aware_grad,) = torch.autograd.grad(sum(out.values()), text)
     plain = RegionAwareLoss(lambda_=1.0, temperature=TAU)(image, text, scale, REGIONS, flags, TEXTS, labels,
                                                           region_image=torch.arange(3))
     (plain_grad,) = torch.autograd.grad(plain, text)

@@ -3,29 +3,56 @@
 :class:`RaVLDiscoverer` clusters region embeddings and ranks the clusters that help one class and
 hurt another; the baselines (:class:`RandomDiscoverer`, :class:`DistillingFailuresDiscoverer`,
 :class:`GeorgeDiscoverer`, :class:`DominoDiscoverer`) share its ``fit`` signature and outputs, so
-:func:`precision_at_k` compares like with like.
+:func:`precision_at_k` compares like with like. They are scikit-learn estimators (keyword-only
+parameters, checked by ``fit``); :data:`DISCOVERY_METHODS` names them and :func:`build_discoverer`
+makes one from an audit's settings; :class:`DiscoveryConfig` declares RaVL's parameters.
+
+The names below are imported from their modules on first use, so that ``import
+ravl_med.discover.config`` (which :mod:`ravl_med.config` does) loads neither the estimators nor
+scikit-learn.
 """
 
-from ._base import OUTCOMES, BaseDiscoverer, scores_from_embeddings
-from ._clustering import (
-    ClusteringResult,
-    cluster_regions,
-    cosine_distance_matrix,
-    nearest_medoid,
-)
-from ._groups import ClassStats, RankedCluster
-from .baselines import (
-    DistillingFailuresDiscoverer,
-    DominoDiscoverer,
-    GeorgeDiscoverer,
-    RandomDiscoverer,
-)
-from .metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
-from .ravl import RaVLDiscoverer
+from __future__ import annotations
 
-__all__ = [
-    "OUTCOMES", "BaseDiscoverer", "ClassStats", "ClusteringResult", "DistillingFailuresDiscoverer",
-    "DominoDiscoverer", "GeorgeDiscoverer", "RaVLDiscoverer", "RandomDiscoverer", "RankedCluster",
-    "cluster_regions", "cosine_distance_matrix", "nearest_medoid", "precision_at_k", "quadrant_is_spurious",
-    "region_overlaps_mask", "scores_from_embeddings",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module (in this package) that defines it.
+_EXPORTS: dict[str, str] = {
+    "OUTCOMES": "_base",
+    "BaseDiscoverer": "_base",
+    "scores_from_embeddings": "_base",
+    "ClusteringResult": "_clustering",
+    "cluster_regions": "_clustering",
+    "cosine_distance_matrix": "_clustering",
+    "nearest_medoid": "_clustering",
+    "ClassStats": "_groups",
+    "RankedCluster": "_groups",
+    "DistillingFailuresDiscoverer": "baselines",
+    "DominoDiscoverer": "baselines",
+    "GeorgeDiscoverer": "baselines",
+    "RandomDiscoverer": "baselines",
+    "DiscoveryConfig": "config",
+    "precision_at_k": "metrics",
+    "quadrant_is_spurious": "metrics",
+    "region_overlaps_mask": "metrics",
+    "RaVLDiscoverer": "ravl",
+    "DISCOVERY_METHODS": "registry",
+    "build_discoverer": "registry",
+    "estimator_class": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

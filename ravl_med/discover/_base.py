@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
+from sklearn.base import BaseEstimator
 
 from ._groups import (
     RankedCluster,
@@ -48,8 +51,13 @@ def scores_from_embeddings(embeddings, text_embeddings, temperature: float = 0.0
     return out
 
 
-class BaseDiscoverer:
-    """Common ``fit`` contract and outputs (scikit-learn style: parameters in ``__init__`` only).
+class BaseDiscoverer(BaseEstimator):
+    """Common ``fit`` contract and outputs, a scikit-learn estimator.
+
+    Parameters are keyword-only ``__init__`` arguments stored unchanged (``get_params``,
+    ``set_params`` and ``clone`` come from :class:`sklearn.base.BaseEstimator`); ``fit`` checks them
+    first with the class's ``_parameter_model`` (types and bounds) and refuses bad ones with a
+    one-line ValueError naming the parameter.
 
     Learned attributes after ``fit``: ``ranked_clusters_`` (list of
     :class:`~ravl_med.discover.RankedCluster`), ``ranked_regions_`` (list of (n_c,) int64 region
@@ -57,21 +65,35 @@ class BaseDiscoverer:
     (list of str), ``n_classes_``, ``fit_time_`` (seconds).
     """
 
+    #: The constructor parameters' types and bounds: one field per parameter (extra keys forbidden).
+    _parameter_model: ClassVar[type[BaseModel]]
+
     #: Regions listed per cluster in ``RankedCluster.top_regions`` (the gallery's source).
     _n_top_regions_attr = "n_top_regions"
 
-    def get_params(self) -> dict:
-        """Constructor parameters, as scikit-learn's ``get_params`` (shallow)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
-
     # -- shared helpers -------------------------------------------------------------------------
 
+    def _check_parameters(self) -> None:
+        """Validates ``get_params()`` with ``_parameter_model``; ValueError (one line) when a value is refused.
+
+        The parameters are checked, not converted: ``fit`` uses them as stored.
+        """
+        params = self.get_params(deep=False)
+        try:
+            self._parameter_model.model_validate(params)
+        except ValidationError as err:
+            problems: dict[tuple[str, str], list[str]] = {}  # (parameter, tuple index) -> messages
+            for error in err.errors():
+                name = str(error["loc"][0])
+                index = "".join(f"[{p}]" for p in error["loc"][1:] if isinstance(p, int))
+                # A union type reports one message per member at the same place: they read "or".
+                problems.setdefault((name, index), []).append(error["msg"].removeprefix("Value error, "))
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(
+                f"{name}{index}: {' or '.join(messages)} (got {params.get(name)!r})"
+                for (name, index), messages in problems.items())) from None
+
     def _start(self, region_embeddings, region_image, image_labels, image_scores, region_scores, class_names):
+        self._check_parameters()
         self._t0 = time.perf_counter()
         n_regions = int(np.shape(region_embeddings)[0])
         inputs = validate_inputs(n_regions, region_image, image_labels, image_scores, region_scores, class_names)
@@ -125,9 +147,12 @@ class BaseDiscoverer:
 
         Holds region and image *indices* only (no paths, no patient identifiers).
         """
+        # In signature order (scikit-learn's get_params sorts the names).
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        params = {name: getattr(self, name) for name in names}
         out = {
             "method": type(self).__name__,
-            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
             "outcome": self.outcome_,
             "notes": list(self.notes_),
             "n_classes": self.n_classes_,

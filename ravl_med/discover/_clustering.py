@@ -78,28 +78,44 @@ def cosine_distance_matrix(a: np.ndarray, b: np.ndarray | None = None, block_row
     return out
 
 
-def nearest_medoid(embeddings: np.ndarray, medoid_embeddings: np.ndarray,
-                   block_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def nearest_medoid(embeddings: np.ndarray, medoid_embeddings: np.ndarray, block_rows: int = 8192, *,
+                   dtype: type = np.float32, normalise: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Assign every row to its most similar medoid, blocked (memory O(block_rows * k)).
 
+    The one nearest-medoid rule of the package: the clustering (float32, rows already unit-norm)
+    and the stage-2 labelling of training regions (float64, rows normalised here, so its labels
+    do not depend on the embeddings' norms) differ only by ``dtype`` and ``normalise``.
+
     Args:
-        embeddings: (n, D) L2-normalised rows.
-        medoid_embeddings: (k, D) L2-normalised medoid rows.
+        embeddings: (n, D) rows (L2-normalised unless ``normalise``).
+        medoid_embeddings: (k, D) medoid rows (L2-normalised unless ``normalise``).
         block_rows: rows per product.
+        dtype: the arithmetic's floating type (both inputs are converted to it).
+        normalise: L2-normalise the rows of both inputs first (norms floored at 1e-12).
 
     Returns:
-        labels (n,) int64 and cosine similarity to the assigned medoid (n,) float32.
+        labels (n,) int64 (ties go to the lower medoid index) and the cosine similarity to the
+        assigned medoid (n,) in ``dtype``.
     """
-    mt = np.ascontiguousarray(np.asarray(medoid_embeddings, dtype=np.float32).T)
+    medoids = np.asarray(medoid_embeddings, dtype=dtype)
+    if normalise:
+        medoids = _unit(medoids)
+    mt = np.ascontiguousarray(medoids.T)
     n = embeddings.shape[0]
     labels = np.empty(n, dtype=np.int64)
-    similarity = np.empty(n, dtype=np.float32)
+    similarity = np.empty(n, dtype=dtype)
     for start in range(0, n, block_rows):
-        sims = np.asarray(embeddings[start:start + block_rows], dtype=np.float32) @ mt
+        block = np.asarray(embeddings[start:start + block_rows], dtype=dtype)
+        sims = (_unit(block) if normalise else block) @ mt
         best = sims.argmax(axis=1)
         labels[start:start + block_rows] = best
         similarity[start:start + block_rows] = sims[np.arange(sims.shape[0]), best]
     return labels, similarity
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (floored at 1e-12), in the rows' dtype."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def _silhouette(distances: np.ndarray, labels: np.ndarray, n_cpu: int) -> float:

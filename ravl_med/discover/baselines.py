@@ -16,8 +16,10 @@ zero-shot score for the wrong class, max_{q != y} p(q | r) with y the image's la
 from __future__ import annotations
 
 import warnings
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._base import BaseDiscoverer
 from ._groups import DiscoveryInputs
@@ -52,6 +54,42 @@ def _image_embeddings(image_embeddings, region_embeddings, inputs: DiscoveryInpu
     out = np.zeros((inputs.n_images, regions.shape[1]), dtype=np.float32)
     np.add.at(out, inputs.region_image, regions)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+# Parameter types and bounds (checked by ``fit``); the defaults are the constructors'.
+Count = Annotated[int, Field(ge=1)]
+
+
+class _Parameters(BaseModel):
+    """Parameters every baseline has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_boot: Annotated[int, Field(ge=0)]
+    n_top_regions: Count
+    random_state: Annotated[int, Field(ge=0)] | None
+
+
+class _DistillingFailuresParameters(_Parameters):
+    svm_c: Annotated[float, Field(gt=0)]
+    n_images: Count
+
+
+class _GeorgeParameters(_Parameters):
+    n_clusters: Annotated[int, Field(ge=2)] | Literal["auto"]
+    max_clusters: Annotated[int, Field(ge=2)]
+    n_images: Count
+    min_cluster_size: Count
+
+
+class _DominoParameters(_Parameters):
+    n_components: Count
+    n_slices: Count
+    n_pca: Count
+    y_weight: Annotated[int, Field(ge=0)]
+    y_hat_weight: Annotated[int, Field(ge=0)]
+    n_images: Count
+    min_slice_size: Count
 
 
 class _ImageLevelDiscoverer(BaseDiscoverer):
@@ -113,7 +151,9 @@ class RandomDiscoverer(BaseDiscoverer):
         random_state: seed.
     """
 
-    def __init__(self, n_boot: int = 200, n_top_regions: int = 25, random_state: int | None = 0):
+    _parameter_model = _Parameters
+
+    def __init__(self, *, n_boot: int = 200, n_top_regions: int = 25, random_state: int | None = 0):
         self.n_boot = n_boot
         self.n_top_regions = n_top_regions
         self.random_state = random_state
@@ -145,7 +185,9 @@ class DistillingFailuresDiscoverer(_ImageLevelDiscoverer):
         n_boot, n_top_regions, random_state: as :class:`RaVLDiscoverer`.
     """
 
-    def __init__(self, svm_c: float = 1.0, n_images: int = 10, n_boot: int = 200, n_top_regions: int = 25,
+    _parameter_model = _DistillingFailuresParameters
+
+    def __init__(self, *, svm_c: float = 1.0, n_images: int = 10, n_boot: int = 200, n_top_regions: int = 25,
                  random_state: int | None = 0):
         self.svm_c = svm_c
         self.n_images = n_images
@@ -187,7 +229,9 @@ class GeorgeDiscoverer(_ImageLevelDiscoverer):
         n_boot, n_top_regions, random_state: as :class:`RaVLDiscoverer`.
     """
 
-    def __init__(self, n_clusters: int | str = "auto", max_clusters: int = 5, n_images: int = 10,
+    _parameter_model = _GeorgeParameters
+
+    def __init__(self, *, n_clusters: int | str = "auto", max_clusters: int = 5, n_images: int = 10,
                  min_cluster_size: int = 3, n_boot: int = 200, n_top_regions: int = 25,
                  random_state: int | None = 0):
         self.n_clusters = n_clusters
@@ -255,7 +299,9 @@ class DominoDiscoverer(_ImageLevelDiscoverer):
         n_boot, n_top_regions, random_state: as :class:`RaVLDiscoverer`.
     """
 
-    def __init__(self, n_components: int = 25, n_slices: int = 5, n_pca: int = 64, y_weight: int = 10,
+    _parameter_model = _DominoParameters
+
+    def __init__(self, *, n_components: int = 25, n_slices: int = 5, n_pca: int = 64, y_weight: int = 10,
                  y_hat_weight: int = 10, n_images: int = 10, min_slice_size: int = 3, n_boot: int = 200,
                  n_top_regions: int = 25, random_state: int | None = 0):
         self.n_components = n_components

@@ -16,6 +16,8 @@ import numpy as np
 
 from ravl_med.data.atomic import atomic_path
 
+from ._clustering import nearest_medoid
+
 __all__ = ["MEDOIDS_FILE", "Stage1Medoids", "stage1_medoids"]
 
 MEDOIDS_FILE = "medoids.npz"
@@ -46,6 +48,24 @@ class Stage1Medoids:
         if self.embeddings.ndim != 2 or not (len(self.clusters) == len(self.rank) == len(self.spurious) == k):
             raise ValueError(f"medoids: embeddings (K, D) and K clusters/ranks/flags needed, got "
                              f"{self.embeddings.shape}, {len(self.clusters)}, {len(self.rank)}, {len(self.spurious)}")
+
+    def predict(self, region_embeddings: np.ndarray) -> np.ndarray:
+        """The row of each region's nearest medoid in cosine similarity: stage 2's labelling rule.
+
+        float64, both sides L2-normalised (the arithmetic of
+        :func:`~ravl_med.mitigate.regions.label_training_regions`); ``spurious[predict(x)]`` flags
+        the spurious regions.
+
+        Args:
+            region_embeddings: (M, D) region embeddings from the stage-1 model (any norm).
+
+        Returns:
+            (M,) int64 row indices into ``embeddings`` / ``clusters`` / ``spurious``; ties go to the lower row.
+        """
+        regions = np.asarray(region_embeddings, dtype=np.float64)
+        if regions.ndim != 2 or regions.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"region_embeddings must be (M, {self.embeddings.shape[1]}), got {regions.shape}")
+        return nearest_medoid(regions, self.embeddings, dtype=np.float64, normalise=True)[0]
 
     def with_spurious_ranks(self, ranks: Iterable[int] | None) -> Stage1Medoids:
         """A copy where the kept clusters of these 1-based ranks are spurious (``None``: every kept one)."""

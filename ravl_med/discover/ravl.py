@@ -20,17 +20,41 @@ Example:
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseDiscoverer, scores_from_embeddings
-from ._clustering import cluster_regions
+from ._clustering import cluster_regions, nearest_medoid
 from ._groups import group_statistics
+from .config import DiscoveryConfig
 
 __all__ = ["RaVLDiscoverer"]
 
 
+class _Parameters(DiscoveryConfig):
+    """All of RaVLDiscoverer's parameters: an audit's ``discovery`` settings plus the engine's own knobs
+    (not in audit configs) and the seed (an audit passes its ``seed``)."""
+
+    warm_start: bool = True
+    max_iter: Annotated[int, Field(ge=0)] = 100
+    block_rows: Annotated[int, Field(ge=1)] = 8192
+    random_state: Annotated[int, Field(ge=0)] | None = 0
+
+
+#: The keyword defaults of RaVLDiscoverer (one declaration: DiscoveryConfig and _Parameters).
+_DEFAULTS = _Parameters()
+
+
 class RaVLDiscoverer(BaseDiscoverer):
     """Region-level spurious-correlation discovery (RaVL stage 1).
+
+    Types, bounds and defaults of the parameters are declared once, by
+    :class:`~ravl_med.discover.DiscoveryConfig` (what an audit config sets) and ``_Parameters``
+    (``warm_start``, ``max_iter``, ``block_rows``, ``random_state``); :meth:`fit` refuses a value out
+    of bounds with a one-line ValueError, e.g. ``k_range=(5, 2)``.
 
     Args:
         temperature: T for zero-shot scores (only used by :meth:`fit_embeddings`).
@@ -59,6 +83,7 @@ class RaVLDiscoverer(BaseDiscoverer):
         clustering_mode_: "exact" or "sampled".
         labels_: (M,) cluster of each region (None when no clustering).
         medoids_: (k,) region indices of the medoids.
+        medoid_embeddings_: (k, D) float32 unit-norm embeddings of the medoids (what :meth:`predict` uses).
         similarity_: (M,) cosine similarity of each region to its medoid.
         cluster_gaps_: (k, C) gap(c, y), NaN where the class was skipped.
         cluster_scores_: (k,) G(c).
@@ -72,11 +97,18 @@ class RaVLDiscoverer(BaseDiscoverer):
         notes_: human-readable reasons.
     """
 
-    def __init__(self, temperature: float = 0.07, k_range: tuple[int, int] = (2, 5), k_range_inclusive: bool = True,
-                 influence_threshold: float = 0.25, min_silhouette: float = 0.0, exact_max_regions: int = 20000,
-                 clara_samples: int = 5, clara_sample_size: int = 4000, silhouette_sample_size: int = 5000,
-                 warm_start: bool = True, max_iter: int = 100, n_boot: int = 1000, n_top_regions: int = 25,
-                 block_rows: int = 8192, n_jobs: int = 1, random_state: int | None = 0):
+    _parameter_model = _Parameters
+
+    def __init__(self, *, temperature: float = _DEFAULTS.temperature, k_range: tuple[int, int] = _DEFAULTS.k_range,
+                 k_range_inclusive: bool = _DEFAULTS.k_range_inclusive,
+                 influence_threshold: float = _DEFAULTS.influence_threshold,
+                 min_silhouette: float = _DEFAULTS.min_silhouette, exact_max_regions: int = _DEFAULTS.exact_max_regions,
+                 clara_samples: int = _DEFAULTS.clara_samples, clara_sample_size: int = _DEFAULTS.clara_sample_size,
+                 silhouette_sample_size: int = _DEFAULTS.silhouette_sample_size,
+                 warm_start: bool = _DEFAULTS.warm_start, max_iter: int = _DEFAULTS.max_iter,
+                 n_boot: int = _DEFAULTS.n_boot, n_top_regions: int = _DEFAULTS.n_top_regions,
+                 block_rows: int = _DEFAULTS.block_rows, n_jobs: int = _DEFAULTS.n_jobs,
+                 random_state: int | None = _DEFAULTS.random_state):
         self.temperature = temperature
         self.k_range = k_range
         self.k_range_inclusive = k_range_inclusive
@@ -115,10 +147,13 @@ class RaVLDiscoverer(BaseDiscoverer):
 
         Returns:
             self.
+
+        Raises:
+            ValueError: a parameter out of bounds, or inconsistent inputs.
         """
         inputs = self._start(region_embeddings, region_image, image_labels, image_scores, region_scores, class_names)
         embeddings = self._unit_rows(region_embeddings)
-        self.labels_ = self.medoids_ = self.similarity_ = None
+        self.labels_ = self.medoids_ = self.similarity_ = self.medoid_embeddings_ = None
         self.n_clusters_ = None
         self.silhouette_, self.loss_ = {}, {}
         self.cluster_gaps_ = np.zeros((0, inputs.n_classes))
@@ -144,9 +179,9 @@ class RaVLDiscoverer(BaseDiscoverer):
             self.notes_.append(f"no structure found: no k gives a silhouette above {self.min_silhouette} "
                                f"(best {best:.4f}); no cluster is reported.")
             if result.k is not None:  # keep the clustering for inspection
-                self._set_clustering(result)
+                self._set_clustering(result, embeddings)
             return self._finish()
-        self._set_clustering(result)
+        self._set_clustering(result, embeddings)
 
         stats = group_statistics(self.labels_, result.k, inputs)
         self.cluster_gaps_, self.influence_ = stats.gap, stats.influence
@@ -189,10 +224,35 @@ class RaVLDiscoverer(BaseDiscoverer):
         Returns:
             self.
         """
+        self._check_parameters()  # temperature is used before fit checks it
         image_scores = scores_from_embeddings(image_embeddings, text_embeddings, self.temperature)
         region_scores = scores_from_embeddings(region_embeddings, text_embeddings, self.temperature)
         return self.fit(region_embeddings, region_image, image_labels, image_scores, region_scores,
                         class_names=class_names)
+
+    def predict(self, region_embeddings) -> np.ndarray:
+        """The cluster of each region: its nearest medoid in cosine similarity (as ``labels_`` in ``fit``).
+
+        Args:
+            region_embeddings: (M, D) region embeddings of the fitted model (rows need not be unit-norm:
+                a row's norm does not change which medoid is nearest).
+
+        Returns:
+            (M,) int64 cluster ids in [0, ``n_clusters_``); ties go to the lower id.
+
+        Raises:
+            NotFittedError: ``fit`` has not run.
+            ValueError: the fit kept no clustering (``medoid_embeddings_`` is None), or D differs.
+        """
+        check_is_fitted(self, "medoid_embeddings_")
+        if self.medoid_embeddings_ is None:
+            raise ValueError(f"no clustering to predict with (outcome {self.outcome_!r})")
+        embeddings = np.asarray(region_embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.medoid_embeddings_.shape[1]:
+            raise ValueError(f"region_embeddings must be (M, {self.medoid_embeddings_.shape[1]}), "
+                             f"got {embeddings.shape}")
+        labels, _ = nearest_medoid(embeddings, self.medoid_embeddings_, self.block_rows)
+        return labels
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -214,9 +274,10 @@ class RaVLDiscoverer(BaseDiscoverer):
                 embeddings = out
         return embeddings
 
-    def _set_clustering(self, result) -> None:
+    def _set_clustering(self, result, embeddings: np.ndarray) -> None:
         self.n_clusters_ = result.k
         self.labels_, self.medoids_, self.similarity_ = result.labels, result.medoids, result.similarity
+        self.medoid_embeddings_ = embeddings[result.medoids]
 
     def _cluster_regions(self, cluster: int) -> np.ndarray:
         members = np.flatnonzero(self.labels_ == cluster)

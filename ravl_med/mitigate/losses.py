@@ -177,11 +177,12 @@ class RegionAwareLoss(nn.Module):
             labels: (B,) int64 class per image (< 0: unknown, out of the region terms).
             region_image: (M,) int64 image index per packed region (packed input only).
             logit_bias: optional scalar added to the L_CLIP logits.
-            output_dict: return ``{"loss", "clip_loss", "region_text_loss", "text_region_loss",
-                "n_region_images"}`` instead of the scalar total.
+            output_dict: return the weighted terms ``{"clip_loss": lambda * L_CLIP,
+                "region_loss": (1 - lambda) * (L_R + L_A)}`` instead of their sum: as open_clip's losses,
+                the values add up to L (bit for bit), so a loop that sums the dict trains on L.
 
         Returns:
-            the scalar total L (nats), or the dict.
+            the scalar total L (nats), or the dict of its two terms.
         """
         if region_image is None:
             if isinstance(region_features, torch.Tensor):
@@ -191,11 +192,11 @@ class RegionAwareLoss(nn.Module):
             region_is_spurious = torch.as_tensor(region_is_spurious, dtype=torch.bool)
         clip = self.clip(image_features, text_features, logit_scale, labels=labels if self.label_aware else None,
                          logit_bias=logit_bias)
-        loss_r, loss_a, n_used = region_text_terms(
+        loss_r, loss_a, _ = region_text_terms(
             region_features, region_image, region_is_spurious, class_text_features, labels, self.temperature
         )
-        total = self.lambda_ * clip + (1.0 - self.lambda_) * (loss_r + loss_a)
+        clip_term = self.lambda_ * clip
+        region_term = (1.0 - self.lambda_) * (loss_r + loss_a)
         if output_dict:
-            return {"loss": total, "clip_loss": clip, "region_text_loss": loss_r, "text_region_loss": loss_a,
-                    "n_region_images": n_used}
-        return total
+            return {"clip_loss": clip_term, "region_loss": region_term}
+        return clip_term + region_term

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ravl_med.discover import nearest_medoid
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids, stage1_medoids
 
 __all__ = [
@@ -39,7 +40,8 @@ def label_training_regions(
             or a (K,) bool mask.
 
     Returns:
-        (M,) bool; ties go to the lower cluster id.
+        (M,) bool; ties go to the lower cluster id (the rule of :meth:`Stage1Medoids.predict`: float64,
+        both sides L2-normalised).
     """
     regions = np.asarray(region_embeddings, dtype=np.float64)
     medoids = np.asarray(medoid_embeddings, dtype=np.float64)
@@ -55,9 +57,7 @@ def label_training_regions(
         spurious[flags.astype(np.int64)] = True
     if not len(regions):
         return np.zeros(0, dtype=bool)
-    regions = regions / np.maximum(np.linalg.norm(regions, axis=1, keepdims=True), 1e-12)
-    medoids = medoids / np.maximum(np.linalg.norm(medoids, axis=1, keepdims=True), 1e-12)
-    nearest = np.argmax(regions @ np.ascontiguousarray(medoids.T), axis=1)
+    nearest, _ = nearest_medoid(regions, medoids, dtype=np.float64, normalise=True)
     return spurious[nearest]
 
 

@@ -38,20 +38,14 @@ import numpy as np
 from ravl_med import __version__
 from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
-from ravl_med.discover._base import BaseDiscoverer, scores_from_embeddings
-from ravl_med.discover.baselines import (
-    DistillingFailuresDiscoverer,
-    DominoDiscoverer,
-    GeorgeDiscoverer,
-    RandomDiscoverer,
-)
+from ravl_med.discover import BaseDiscoverer, scores_from_embeddings
 from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
 from ravl_med.discover.metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
-from ravl_med.discover.ravl import RaVLDiscoverer
+from ravl_med.discover.registry import build_discoverer
 from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
 from ravl_med.stages.config import AuditConfig
 
-__all__ = ["AuditResult", "build_discoverer", "ground_truth_regions", "run_audit"]
+__all__ = ["AuditResult", "ground_truth_regions", "run_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,24 +124,6 @@ class AuditResult:
 
 # --------------------------------------------------------------------------------------------- #
 # Pieces
-
-
-def build_discoverer(method: str, config: AuditConfig) -> BaseDiscoverer:
-    """The discoverer of ``method`` with the audit's parameters (seed, bootstrap, listed regions)."""
-    d = config.discovery
-    common = {"n_boot": d.n_boot, "n_top_regions": d.n_top_regions, "random_state": config.seed}
-    if method == "ravl":
-        return RaVLDiscoverer(
-            temperature=d.temperature, k_range=tuple(d.k_range), k_range_inclusive=d.k_range_inclusive,
-            influence_threshold=d.influence_threshold, min_silhouette=d.min_silhouette,
-            exact_max_regions=d.exact_max_regions, clara_samples=d.clara_samples,
-            clara_sample_size=d.clara_sample_size, silhouette_sample_size=d.silhouette_sample_size,
-            n_jobs=d.n_jobs, **common)
-    baselines = {"random": RandomDiscoverer, "distilling_failures": DistillingFailuresDiscoverer,
-                 "george": GeorgeDiscoverer, "domino": DominoDiscoverer}
-    if method not in baselines:
-        raise ConfigError(f"methods: unknown method {method!r}; allowed: ravl, {', '.join(baselines)}")
-    return baselines[method](**common)
 
 
 def _load_model(config: AuditConfig, device: str):
@@ -296,7 +272,8 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     discoverers: dict[str, BaseDiscoverer] = {}
     precision: dict[str, float] = {}
     for method in config.methods:
-        disc = build_discoverer(method, config)
+        disc = build_discoverer(method, discovery=config.discovery, n_boot=config.discovery.n_boot,
+                                n_top_regions=config.discovery.n_top_regions, random_state=config.seed)
         try:
             disc.fit(embeddings.region_embeddings, embeddings.region_image, labels, image_scores, region_scores,
                      class_names=config.classes, image_embeddings=embeddings.image_embeddings)
