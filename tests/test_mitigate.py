@@ -111,6 +111,9 @@ def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     assert top.spurious.tolist() == [False, False, True]
     loaded = Stage1Medoids.load(top.save(tmp_path))
     assert loaded.spurious.tolist() == [False, False, True] and np.array_equal(loaded.embeddings, top.embeddings)
+    assert loaded.regions is None
+    grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
+    assert Stage1Medoids.load(stage1_medoids(disc, regions, regions=grid).save(tmp_path)).regions == grid
 
 
 def test_labelling_agreement_counts():
@@ -179,6 +182,17 @@ def test_missing_audit_and_prompts_are_config_errors(stage1, tmp_path):
         run_mitigation(_config(stage1, tmp_path, "ravl", audit_dir=tmp_path), max_steps=1, progress=False)
     with pytest.raises(ConfigError, match="spurious_prompts"):
         run_mitigation(_config(stage1, tmp_path, "spurious_aware", spurious_prompts=[]), max_steps=1, progress=False)
+
+
+def test_mitigation_refuses_regions_unlike_the_audits(stage1, tmp_path):
+    """The medoids record the region grid they were made from; labelling other regions would be silently wrong."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
+    medoids = Stage1Medoids.load(stage1.audit)
+    Stage1Medoids(medoids.embeddings, medoids.clusters, medoids.rank, medoids.spurious, grid).save(audit)
+    with pytest.raises(ConfigError, match="finetune.ingest.*grid_sizes"):  # the config's default 4 x 4 grid
+        run_mitigation(_config(stage1, tmp_path / "out", "ravl", audit_dir=audit), max_steps=1, progress=False)
 
 
 def test_cli_mitigate_smoke(stage1, tmp_path, capsys):

@@ -8,6 +8,7 @@ as spurious. :func:`stage1_medoids` builds them from a fitted
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,16 @@ class Stage1Medoids:
         clusters: (K,) int64 cluster id of each row.
         rank: (K,) int64 1-based rank of the cluster among the kept clusters, 0 when not kept.
         spurious: (K,) bool, the clusters whose regions count as spurious (S_i).
+        regions: how the clustered regions were made (image size and candidate-region settings, as
+            the audit's ``ingest``: ``{"image_size": ..., "regions": {...}}``); mitigation must label
+            training regions made the same way. ``None``: not recorded.
     """
 
     embeddings: np.ndarray
     clusters: np.ndarray
     rank: np.ndarray
     spurious: np.ndarray
+    regions: dict | None = None
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -70,7 +75,7 @@ class Stage1Medoids:
     def with_spurious_ranks(self, ranks: Iterable[int] | None) -> Stage1Medoids:
         """A copy where the kept clusters of these 1-based ranks are spurious (``None``: every kept one)."""
         chosen = self.rank > 0 if ranks is None else np.isin(self.rank, list(ranks)) & (self.rank > 0)
-        return Stage1Medoids(self.embeddings, self.clusters, self.rank, chosen)
+        return Stage1Medoids(self.embeddings, self.clusters, self.rank, chosen, self.regions)
 
     def save(self, path: str | Path) -> Path:
         """Writes ``medoids.npz`` atomically (``path`` may be the folder)."""
@@ -78,7 +83,8 @@ class Stage1Medoids:
         if path.is_dir():
             path = path / MEDOIDS_FILE
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, embeddings=self.embeddings, clusters=self.clusters, rank=self.rank, spurious=self.spurious)
+            np.savez(handle, embeddings=self.embeddings, clusters=self.clusters, rank=self.rank, spurious=self.spurious,
+                     regions=np.array(json.dumps(self.regions, sort_keys=True)))
         return path
 
     @classmethod
@@ -88,10 +94,12 @@ class Stage1Medoids:
         if path.is_dir():
             path = path / MEDOIDS_FILE
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"])
+            regions = json.loads(str(data["regions"])) if "regions" in data else None  # files of earlier versions
+            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"], regions)
 
 
-def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None) -> Stage1Medoids:
+def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None, *,
+                   regions: dict | None = None) -> Stage1Medoids:
     """The medoids of a fitted RaVL discoverer.
 
     Args:
@@ -99,6 +107,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
             ``ranked_clusters_`` set).
         region_embeddings: (M, D) the region embeddings it was fitted on (``EmbeddingSet.region_embeddings``).
         spurious_ranks: 1-based ranks of the kept clusters to treat as spurious; ``None``: all kept.
+        regions: how the regions were made (see :attr:`Stage1Medoids.regions`).
 
     Returns:
         the :class:`Stage1Medoids` (no row spurious when the audit kept no cluster).
@@ -111,6 +120,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
     for cluster in discoverer.ranked_clusters_:
         rank[int(cluster.cluster)] = int(cluster.rank)
     embeddings = np.asarray(region_embeddings, dtype=np.float32)[medoids]
-    return Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0).with_spurious_ranks(spurious_ranks)
+    stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions)
+    return stage1.with_spurious_ranks(spurious_ranks)
 
 
