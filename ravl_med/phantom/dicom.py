@@ -64,10 +64,8 @@ def phantom_dataset(
     """
     top = 2**device.bits_stored - 1
     stored = np.round(np.clip(image, 0, 1) * top).astype(np.uint16)
-    centre, width = top / 2.0 + 0.5, float(top + 1)
     if device.monochrome1:
         stored = (top - stored).astype(np.uint16)
-        centre = top - centre + 1.0
     sop_class = DX_SOP_CLASS if device.modality == "DX" else CR_SOP_CLASS
     sop_uid = _uid("sop", key)
 
@@ -78,10 +76,19 @@ def phantom_dataset(
     meta.ImplementationClassUID = UID(f"{PYDICOM_ROOT_UID}47.1")
     meta.ImplementationVersionName = "RAVLMED_PHANTOM"
     ds = pydicom.FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-
-    # SOP Common, Patient, General Study
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    _patient_and_study(ds, key, patient_number, sex, age_band)
+    _series_and_equipment(ds, device, key, view_position, institution)
+    _image_pixel(ds, image.shape, device, pixel_spacing_mm)
+    if device.modality == "DX":
+        _dx_image(ds, device, view_position)
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def _patient_and_study(ds: pydicom.Dataset, key: str, patient_number: int, sex: str, age_band: str) -> None:
+    """Patient and General Study modules: pseudonymous, de-identified by construction."""
     ds.PatientName = f"PHANTOM^{patient_number:06d}"
     ds.PatientID = f"PHANTOM-{patient_number:06d}"
     ds.PatientBirthDate = ""
@@ -96,56 +103,62 @@ def phantom_dataset(
     ds.StudyID = f"{patient_number % 10**8}"
     ds.AccessionNumber = ""
     ds.StudyDescription = "CHEST PA/AP (phantom)"
-    # General Series, DX/CR Series
+
+
+def _series_and_equipment(ds: pydicom.Dataset, device: Device, key: str, view_position: str,
+                          institution: str) -> None:
+    """General Series, DX/CR Series and General Equipment modules."""
     ds.Modality = device.modality
     ds.SeriesInstanceUID = _uid("series", key)
     ds.SeriesNumber = 1
     ds.SeriesDescription = f"CHEST {view_position}"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = view_position
-    # General Equipment
     ds.Manufacturer = device.manufacturer
     ds.InstitutionName = institution
     ds.ManufacturerModelName = device.name
     ds.StationName = device.name[:16]
     ds.SoftwareVersions = "ravl_med phantom"
-    # General Image
+
+
+def _image_pixel(ds: pydicom.Dataset, shape: tuple[int, ...], device: Device, pixel_spacing_mm: float) -> None:
+    """General Image, Image Pixel, Modality LUT and VOI LUT modules (a window over the full stored range)."""
+    top = 2**device.bits_stored - 1
+    centre, width = top / 2.0 + 0.5, float(top + 1)
+    if device.monochrome1:
+        centre = top - centre + 1.0
     ds.InstanceNumber = 1
     ds.PatientOrientation = ["L", "F"]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    # Image Pixel
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if device.monochrome1 else "MONOCHROME2"
-    ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, device.bits_stored, device.bits_stored - 1
     ds.PixelRepresentation = 0
-    # Modality LUT and VOI LUT
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
     ds.WindowCenter, ds.WindowWidth = f"{centre:.1f}", f"{width:.1f}"
     ds.VOILUTFunction = "LINEAR"
-    spacing = [f"{pixel_spacing_mm:.4f}", f"{pixel_spacing_mm:.4f}"]
-    ds.ImagerPixelSpacing = spacing
-    if device.modality == "DX":
-        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.PixelIntensityRelationship = "LOG"
-        ds.PixelIntensityRelationshipSign = -1 if device.monochrome1 else 1
-        ds.PresentationLUTShape = "INVERSE" if device.monochrome1 else "IDENTITY"
-        ds.DetectorType = "DIRECT" if "flatpanel" in device.name else "SCINTILLATOR"
-        ds.PixelSpacing = spacing
-        ds.ImageLaterality = "U"
-        ds.AcquisitionContextSequence = Sequence()
-        ds.AnatomicRegionSequence = Sequence([_code("43799004", "SCT", "Chest")])
-        view = ("399348003", "postero-anterior") if view_position == "PA" else ("399182009", "antero-posterior")
-        ds.ViewCodeSequence = Sequence([_code(view[0], "SCT", view[1])])
-        ds.PatientOrientationCodeSequence = Sequence([_code("10904000", "SCT", "erect")])
-        ds.PositionerType = "NONE" if device.name == "dx-portable" else "COLUMN"
-    else:
-        ds.PixelSpacing = spacing
-    ds.PixelData = stored.tobytes()
-    return ds
+    ds.ImagerPixelSpacing = [f"{pixel_spacing_mm:.4f}", f"{pixel_spacing_mm:.4f}"]
+    ds.PixelSpacing = [f"{pixel_spacing_mm:.4f}", f"{pixel_spacing_mm:.4f}"]
+
+
+def _dx_image(ds: pydicom.Dataset, device: Device, view_position: str) -> None:
+    """The DX Image and DX Detector attributes a DX object adds (presentation intent, view codes)."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if device.monochrome1 else 1
+    ds.PresentationLUTShape = "INVERSE" if device.monochrome1 else "IDENTITY"
+    ds.DetectorType = "DIRECT" if "flatpanel" in device.name else "SCINTILLATOR"
+    ds.ImageLaterality = "U"
+    ds.AcquisitionContextSequence = Sequence()
+    ds.AnatomicRegionSequence = Sequence([_code("43799004", "SCT", "Chest")])
+    view = ("399348003", "postero-anterior") if view_position == "PA" else ("399182009", "antero-posterior")
+    ds.ViewCodeSequence = Sequence([_code(view[0], "SCT", view[1])])
+    ds.PatientOrientationCodeSequence = Sequence([_code("10904000", "SCT", "erect")])
+    ds.PositionerType = "NONE" if device.name == "dx-portable" else "COLUMN"
 
 
 def write_dicom(ds: pydicom.FileDataset, path: str | Path) -> None:

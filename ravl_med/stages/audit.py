@@ -228,11 +228,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     """
     import torch
 
-    from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.manifest import Manifest
-    from ravl_med.models.embed import embed_dataset
     from ravl_med.models.registry import resolve_device
-    from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
 
     if config.manifest is None:
         raise ConfigError("manifest: no manifest given (set it or pass --manifest)")
@@ -240,11 +236,39 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         raise ConfigError(f"manifest not found: {config.manifest}")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model, preprocess, tokenizer, digest, model_notes = _load_model(config, device)
-    notes += model_notes
+    model, preprocess, tokenizer, digest, notes = _load_model(config, device)
+    dataset = _audited_split(config, notes)
+    embeddings, computed = _embed(config, model, preprocess, dataset, device, digest, progress)
+    text, image_scores, region_scores = _zero_shot(config, model, tokenizer, embeddings, device)
+
+    truth, truth_info = ground_truth_regions(config, dataset, embeddings, preprocess.image_size)
+    if truth_info is not None and truth_info["n_spurious_regions"] == 0:
+        notes.append("the ground truth marks no region as holding the planted feature: Precision@k is 0 for every "
+                     "method.")
+    discoverers = _discover(config, embeddings, image_scores, region_scores)
+    precision = ({} if truth is None else
+                 {m: precision_at_k(d.top_ranked_regions(), truth, config.evaluation.precision_k)
+                  for m, d in discoverers.items()})
+    if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
+        # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
+        stage1_medoids(discoverers["ravl"], embeddings.region_embeddings,
+                       regions=region_setting(config.ingest)).save(out / MEDOIDS_FILE)
+
+    n_batches = -(-len(dataset) // config.batch_size)
+    result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
+                         image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
+                         region_is_spurious=truth, precision=precision, batches_computed=computed,
+                         batches_reused=n_batches - computed, audit={}, files={})
+    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
+    return dataclasses.replace(result, audit=audit, files=files)
+
+
+def _audited_split(config: AuditConfig, notes: list[str]):
+    """The manifest's ``split`` as a dataset; refused rows are counted in ``notes``."""
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.data.manifest import Manifest
 
     manifest = Manifest.read(config.manifest, classes=config.classes)
     if manifest.problems:
@@ -256,29 +280,40 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     dataset = RadiographDataset(manifest, config.ingest, config.classes, split=config.split)
     if len(dataset) == 0:
         raise ConfigError(f"{config.manifest}: no usable rows in split {config.split!r}")
+    return dataset
+
+
+def _embed(config: AuditConfig, model, preprocess, dataset, device: str, digest: str | None, progress: bool):
+    """(EmbeddingSet, batches computed in this run): the split embedded through the resumable cache."""
+    from ravl_med.models.embed import embed_dataset
 
     cache_dir = config.resolved_cache_dir
     before = _shards(cache_dir)
     embeddings = embed_dataset(model, preprocess, dataset, mode=config.region_mode, batch_size=config.batch_size,
                                device=device, cache_dir=cache_dir, progress=progress, precision=config.precision,
                                fingerprint=digest)
-    n_batches = -(-len(dataset) // config.batch_size)
     computed = len({p for p in _shards(cache_dir) if p.parent.name == embeddings.fingerprint} - before)
+    return embeddings, computed
+
+
+def _zero_shot(config: AuditConfig, model, tokenizer, embeddings, device: str):
+    """(C, D) class text embeddings and the (N, C) image and (M, C) region zero-shot probabilities."""
+    import torch
+
+    from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+
     templates = list(config.templates) if config.templates else list(CXR_TEMPLATES)
     with torch.no_grad():
         text = class_text_embeddings(model, tokenizer, config.classes, templates, device=device).float().cpu().numpy()
     temperature = config.discovery.temperature
-    image_scores = scores_from_embeddings(embeddings.image_embeddings, text, temperature)
-    region_scores = scores_from_embeddings(embeddings.region_embeddings, text, temperature)
+    return (text, scores_from_embeddings(embeddings.image_embeddings, text, temperature),
+            scores_from_embeddings(embeddings.region_embeddings, text, temperature))
+
+
+def _discover(config: AuditConfig, embeddings, image_scores, region_scores) -> dict[str, BaseDiscoverer]:
+    """Every configured method fitted on the same inputs (a failing baseline is reported, not raised)."""
     labels = np.asarray(embeddings.labels, dtype=np.int64)
-
-    truth, truth_info = ground_truth_regions(config, dataset, embeddings, preprocess.image_size)
-    if truth_info is not None and truth_info["n_spurious_regions"] == 0:
-        notes.append("the ground truth marks no region as holding the planted feature: Precision@k is 0 for every "
-                     "method.")
-
     discoverers: dict[str, BaseDiscoverer] = {}
-    precision: dict[str, float] = {}
     for method in config.methods:
         disc = build_discoverer(method, discovery=config.discovery, n_boot=config.discovery.n_boot,
                                 n_top_regions=config.discovery.n_top_regions, random_state=config.seed)
@@ -294,20 +329,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
             disc.outcome_ = "no_selection"
             disc.notes_ = [*getattr(disc, "notes_", []), f"{method} could not run on this data: {err}"]
         discoverers[method] = disc
-        if truth is not None:
-            precision[method] = precision_at_k(disc.top_ranked_regions(), truth, config.evaluation.precision_k)
-
-    if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
-        # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
-        stage1_medoids(discoverers["ravl"], embeddings.region_embeddings,
-                       regions=region_setting(config.ingest)).save(out / MEDOIDS_FILE)
-
-    result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
-                         image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
-                         region_is_spurious=truth, precision=precision, batches_computed=computed,
-                         batches_reused=n_batches - computed, audit={}, files={})
-    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
-    return dataclasses.replace(result, audit=audit, files=files)
+    return discoverers
 
 
 # --------------------------------------------------------------------------------------------- #
