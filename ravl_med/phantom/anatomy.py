@@ -266,25 +266,60 @@ def render_density(patient: Patient, shape: tuple[int, int], rng: np.random.Gene
     u, v = grid(height, width)
     dx = u - p.midline
     adx = np.abs(dx)
+    cross, body, base = _soft_tissue(p, dx, v)
+    lungs, x, dome = _lung_fields(p, u, v)
+    # Abdomen below the domes is denser than the chest (no air, more tissue).
+    below_dome = np.clip((v - dome.min(axis=0) + 0.02) / 0.1, 0, 1)
+    base += 0.16 * below_dome * np.sqrt(cross)
+    mediastinum, heart = _add_mediastinum_and_heart(base, p, u, v, dx, adx, dome)
+    _add_bones(base, p, v, adx, body, below_dome)
 
-    # Body outline: neck widening into the shoulders, elliptical cross-section for thickness.
+    # Lung air: thickest in the middle of each lung, thinning to the walls and over the heart.
+    profile = np.sqrt(np.clip(1.0 - 0.55 * x**2, 0.15, None))
+    depth = np.clip((dome - v) / 0.05, 0.35, 1.0)  # posterior recesses behind the domes are thin
+    air = (lungs * profile * depth).sum(axis=0).astype(np.float32)
+    air *= 1.0 - 0.75 * heart - 0.6 * mediastinum
+    lung_air = 0.55 * air
+
+    # Vessel markings: correlated noise, strongest near the hila, fading to the periphery.
+    hilum_dist = np.sqrt((adx - 0.1) ** 2 + ((v - (p.apex_v + 0.27)) * 1.2) ** 2)
+    vessels = np.abs(smooth_noise(rng, shape, max(1.0, 1.2 * width / 256)))
+    vessels = np.clip(1.4 - vessels, 0, None) ** 3  # thin bright ridges where the field crosses zero
+    markings = (0.05 * np.exp(-hilum_dist / 0.12) + 0.012) * vessels * (air > 0)
+    return Density(
+        base=base.astype(np.float32),
+        lung_air=lung_air.astype(np.float32),
+        markings=markings.astype(np.float32),
+        lungs=lungs,
+        heart=heart,
+        body=body,
+        patient=p,
+        lateral=x.astype(np.float32),
+        dome=np.broadcast_to(dome, lungs.shape).astype(np.float32),
+    )
+
+
+def _soft_tissue(p: Patient, dx: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cross, body, base): the body's elliptical cross-section, its outline and its soft-tissue density.
+
+    Neck widening into the shoulders; breast shadows over the lower lung fields for ``sex == "F"``.
+    """
     rise = np.clip((v - 0.02) / max(p.shoulder_v - 0.02, 1e-3), 0, 1)
     half_width = p.neck_half_width + (p.body_half_width - p.neck_half_width) * np.sin(rise * np.pi / 2) ** 0.6
     cross = np.clip(1.0 - (dx / half_width) ** 2, 0, None)
     body = cross > 0
     base = 0.72 * p.soft_tissue * np.sqrt(cross)
-    if p.sex == "F":  # breast shadows over the lower lung fields
+    if p.sex == "F":
         for side in (-1, 1):
             bx = (dx - side * 0.2) / 0.16
             by = (v - (p.dome_v[0] - 0.06)) / 0.11
             base += 0.16 * np.sqrt(np.clip(1 - bx**2 - by**2, 0, None))
+    return cross, body, base
 
-    lungs, x, dome = _lung_fields(p, u, v)
-    # Abdomen below the domes is denser than the chest (no air, more tissue).
-    below_dome = np.clip((v - dome.min(axis=0) + 0.02) / 0.1, 0, 1)
-    base += 0.16 * below_dome * np.sqrt(cross)
 
-    # Mediastinum, trachea, aortic knob, heart.
+def _add_mediastinum_and_heart(base: np.ndarray, p: Patient, u: np.ndarray, v: np.ndarray, dx: np.ndarray,
+                               adx: np.ndarray, dome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adds the mediastinum, trachea, aortic knob and heart to ``base`` in place; returns (mediastinum, heart) masks."""
     med_half = 0.055 + 0.02 * np.clip((v - 0.25) / 0.3, 0, 1)
     mediastinum = (adx < med_half) & (v > 0.05)
     base += 0.16 * mediastinum
@@ -297,7 +332,12 @@ def render_density(patient: Patient, shape: tuple[int, int], rng: np.random.Gene
     heart_r2 = ((u - hcx) / hx) ** 2 + ((v - hcy) / hy) ** 2
     heart = (heart_r2 < 1.0) & (v < dome.max(axis=0) + 0.03)
     base += 0.2 * np.sqrt(np.clip(1 - heart_r2, 0, None)) * heart
+    return mediastinum, heart
 
+
+def _add_bones(base: np.ndarray, p: Patient, v: np.ndarray, adx: np.ndarray, body: np.ndarray,
+               below_dome: np.ndarray) -> None:
+    """Adds the spine, ribs, clavicles and scapular edges to ``base`` in place."""
     # Spine: vertebral bodies with brighter end plates, faint through the mediastinum.
     spine = adx < 0.034
     period = 0.045
@@ -333,30 +373,6 @@ def render_density(patient: Patient, shape: tuple[int, int], rng: np.random.Gene
         (v > p.apex_v) & (v < p.apex_v + 0.3)
     )
     base += 0.08 * scap * body
-
-    # Lung air: thickest in the middle of each lung, thinning to the walls and over the heart.
-    profile = np.sqrt(np.clip(1.0 - 0.55 * x**2, 0.15, None))
-    depth = np.clip((dome - v) / 0.05, 0.35, 1.0)  # posterior recesses behind the domes are thin
-    air = (lungs * profile * depth).sum(axis=0).astype(np.float32)
-    air *= 1.0 - 0.75 * heart - 0.6 * mediastinum
-    lung_air = 0.55 * air
-
-    # Vessel markings: correlated noise, strongest near the hila, fading to the periphery.
-    hilum_dist = np.sqrt((adx - 0.1) ** 2 + ((v - (p.apex_v + 0.27)) * 1.2) ** 2)
-    vessels = np.abs(smooth_noise(rng, shape, max(1.0, 1.2 * width / 256)))
-    vessels = np.clip(1.4 - vessels, 0, None) ** 3  # thin bright ridges where the field crosses zero
-    markings = (0.05 * np.exp(-hilum_dist / 0.12) + 0.012) * vessels * (air > 0)
-    return Density(
-        base=base.astype(np.float32),
-        lung_air=lung_air.astype(np.float32),
-        markings=markings.astype(np.float32),
-        lungs=lungs,
-        heart=heart,
-        body=body,
-        patient=p,
-        lateral=x.astype(np.float32),
-        dome=np.broadcast_to(dome, lungs.shape).astype(np.float32),
-    )
 
 
 def expose(attenuation: np.ndarray, device: Device, rng: np.random.Generator) -> np.ndarray:
