@@ -1,6 +1,6 @@
 """Human-readable audit outputs: region galleries (PNG), the self-contained HTML report, the flat CSV.
 
-Everything here works from the audit's JSON-ready dict (see :func:`ravl_med.discover.audit.run_audit`)
+Everything here works from the audit's JSON-ready dict (see :func:`ravl_med.stages.audit.run_audit`)
 plus the pixels of the gallery images, so the report shows exactly what ``audit.json`` holds. Images
 are referred to by their opaque manifest keys only; no path or DICOM header field is written.
 """

@@ -211,6 +211,9 @@ def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, me
 
 
 def _log_mitigation(run: TrackedRun, result, **_: Any) -> None:
+    settings = result.config.model_dump(mode="json", exclude={"finetune", "evaluation", "stage1_checkpoint",
+                                                               "stage1_sha256", "audit_dir"})
+    run.log_params({f"mitigation.{key}": value for key, value in settings.items()})
     _log_fit(run, result.fit)
     run.log_metrics({names.TRAIN_SECONDS: result.train_seconds})
     for name in ("mitigate.json", "evaluation.json", "groups.csv"):
