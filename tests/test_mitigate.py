@@ -40,7 +40,7 @@ from ravl_med.mitigate.run import labelling_agreement, run_mitigation
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
-from ravl_med.models.training import latest_state
+from ravl_med.models.training_records import latest_state
 from ravl_med.models.weights import save_checkpoint
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]

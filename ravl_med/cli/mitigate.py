@@ -77,7 +77,7 @@ def _evaluate(config: MitigateConfig, summary: dict, spurious_class: str | None)
 
     from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
     from ravl_med.evaluate.mitigation import evaluate_split
-    from ravl_med.models.registry import resolve_device
+    from ravl_med.models.runtime import resolve_device
 
     ft = config.finetune
     splits = pd.read_csv(ft.manifest, dtype=str, keep_default_na=False, usecols=lambda c: c == "split")

@@ -242,7 +242,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest
     from ravl_med.models.embed import embed_dataset
-    from ravl_med.models.registry import resolve_device
+    from ravl_med.models.runtime import resolve_device
     from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
 
     if config.manifest is None:

@@ -95,7 +95,7 @@ def run_setting(setting, config: BenchmarkConfig, *, tracker=None, progress: boo
     from ravl_med.data.phantom import write_setting
     from ravl_med.discover.audit import run_audit
     from ravl_med.evaluate.groups import shortcut_gaps, shortcut_learned
-    from ravl_med.models.registry import resolve_device
+    from ravl_med.models.runtime import resolve_device
     from ravl_med.models.training import Trainer
 
     root = Path(config.output_dir) / setting.name

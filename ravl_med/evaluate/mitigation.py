@@ -150,8 +150,7 @@ def evaluate_model(model, preprocess, tokenizer, dataset, classes: Sequence[str]
         ``labels`` and ``predictions`` ((N,) arrays), and with ``core_regions``:
         ``region_accuracy``, ``region_worst_group``, ``region_table``, ``n_core_regions``.
     """
-    from ravl_med.models.training import zero_shot_predictions
-    from ravl_med.models.zeroshot import class_text_embeddings
+    from ravl_med.models.zeroshot import class_text_embeddings, zero_shot_predictions
 
     present = _bool_1d("feature_present", feature_present, len(dataset))
     device = torch.device(device)

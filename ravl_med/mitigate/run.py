@@ -72,7 +72,8 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     """
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest, feature_presence
-    from ravl_med.models.registry import create_backbone, resolve_device
+    from ravl_med.models.registry import create_backbone
+    from ravl_med.models.runtime import resolve_device
 
     from .methods import MitigationTrainer, build_method, stage1_groups
 
