@@ -21,7 +21,8 @@ import torch
 from ravl_med.config import FinetuneConfig
 from ravl_med.mitigate.methods import MitigationTrainer, RaVLObjective
 from ravl_med.models.registry import create_backbone
-from ravl_med.models.training import ContrastiveObjective, DistributedContext
+from ravl_med.models.runtime import DistributedContext
+from ravl_med.models.training import ContrastiveObjective
 
 
 def main(argv=None) -> None:

@@ -20,7 +20,7 @@ import torch
 from ravl_med.data.dataset import label_sentence
 from ravl_med.models import create_backbone, get_backbone_spec, list_backbones
 from ravl_med.models.losses import LabelAwareClipLoss
-from ravl_med.models.training import parameter_groups
+from ravl_med.models.optim import parameter_groups
 
 CLASSES = ("no finding", "cardiomegaly", "pleural effusion", "pneumothorax")
 

@@ -39,8 +39,9 @@ from ravl_med.config import FinetuneConfig, parse_config
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.evaluate import group_accuracy_table
-from ravl_med.models.training import FitResult, Trainer, zero_shot_predictions
-from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+from ravl_med.models.training import Trainer
+from ravl_med.models.training_records import FitResult
+from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings, zero_shot_predictions
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import DIGIT_NAMES, write_digits
 

@@ -33,7 +33,7 @@ from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models import create_backbone
 from ravl_med.models.embed import embed_dataset
 from ravl_med.models.regions import RegionEmbedder
-from ravl_med.models.training import latest_state
+from ravl_med.models.training_records import latest_state
 from ravl_med.models.weights import save_checkpoint
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.stages.config import MitigateConfig

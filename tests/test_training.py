@@ -22,14 +22,10 @@ from ravl_med.cli import main
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig, load_config
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.models import create_backbone, load_state_dict
-from ravl_med.models.training import (
-    Trainer,
-    latest_state,
-    parameter_groups,
-    warmup_cosine,
-    zero_shot_predictions,
-)
-from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+from ravl_med.models.optim import parameter_groups, warmup_cosine
+from ravl_med.models.training import Trainer
+from ravl_med.models.training_records import latest_state
+from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings, zero_shot_predictions
 from ravl_med.phantom import PhantomSetting, write_setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

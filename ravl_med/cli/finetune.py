@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ravl_med.cli.common import add_tracking_options, apply_overrides, tracking_options
@@ -35,13 +34,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.stages.finetune import run_finetune  # torch: imported only when the command runs
+    from ravl_med.models.runtime import process_rank  # torch: imported only when the command runs
+    from ravl_med.stages.finetune import run_finetune
 
     config = load_config(args.config, FinetuneConfig)
     apply_overrides(config, args.config, {"manifest": args.manifest, "output_dir": args.out, "epochs": args.epochs})
     if config.manifest is None:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports (and tracks)
+    if process_rank().rank != 0:  # under torchrun, rank 0 reports (and tracks)
         run_finetune(config, resume=args.resume, progress=not args.no_progress)
         return 0
     result = _fit_tracked(args, config)

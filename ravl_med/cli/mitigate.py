@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ravl_med.cli.common import add_tracking_options, apply_overrides, tracking_options
@@ -43,7 +42,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.stages.mitigate import run_mitigation  # torch: imported only when the command runs
+    from ravl_med.models.runtime import process_rank  # torch: imported only when the command runs
+    from ravl_med.stages.mitigate import run_mitigation
 
     config = load_config(args.config, MitigateConfig)
     apply_overrides(config, args.config, {"method": args.method, "audit_dir": args.audit,
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 evaluates, reports and tracks
+    if process_rank().rank != 0:  # under torchrun, rank 0 evaluates, reports and tracks
         run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
         return 0
     result = _mitigate_tracked(args, config)

@@ -21,7 +21,6 @@ Yang et al. 2023).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,12 +35,13 @@ from torch.utils.data import Dataset, Sampler
 from ravl_med.config import ConfigError
 from ravl_med.models.hybrid import CNNImageTower
 from ravl_med.models.regions import RegionEmbedder
-from ravl_med.models.training import ContrastiveObjective, DistributedContext, Trainer
+from ravl_med.models.runtime import DistributedContext, process_rank
+from ravl_med.models.training import ContrastiveObjective, Trainer
 from ravl_med.models.zeroshot import CXR_TEMPLATES
 
 from .losses import RegionAwareLoss
-from .registry import MITIGATION_METHODS
 from .regions import images_with_spurious_region
+from .registry import MITIGATION_METHODS
 
 __all__ = [
     "GroupBalancedSampler",
@@ -52,9 +52,6 @@ __all__ = [
     "VLERMObjective",
     "stage1_groups",
 ]
-
-def _process() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def stage1_groups(labels: Sequence[int] | np.ndarray, keys: Sequence[str], region_labels: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -126,7 +123,7 @@ class RaVLObjective:
     needs = ("class_text", "regions")
 
     def __init__(self, lambda_: float = 0.8, temperature: float = 0.07, label_aware: bool = False) -> None:
-        rank, world = _process()
+        rank, world, _ = process_rank()
         self.loss = RegionAwareLoss(lambda_, temperature, rank=rank, world_size=world, label_aware=label_aware)
 
     def __call__(self, batch: dict[str, Any], outputs: dict[str, Any]) -> torch.Tensor:
@@ -217,7 +214,7 @@ class SpuriousAwareObjective:
     needs = ("class_text", "spurious_text")
 
     def __init__(self, weight: float = 1.0, temperature: float = 0.07, label_aware: bool = False) -> None:
-        rank, world = _process()
+        rank, world, _ = process_rank()
         self.contrastive = ContrastiveObjective(label_aware, rank, world)
         self.weight, self.temperature = float(weight), float(temperature)
 
@@ -336,7 +333,7 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
         ``{"objective": ..., "sampler_factory": ... or None}``.
     """
     label_aware = bool(finetune_config.label_aware)
-    rank, world = _process()
+    rank, world, _ = process_rank()
     sampler = None
     if method == "ravl":
         objective: Any = RaVLObjective(lambda_, temperature, label_aware)

@@ -50,6 +50,7 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.models.hybrid import CNNImageTower
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
+from ravl_med.models.runtime import resolve_precision
 
 __all__ = ["CACHE_VERSION", "EmbeddingSet", "embed_dataset", "embedding_fingerprint", "weights_fingerprint"]
 
@@ -312,14 +313,6 @@ def _write_shard(path: Path, shard: dict[str, np.ndarray]) -> None:
         np.savez(handle, **shard)
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
 def _image_from_regions(embedder: RegionEmbedder) -> bool:
     """Whether a whole-image box reproduces ``encode_image`` exactly (CNN towers, one pass)."""
     return (
@@ -411,7 +404,7 @@ def embed_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    resolved = _resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device)
     options = dict(embedder_options or {})
     embedder = RegionEmbedder(model, mode=mode, **options)  # type: ignore[arg-type]
     keys = _dataset_keys(dataset)
@@ -427,45 +420,74 @@ def embed_dataset(
             precision=resolved, fingerprint=fingerprint, keys=keys,
         )
         folder = Path(cache_dir) / digest
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "fingerprint.json").is_file():
-            with atomic_path(folder / "fingerprint.json") as tmp:
-                tmp.write_text(json.dumps(parts, indent=2, sort_keys=True, default=str) + "\n")
-        for b, rows in enumerate(batches):
-            shard = _read_shard(_shard_path(folder, b), [keys[i] for i in rows])
-            if shard is not None:
-                shards[b] = shard
+        shards = _open_cache(folder, parts, [[keys[i] for i in rows] for rows in batches])
     missing = [b for b in range(len(batches)) if b not in shards]
-
     if missing:
-        from tqdm.auto import tqdm  # noqa: PLC0415 - only needed when there is work to do
-
-        loader = DataLoader(
-            dataset, batch_sampler=[batches[b] for b in missing], collate_fn=_collate, num_workers=workers,
-        )
         autocast = (
             torch.autocast(device_type=device.type, dtype=torch.bfloat16)
             if resolved == "bf16" else contextlib.nullcontext()
         )
-        was_training = model.training
-        model.to(device).eval()
-        preprocess.to(device)
-        bar = tqdm(total=len(batches), initial=len(shards), unit="batch", desc="embed", disable=not progress)
-        try:
-            with torch.inference_mode():
-                for b, batch in zip(missing, loader, strict=True):
-                    if batch["key"] != [keys[i] for i in batches[b]]:
-                        raise RuntimeError(f"batch {b}: the dataset's item keys differ from its keys list")
-                    shard = _embed_batch(model, preprocess, embedder, batch, device, autocast)
-                    if folder is not None:
-                        _write_shard(_shard_path(folder, b), shard)
-                    shards[b] = shard
-                    bar.update()
-        finally:
-            bar.close()
-            model.train(was_training)
+        _compute_shards(model, preprocess, embedder, dataset, batches, missing, keys, shards, device=device,
+                        autocast=autocast, folder=folder, workers=workers, progress=progress)
+    return _assemble(dataset, keys, [shards[b] for b in range(len(batches))], embedder, digest)
 
-    ordered = [shards[b] for b in range(len(batches))]
+
+def _open_cache(folder: Path, parts: dict[str, Any], batch_keys: list[list[str]]) -> dict[int, dict[str, np.ndarray]]:
+    """Creates ``folder`` (``cache_dir/<fingerprint>``) with ``fingerprint.json`` (``parts``, for people) once.
+
+    Returns:
+        batch index -> shard arrays of the valid shards already there (``batch_keys``: each batch's keys).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "fingerprint.json").is_file():
+        with atomic_path(folder / "fingerprint.json") as tmp:
+            tmp.write_text(json.dumps(parts, indent=2, sort_keys=True, default=str) + "\n")
+    shards = {}
+    for b, expected in enumerate(batch_keys):
+        shard = _read_shard(_shard_path(folder, b), expected)
+        if shard is not None:
+            shards[b] = shard
+    return shards
+
+
+def _compute_shards(
+    model: nn.Module, preprocess: RadiographPreprocess, embedder: RegionEmbedder, dataset,
+    batches: list[list[int]], missing: list[int], keys: list[str], shards: dict[int, dict[str, np.ndarray]], *,
+    device: torch.device, autocast: contextlib.AbstractContextManager, folder: Path | None, workers: int,
+    progress: bool,
+) -> None:
+    """Embeds the ``missing`` batches (indices into ``batches``) into ``shards`` and the cache ``folder``.
+
+    The model runs on ``device`` in eval mode; its train/eval mode is restored afterwards.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415 - only needed when there is work to do
+
+    loader = DataLoader(
+        dataset, batch_sampler=[batches[b] for b in missing], collate_fn=_collate, num_workers=workers,
+    )
+    was_training = model.training
+    model.to(device).eval()
+    preprocess.to(device)
+    bar = tqdm(total=len(batches), initial=len(shards), unit="batch", desc="embed", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for b, batch in zip(missing, loader, strict=True):
+                if batch["key"] != [keys[i] for i in batches[b]]:
+                    raise RuntimeError(f"batch {b}: the dataset's item keys differ from its keys list")
+                shard = _embed_batch(model, preprocess, embedder, batch, device, autocast)
+                if folder is not None:
+                    _write_shard(_shard_path(folder, b), shard)
+                shards[b] = shard
+                bar.update()
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def _assemble(
+    dataset, keys: list[str], ordered: list[dict[str, np.ndarray]], embedder: RegionEmbedder, digest: str
+) -> EmbeddingSet:
+    """The :class:`EmbeddingSet` of the shards in batch order (labels from ``dataset.labels`` when it has them)."""
     counts = np.concatenate([s["region_counts"] for s in ordered]) if ordered else np.zeros(0, np.int64)
     dim = ordered[0]["image_embeddings"].shape[1] if ordered else int(getattr(embedder.tower, "output_dim", 0))
     labels = getattr(dataset, "labels", None)
@@ -483,7 +505,7 @@ def embed_dataset(
         keys=np.asarray(keys, dtype=str),
         image_embeddings=stack("image_embeddings", dim),
         region_embeddings=stack("region_embeddings", dim),
-        region_image=np.repeat(np.arange(n, dtype=np.int64), counts),
+        region_image=np.repeat(np.arange(len(keys), dtype=np.int64), counts),
         region_boxes=stack("region_boxes", 4),
         labels=labels,
         fingerprint=digest,

@@ -37,7 +37,6 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
-from ravl_med.config import ConfigError
 from ravl_med.models.hybrid import HybridCLIP, build_hybrid, validate_hybrid_config
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.weights import load_checkpoint
@@ -49,7 +48,6 @@ __all__ = [
     "create_backbone",
     "get_backbone_spec",
     "list_backbones",
-    "resolve_device",
 ]
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -224,19 +222,6 @@ def _tokenizer(spec: BackboneSpec) -> Callable[..., torch.Tensor]:
     if spec.tokenizer_name is not None:
         return open_clip.get_tokenizer(spec.tokenizer_name)
     return SimpleTokenizer(context_length=int(spec.text_cfg.get("context_length", 77)))
-
-
-def resolve_device(device: str) -> str:
-    """A config's ``device`` (``auto`` | ``cpu`` | ``cuda``) as the device to run on.
-
-    Raises:
-        ConfigError: ``cuda`` asked for where no CUDA device is available.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
-    return device
 
 
 def create_backbone(

@@ -9,27 +9,28 @@ What a run does (:meth:`Trainer.fit`):
 
 * builds the backbone from the registry (optionally from local weights), freezes the text tower
   when asked, AdamW with weight decay on matrices only (norms, biases and ``logit_scale`` in a
-  no-decay group), linear warm-up then cosine decay, stepped once per optimizer step;
+  no-decay group), linear warm-up then cosine decay, stepped once per optimizer step
+  (:mod:`ravl_med.models.optim`);
 * micro-batches of ``batch_size`` per process, ``grad_accum_steps`` of them per optimizer step (a
   short last group of an epoch is averaged over its own size);
 * CUDA: bf16 autocast (``precision: auto``) and TF32 matmuls; CPU: fp32;
 * ``torchrun``: reads ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, starts the process group (nccl on
-  CUDA, gloo on CPU), shards with ``DistributedSampler``, wraps the model in DDP and gathers
-  features across processes for the loss; only rank 0 writes files and shows progress;
+  CUDA, gloo on CPU) (:mod:`ravl_med.models.runtime`), shards with ``DistributedSampler``, wraps
+  the model in DDP and gathers features across processes for the loss; only rank 0 writes files and
+  shows progress;
 * after each optimizer step, ``on_step(step, {"loss": ..., "lr": ...})`` when given;
 * every ``checkpoint_every`` optimizer steps and at each epoch's end, a full training state
-  (model, optimizer, scheduler, the objective's own state when it has ``state_dict()``, e.g.
-  GroupDRO's group weights, step, epoch, position in the epoch, RNG states, metrics so far) goes
-  to ``output_dir/checkpoints/state-<step>.pt`` atomically; ``fit(resume=True)`` continues from the
-  latest one, and on CPU the final weights are bit-identical to an uninterrupted run;
+  (:mod:`ravl_med.models.training_records`) goes to ``output_dir/checkpoints/state-<step>.pt``
+  atomically; ``fit(resume=True)`` continues from the latest one, and on CPU the final weights are
+  bit-identical to an uninterrupted run;
 * after each epoch, zero-shot accuracy on the ``val`` split (class names x templates) and, when the
   manifest says which images carry the planted feature (``artefact_present``), the accuracy of each
   (class x feature present/absent) group and the worst group's;
 * at the end, the weights go to ``output_dir/model.safetensors`` and the per-epoch metrics to
   ``output_dir/metrics.json``.
 
-Training states are pickles written by this module (``torch.load(weights_only=False)``): only
-resume from output folders you created.
+Training states are pickles (``torch.load(weights_only=False)``): only resume from output folders
+you created.
 """
 
 from __future__ import annotations
@@ -38,17 +39,13 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -59,36 +56,34 @@ from ravl_med.config import ConfigError, FinetuneConfig
 from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset, collate
 from ravl_med.data.manifest import Manifest, feature_presence
-from ravl_med.evaluate.groups import group_accuracy_table, worst_group_accuracy
+from ravl_med.evaluate.groups import worst_group_accuracy
 from ravl_med.models.losses import LabelAwareClipLoss
+from ravl_med.models.optim import (
+    clamp_logit_scale,
+    freeze_text_tower,
+    parameter_groups,
+    seed_everything,
+    seed_worker,
+    warmup_cosine,
+)
 from ravl_med.models.registry import create_backbone
+from ravl_med.models.runtime import DistributedContext, mean_over_processes, start_processes
+from ravl_med.models.training_records import (
+    EpochMetrics,
+    FitResult,
+    TrainingProgress,
+    latest_state,
+    load_training_state,
+    save_training_state,
+)
 from ravl_med.models.weights import save_checkpoint
-from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings
+from ravl_med.models.zeroshot import CXR_TEMPLATES, evaluate_zero_shot
 
-__all__ = [
-    "ContrastiveObjective",
-    "DistributedContext",
-    "EpochMetrics",
-    "FitResult",
-    "Trainer",
-    "evaluate_zero_shot",
-    "finetune",
-    "latest_state",
-    "parameter_groups",
-    "warmup_cosine",
-]
+__all__ = ["ContrastiveObjective", "Trainer"]
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "checkpoints"
-STATE_RE = re.compile(r"^state-(\d{8})\.pt$")
 FINAL_WEIGHTS = "model.safetensors"
-MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp of the learned inverse temperature
-#: Config keys that fix a run's trajectory; resuming with other values would not reproduce it.
-TRAJECTORY_KEYS = (
-    "backbone", "checkpoint", "classes", "batch_size", "lr", "weight_decay", "warmup_steps",
-    "grad_accum_steps", "freeze_text", "label_aware", "seed",
-)  # fmt: skip
 
 Objective = Callable[[dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
 SamplerFactory = Callable[[Dataset, int, int, int], Sampler]
@@ -96,148 +91,7 @@ SamplerFactory = Callable[[Dataset, int, int, int], Sampler]
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-# ----------------------------------------------------------------------------- devices & processes
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process runs.
-
-    Attributes:
-        rank, world_size, local_rank: from ``torchrun``'s environment (0, 1, 0 when alone).
-        device: this process's device.
-        autocast_dtype: ``torch.bfloat16`` under bf16 autocast, ``None`` for fp32.
-    """
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-
-def _setup_processes(config: FinetuneConfig) -> tuple[DistributedContext, bool]:
-    """Resolves device and precision and joins the process group under torchrun.
-
-    Returns:
-        the context, and whether this call started the process group (and must end it).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise ConfigError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
-    use_cuda = cuda and config.device in ("auto", "cuda")
-    if use_cuda:
-        device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
-    if config.precision == "bf16" or (
-        config.precision == "auto" and use_cuda and torch.cuda.is_bf16_supported()
-    ):
-        autocast_dtype: torch.dtype | None = torch.bfloat16
-    else:
-        autocast_dtype = None
-    started = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        started = True
-    return DistributedContext(rank, world_size, local_rank, device, autocast_dtype), started
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; NumPy and Python follow it.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _rng_states(device: torch.device) -> dict[str, Any]:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
-# ----------------------------------------------------------------------------- optimisation pieces
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices and kernels, none on norms, biases and ``logit_scale``.
-
-    Frozen parameters (``requires_grad=False``) are left out.
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or "logit_scale" in name or "logit_bias" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up to 1 over ``warmup_steps``, then cosine to 0.
-
-    Step s (0-based) of the warm-up gets (s + 1) / warmup_steps; after it, 0.5 (1 + cos(pi p)) with
-    p = (s - warmup_steps) / (total_steps - warmup_steps) in [0, 1].
-    """
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return multiplier
-
-
-def _freeze_text_tower(model: nn.Module) -> int:
-    """Stops gradients into everything but the image tower and the logit scale/bias; returns the count."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if not (name.startswith("visual.") or name.startswith("logit_")):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
+# ----------------------------------------------------------------------------- objective & sampling
 
 
 class ContrastiveObjective:
@@ -279,179 +133,36 @@ def _default_sampler(dataset: Dataset, rank: int, world_size: int, seed: int) ->
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def zero_shot_predictions(
-    model: nn.Module,
-    preprocess: nn.Module,
-    text_embeddings: torch.Tensor,
-    dataset: RadiographDataset,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 32,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-shot class of every image of ``dataset``: argmax of its cosine with each class text.
-
-    Args:
-        model: an open_clip-style model with ``encode_image``.
-        preprocess: (B, 1, S, S) [0, 1] -> the image tower's input.
-        text_embeddings: (C, D) L2-normalised class text embeddings
-            (:func:`~ravl_med.models.zeroshot.class_text_embeddings`).
-        dataset: a :class:`RadiographDataset`.
-        device: where to compute.
-        batch_size: images per forward pass.
-        autocast: context manager factory around the forward passes.
-
-    Returns:
-        (labels, predictions): (N,) int64 each; labels are -1 for rows outside the classes.
-    """
-    was_training = model.training
-    model.eval()
-    text = text_embeddings.float().to(device)
-    labels, predicted = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-            with autocast():
-                features = model.encode_image(preprocess(batch["image"].to(device)), normalize=True)
-            predicted.append((features.float() @ text.T).argmax(dim=1).cpu().numpy())
-            labels.append(batch["label"].numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(labels), np.concatenate(predicted)
-
-
-def evaluate_zero_shot(
-    model: nn.Module,
-    preprocess: nn.Module,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    dataset: RadiographDataset,
-    classes: list[str] | tuple[str, ...],
-    templates=CXR_TEMPLATES,
-    *,
-    feature_present: np.ndarray | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 32,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> tuple[float, pd.DataFrame | None]:
-    """Zero-shot top-1 accuracy of ``model`` on ``dataset`` (rows with label -1 are not counted).
-
-    Args:
-        model: an open_clip-style model with ``encode_image``/``encode_text``.
-        preprocess: (B, 1, S, S) [0, 1] -> the image tower's input.
-        tokenizer: strings -> token ids.
-        dataset: a :class:`RadiographDataset` with ``classes``.
-        classes, templates: see :func:`~ravl_med.models.zeroshot.class_text_embeddings`.
-        feature_present: (N,) bool per row of ``dataset``, whether the image carries the planted
-            feature; when given, the per-group table is computed too.
-        device: where to compute.
-        batch_size: images per forward pass.
-        autocast: context manager factory around the forward passes.
-
-    Returns:
-        (accuracy, groups): accuracy in [0, 1] (NaN when no row has a known label), and the
-        :func:`~ravl_med.evaluate.groups.group_accuracy_table` of (class x feature present/absent)
-        without intervals (``n_boot=0``), or ``None`` without ``feature_present``.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast():
-            text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
-    finally:
-        model.train(was_training)
-    labels, predicted = zero_shot_predictions(
-        model, preprocess, text, dataset, device=device, batch_size=batch_size, autocast=autocast
-    )
-    known = labels >= 0
-    accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
-    if feature_present is None:
-        return accuracy, None
-    return accuracy, group_accuracy_table(labels, predicted, feature_present, classes, n_boot=0)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class EpochMetrics:
-    """Metrics of one epoch.
-
-    Attributes:
-        epoch: 0-based epoch index.
-        train_loss: mean training loss over the epoch's micro-batches, nats (all processes).
-        val_accuracy: zero-shot top-1 accuracy on the ``val`` split, or ``None`` without one.
-        images_per_s: training throughput over the epoch, images per second (all processes; for
-            an epoch that was resumed, only its resumed part).
-        steps: optimizer steps done at the end of the epoch (cumulative).
-        val_worst_group: lowest zero-shot accuracy over the non-empty (class x feature
-            present/absent) groups of the ``val`` split, or ``None`` when the manifest does not say
-            which images carry the feature (or there is no ``val`` split).
-        val_groups: that group table (:func:`~ravl_med.evaluate.groups.group_accuracy_table`, no
-            intervals) as JSON records, one per group (accuracy ``None`` for an empty group), or ``None``.
-    """
-
-    epoch: int
-    train_loss: float
-    val_accuracy: float | None
-    images_per_s: float
-    steps: int
-    val_worst_group: float | None = None
-    val_groups: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class FitResult:
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes:
-        history: one :class:`EpochMetrics` per finished epoch.
-        step_losses: mean loss of each optimizer step (this process's micro-batches), nats.
-        checkpoint: the final weights (``model.safetensors``).
-        sha256: its hex digest (for ``create_backbone(..., sha256=...)``).
-        steps: optimizer steps done.
-        chance: 1 / number of classes (zero-shot accuracy of guessing).
-        stopped_early: ``max_steps`` ended the run before the last epoch finished.
-        feature: name of the planted feature the ``val`` groups split on (the manifest's
-            ``artefact``), or ``None`` when the manifest does not say which images carry it.
-    """
-
-    history: list[EpochMetrics]
-    step_losses: list[float]
-    checkpoint: Path
-    sha256: str
-    steps: int
-    chance: float
-    stopped_early: bool = False
-    feature: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "checkpoint": str(self.checkpoint)}
-
-
-def latest_state(output_dir: str | Path) -> Path | None:
-    """The training state with the most steps under ``output_dir/checkpoints``, or ``None``."""
-    folder = Path(output_dir) / STATE_DIR
-    if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := STATE_RE.match(p.name)))
-    return found[-1][1] if found else None
-
-
 # ----------------------------------------------------------------------------- the trainer
 
 
 @dataclass
-class _Progress:
-    step: int = 0
-    epoch: int = 0
-    micro: int = 0  # micro-batches of ``epoch`` already done (always at an optimizer-step boundary)
-    loss_sum: float = 0.0  # running sums of the unfinished epoch, so a resumed epoch reports the same loss
-    loss_count: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    step_losses: list[float] = field(default_factory=list)
+class _Run:
+    """What one :meth:`Trainer.fit` call trains with (built by :meth:`Trainer._prepare`)."""
+
+    ctx: DistributedContext
+    model: nn.Module  # unwrapped: saved, evaluated, clamped
+    train_model: nn.Module  # ``model``, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    objective: Objective
+    sampler: Sampler
+    train_set: RadiographDataset
+    val_set: RadiographDataset | None
+    val_present: np.ndarray | None  # (N_val,) bool: the image carries the planted feature
+    feature: str | None  # the manifest's name of that feature
+    micro_per_epoch: int  # micro-batches per epoch on this process
+    templates: tuple[str, ...]
+    progress: TrainingProgress
+
+
+@dataclass
+class _EpochPace:
+    """Throughput bookkeeping of the epoch in progress, and whether ``max_steps`` ended the run."""
+
+    started: float  # time.perf_counter() before the epoch's first micro-batch, s
+    images: int = 0  # images trained on in this epoch (all processes)
+    stopped_early: bool = False
 
 
 class Trainer:
@@ -542,7 +253,7 @@ class Trainer:
             the :class:`FitResult` (also in ``result_``).
         """
         cfg = self.config
-        ctx, started_group = _setup_processes(cfg)
+        ctx, started_group = start_processes(cfg.device, cfg.precision)
         try:
             return self._fit(ctx, resume, max_steps)
         finally:
@@ -550,18 +261,27 @@ class Trainer:
                 dist.destroy_process_group()
 
     def _fit(self, ctx: DistributedContext, resume: bool, max_steps: int | None) -> FitResult:
+        run = self._prepare(ctx, resume)
+        stopped_early = False
+        for epoch in range(run.progress.epoch, self.config.epochs):
+            if stopped_early:
+                break
+            pace = self._train_epoch(run, epoch, max_steps)
+            stopped_early = pace.stopped_early
+            if run.progress.micro < run.micro_per_epoch:  # stopped by max_steps inside the epoch
+                break
+            self._close_epoch(run, epoch, pace)
+        return self._finish(run.progress, run.model, ctx, stopped_early, run.feature)
+
+    def _prepare(self, ctx: DistributedContext, resume: bool) -> _Run:
+        """Seeds, then builds model, data, sampler, optimizer, schedule and objective, then resumes.
+
+        The order is part of the run's definition: model initialisation draws from the seeded RNG,
+        and a resumed state restores the RNG states after everything is built.
+        """
         cfg = self.config
         seed_everything(cfg.seed)
-        try:
-            model, self.preprocess_, self.tokenizer_ = create_backbone(
-                cfg.backbone, checkpoint=cfg.checkpoint, sha256=cfg.sha256, device=ctx.device
-            )
-        except KeyError as err:
-            raise ConfigError(f"backbone: {err.args[0]}") from None
-        if cfg.freeze_text:
-            _freeze_text_tower(model)
-        model.train()
-        self.model_ = model
+        model = self._build_model(ctx)
         train_set, val_set = self.datasets()
         presence = feature_presence(cfg.manifest, val_set.keys) if val_set is not None else None
         val_present, feature = presence if presence is not None else (None, None)
@@ -573,125 +293,177 @@ class Trainer:
                 f"batch_size: {cfg.batch_size} x {ctx.world_size} process(es) is larger than the "
                 f"{len(train_set)} training rows; lower batch_size"
             )
-        steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum_steps)
-        total_steps = cfg.epochs * steps_per_epoch
+        total_steps = cfg.epochs * math.ceil(micro_per_epoch / cfg.grad_accum_steps)
 
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
         objective = self.objective or ContrastiveObjective(cfg.label_aware, ctx.rank, ctx.world_size)
         templates = tuple(cfg.templates) if cfg.templates else CXR_TEMPLATES
 
-        state = _Progress()
+        progress = TrainingProgress()
         state_path = latest_state(cfg.output_dir) if resume else None
         if state_path is not None:
-            state = self._load_state(state_path, model, optimizer, scheduler, objective, ctx)
+            progress = load_training_state(state_path, cfg, model, optimizer, scheduler, objective, ctx)
         train_model: nn.Module = model
         if ctx.distributed:
             train_model = DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
+        return _Run(ctx, model, train_model, optimizer, scheduler, objective, sampler, train_set, val_set,
+                    val_present, feature, micro_per_epoch, templates, progress)
 
-        stopped_early = False
-        for epoch in range(state.epoch, cfg.epochs):
-            if stopped_early:
-                break
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            start_micro = state.micro if epoch == state.epoch else 0
-            if start_micro == 0:
-                state.loss_sum, state.loss_count = 0.0, 0
-            loader = DataLoader(
-                train_set,
-                batch_size=cfg.batch_size,
-                sampler=_ResumableSampler(sampler, start_micro * cfg.batch_size),
-                collate_fn=collate,
-                num_workers=cfg.workers,
-                worker_init_fn=_seed_worker,
-                generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                drop_last=True,
-                pin_memory=ctx.device.type == "cuda",
+    def _build_model(self, ctx: DistributedContext) -> nn.Module:
+        """The registry's backbone on this process's device, text tower frozen when asked, in train mode.
+
+        Sets ``model_``, ``preprocess_`` and ``tokenizer_``.
+        """
+        cfg = self.config
+        try:
+            model, self.preprocess_, self.tokenizer_ = create_backbone(
+                cfg.backbone, checkpoint=cfg.checkpoint, sha256=cfg.sha256, device=ctx.device
             )
-            bar = self._bar(ctx, micro_per_epoch, start_micro, epoch)
-            images = 0
-            started = time.perf_counter()
-            group_loss = 0.0
-            for micro, batch in enumerate(loader, start=start_micro):
-                group_start = micro - micro % cfg.grad_accum_steps
-                group_size = min(cfg.grad_accum_steps, micro_per_epoch - group_start)
-                closes_group = micro + 1 == group_start + group_size
-                sync = contextlib.nullcontext()
-                if ctx.distributed and not closes_group:
-                    sync = train_model.no_sync()  # type: ignore[operator]
-                with sync:
-                    with ctx.autocast():
-                        outputs = self.forward(train_model, batch, ctx)
-                        loss = objective(batch, outputs)
-                    (loss / group_size).backward()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at step {state.step}, epoch {epoch}; lower lr")
-                group_loss += value / group_size
-                state.loss_sum += value
-                state.loss_count += 1
-                images += len(batch["image"]) * ctx.world_size
-                if not closes_group:
-                    bar.update()
-                    continue
-                lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for name, param in model.named_parameters():
-                        if name == "logit_scale":
-                            param.clamp_(0, MAX_LOGIT_SCALE)
-                state.step += 1
-                state.step_losses.append(group_loss)
-                state.micro = micro + 1
-                group_loss = 0.0
-                rate = images / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", lr=f"{lr:.2e}")
-                bar.update()
-                if self.on_step is not None:
-                    self.on_step(state.step, {"loss": state.step_losses[-1], "lr": lr})
-                if max_steps is not None and state.step >= max_steps:
-                    stopped_early = state.micro < micro_per_epoch or epoch + 1 < cfg.epochs
-                    if state.micro < micro_per_epoch:
-                        self._save_state(state, model, optimizer, scheduler, objective, ctx)
-                    break
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.micro < micro_per_epoch:
-                    self._save_state(state, model, optimizer, scheduler, objective, ctx)
-            bar.close()
-            if state.micro < micro_per_epoch:  # stopped by max_steps inside the epoch
-                break
-            elapsed = time.perf_counter() - started
-            train_loss = self._mean_over_processes(state.loss_sum, state.loss_count, ctx)
-            accuracy, worst, groups = None, None, None
-            if val_set is not None and ctx.is_main:
-                accuracy, table = evaluate_zero_shot(
-                    model, self.preprocess_, self.tokenizer_, val_set, cfg.classes, templates,
-                    feature_present=val_present, device=ctx.device, batch_size=cfg.batch_size,
-                    autocast=ctx.autocast,
-                )
-                if table is not None:
-                    worst = worst_group_accuracy(table)
-                    worst = None if math.isnan(worst) else worst
-                    groups = json.loads(table.drop(columns=["ci_low", "ci_high"]).to_json(orient="records"))
-            if ctx.distributed:
-                dist.barrier()
-            metrics = EpochMetrics(epoch, train_loss, accuracy, images / max(elapsed, 1e-9), state.step,
-                                   worst, groups)
-            state.history.append(asdict(metrics))
-            if ctx.is_main:
-                shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
-                shown_worst = "n/a" if worst is None else f"{worst:.3f}"
-                log.info("epoch %d: train loss %.4f, val zero-shot accuracy %s (worst group %s), %.1f images/s",
-                         epoch, train_loss, shown, shown_worst, metrics.images_per_s)
-            state.epoch, state.micro = epoch + 1, 0
-            state.loss_sum, state.loss_count = 0.0, 0
-            self._save_state(state, model, optimizer, scheduler, objective, ctx)
+        except KeyError as err:
+            raise ConfigError(f"backbone: {err.args[0]}") from None
+        if cfg.freeze_text:
+            freeze_text_tower(model)
+        model.train()
+        self.model_ = model
+        return model
 
-        return self._finish(state, model, ctx, stopped_early, feature)
+    def _train_epoch(self, run: _Run, epoch: int, max_steps: int | None) -> _EpochPace:
+        """The micro-batches and optimizer steps of ``epoch``, from where ``run.progress`` stands.
+
+        Stops after the optimizer step that reaches ``max_steps`` (writing a training state when that
+        step is inside the epoch), and writes one every ``checkpoint_every`` steps inside the epoch
+        (the epoch's end writes its own, :meth:`_close_epoch`).
+        """
+        cfg, state = self.config, run.progress
+        if hasattr(run.sampler, "set_epoch"):
+            run.sampler.set_epoch(epoch)
+        start_micro = state.micro if epoch == state.epoch else 0
+        if start_micro == 0:
+            state.loss_sum, state.loss_count = 0.0, 0
+        loader = self._loader(run, epoch, start_micro)
+        bar = self._bar(run.ctx, run.micro_per_epoch, start_micro, epoch)
+        pace = _EpochPace(started=time.perf_counter())
+        group_loss = 0.0
+        for micro, batch in enumerate(loader, start=start_micro):
+            group_start = micro - micro % cfg.grad_accum_steps
+            group_size = min(cfg.grad_accum_steps, run.micro_per_epoch - group_start)
+            closes_group = micro + 1 == group_start + group_size
+            value = self._backward(run, batch, group_size, closes_group, epoch)
+            group_loss += value / group_size
+            state.loss_sum += value
+            state.loss_count += 1
+            pace.images += len(batch["image"]) * run.ctx.world_size
+            if not closes_group:
+                bar.update()
+                continue
+            lr = self._optimizer_step(run)
+            state.step += 1
+            state.step_losses.append(group_loss)
+            state.micro = micro + 1
+            group_loss = 0.0
+            rate = pace.images / max(time.perf_counter() - pace.started, 1e-9)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", lr=f"{lr:.2e}")
+            bar.update()
+            if self.on_step is not None:
+                self.on_step(state.step, {"loss": state.step_losses[-1], "lr": lr})
+            inside_epoch = state.micro < run.micro_per_epoch
+            if max_steps is not None and state.step >= max_steps:
+                pace.stopped_early = inside_epoch or epoch + 1 < cfg.epochs
+                if inside_epoch:
+                    self._save_state(run)
+                break
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and inside_epoch:
+                self._save_state(run)
+        bar.close()
+        return pace
+
+    def _loader(self, run: _Run, epoch: int, start_micro: int) -> DataLoader:
+        """The epoch's training micro-batches from ``start_micro`` on (workers seeded from ``seed + epoch``)."""
+        cfg = self.config
+        return DataLoader(
+            run.train_set,
+            batch_size=cfg.batch_size,
+            sampler=_ResumableSampler(run.sampler, start_micro * cfg.batch_size),
+            collate_fn=collate,
+            num_workers=cfg.workers,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            drop_last=True,
+            pin_memory=run.ctx.device.type == "cuda",
+        )
+
+    def _backward(self, run: _Run, batch: dict[str, Any], group_size: int, closes_group: bool, epoch: int) -> float:
+        """Forward, loss and backward of one micro-batch (gradient scaled by 1 / ``group_size``).
+
+        Under DDP, gradients are synchronised only on the micro-batch that closes its group.
+
+        Returns:
+            the micro-batch's loss, nats.
+
+        Raises:
+            FloatingPointError: a non-finite loss.
+        """
+        sync = contextlib.nullcontext()
+        if run.ctx.distributed and not closes_group:
+            sync = run.train_model.no_sync()  # type: ignore[operator]
+        with sync:
+            with run.ctx.autocast():
+                outputs = self.forward(run.train_model, batch, run.ctx)
+                loss = run.objective(batch, outputs)
+            (loss / group_size).backward()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {run.progress.step}, epoch {epoch}; lower lr")
+        return value
+
+    @staticmethod
+    def _optimizer_step(run: _Run) -> float:
+        """AdamW and schedule step, then the logit-scale clamp; returns the learning rate the step used."""
+        lr = run.scheduler.get_last_lr()[0]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        clamp_logit_scale(run.model)
+        return lr
+
+    def _close_epoch(self, run: _Run, epoch: int, pace: _EpochPace) -> None:
+        """The finished epoch's metrics (loss over all processes, validation on rank 0), log line and state."""
+        state, ctx = run.progress, run.ctx
+        elapsed = time.perf_counter() - pace.started
+        train_loss = mean_over_processes(state.loss_sum, state.loss_count, ctx)
+        accuracy, worst, groups = None, None, None
+        if run.val_set is not None and ctx.is_main:
+            accuracy, worst, groups = self._validate(run)
+        if ctx.distributed:
+            dist.barrier()
+        metrics = EpochMetrics(epoch, train_loss, accuracy, pace.images / max(elapsed, 1e-9), state.step,
+                               worst, groups)
+        state.history.append(asdict(metrics))
+        if ctx.is_main:
+            shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+            shown_worst = "n/a" if worst is None else f"{worst:.3f}"
+            log.info("epoch %d: train loss %.4f, val zero-shot accuracy %s (worst group %s), %.1f images/s",
+                     epoch, train_loss, shown, shown_worst, metrics.images_per_s)
+        state.epoch, state.micro = epoch + 1, 0
+        state.loss_sum, state.loss_count = 0.0, 0
+        self._save_state(run)
+
+    def _validate(self, run: _Run) -> tuple[float, float | None, list[dict[str, Any]] | None]:
+        """Zero-shot accuracy on the val split, the worst group's and the group records (:class:`EpochMetrics`)."""
+        cfg = self.config
+        accuracy, table = evaluate_zero_shot(
+            run.model, self.preprocess_, self.tokenizer_, run.val_set, cfg.classes, run.templates,
+            feature_present=run.val_present, device=run.ctx.device, batch_size=cfg.batch_size,
+            autocast=run.ctx.autocast,
+        )
+        if table is None:
+            return accuracy, None, None
+        worst = worst_group_accuracy(table)
+        groups = json.loads(table.drop(columns=["ci_low", "ci_high"]).to_json(orient="records"))
+        return accuracy, (None if math.isnan(worst) else worst), groups
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -703,62 +475,10 @@ class Trainer:
             disable=not (self.progress and ctx.is_main), leave=False,
         )
 
-    @staticmethod
-    def _mean_over_processes(total: float, count: int, ctx: DistributedContext) -> float:
-        if ctx.distributed:
-            pair = torch.tensor([total, float(count)], dtype=torch.float64, device=ctx.device)
-            dist.all_reduce(pair)
-            total, count = float(pair[0]), int(pair[1])
-        return total / max(count, 1)
+    def _save_state(self, run: _Run) -> None:
+        save_training_state(self.config, run.progress, run.model, run.optimizer, run.scheduler, run.objective, run.ctx)
 
-    def _save_state(self, state: _Progress, model, optimizer, scheduler, objective, ctx: DistributedContext) -> None:
-        if ctx.is_main:
-            folder = Path(self.config.output_dir) / STATE_DIR
-            path = folder / f"state-{state.step:08d}.pt"
-            payload = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "progress": asdict(state),
-                "rng": _rng_states(ctx.device),
-                "config": self.config.model_dump(mode="json"),
-                "world_size": ctx.world_size,
-            }
-            if hasattr(objective, "state_dict"):
-                payload["objective"] = objective.state_dict()
-            with atomic_path(path) as tmp:
-                torch.save(payload, tmp)
-            old = sorted(p for p in folder.iterdir() if STATE_RE.match(p.name) and p != path)
-            for stale in old[: max(0, len(old) - (self.config.keep_checkpoints - 1))]:
-                stale.unlink(missing_ok=True)
-        if ctx.distributed:
-            dist.barrier()
-
-    def _load_state(self, path: Path, model, optimizer, scheduler, objective, ctx: DistributedContext) -> _Progress:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        saved, current = payload["config"], self.config.model_dump(mode="json")
-        changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != current.get(k)]
-        if payload.get("world_size", 1) != ctx.world_size:
-            changed.append(f"world size ({payload.get('world_size')} -> {ctx.world_size})")
-        if changed:
-            raise ConfigError(
-                f"{path}: cannot resume, the run was started with different {', '.join(changed)}; "
-                "use a new output_dir or the original settings"
-            )
-        if saved.get("epochs") != current.get("epochs"):
-            log.warning("resuming with epochs=%s (was %s): the cosine schedule changes", current["epochs"], saved["epochs"])
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        if hasattr(objective, "load_state_dict"):
-            if "objective" in payload:
-                objective.load_state_dict(payload["objective"])
-            else:
-                log.warning("%s holds no objective state: the objective starts afresh", path)
-        _restore_rng_states(payload["rng"], ctx.device)
-        return _Progress(**payload["progress"])
-
-    def _finish(self, state: _Progress, model, ctx: DistributedContext, stopped_early: bool,
+    def _finish(self, state: TrainingProgress, model, ctx: DistributedContext, stopped_early: bool,
                 feature: str | None) -> FitResult:
         cfg = self.config
         final = Path(cfg.output_dir) / FINAL_WEIGHTS
@@ -783,7 +503,3 @@ class Trainer:
         )
         return self.result_
 
-
-def finetune(config: FinetuneConfig, *, resume: bool = False, max_steps: int | None = None, **kwargs) -> FitResult:
-    """``Trainer(config, **kwargs).fit(resume, max_steps)``; see :class:`Trainer`."""
-    return Trainer(config, **kwargs).fit(resume=resume, max_steps=max_steps)

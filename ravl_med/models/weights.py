@@ -1,5 +1,8 @@
 """Offline weight loading: local files or folders only, optional sha256 check, never a network call.
 
+A path is a filesystem path or ``package:<module>/<relative path>`` for a file shipped inside an
+installed Python package (:func:`resolve_local_path`, found without importing it, never downloaded).
+
 Checkpoints are plain state dicts (or dicts holding one under ``state_dict``/``model``/``module``)
 stored as ``.pt``/``.pth``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors``.
 Prefixes that wrappers add (``module.`` from DataParallel/DDP, ``model.`` from Lightning-style
@@ -9,6 +12,7 @@ trainers) are stripped.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from ravl_med.data.atomic import atomic_path
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "PACKAGE_SCHEME",
     "ChecksumError",
     "KeyReport",
     "WeightsError",
@@ -27,6 +32,7 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict",
     "resolve_checkpoint",
+    "resolve_local_path",
     "save_checkpoint",
 ]
 
@@ -42,6 +48,8 @@ FOLDER_CANDIDATES = (
     "model.pth",
 )
 STRIP_PREFIXES = ("module.", "model.")
+#: Prefix of a path inside an installed Python package: ``package:<module>/<relative path>``.
+PACKAGE_SCHEME = "package:"
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 
 
@@ -86,6 +94,34 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def resolve_local_path(value: str | Path, what: str = "path") -> Path:
+    """A local file or folder from a config value.
+
+    Args:
+        value: a filesystem path (``~`` expanded), or ``package:<module>/<relative path>`` for a file
+            or folder inside an installed Python package (located without importing it).
+        what: what the path is for, used in error messages.
+
+    Raises:
+        FileNotFoundError: naming the missing path, or the package that is not installed.
+    """
+    text = str(value)
+    if text.startswith(PACKAGE_SCHEME):
+        module, _, relative = text[len(PACKAGE_SCHEME) :].partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            pip_name = module.replace("_", "-")
+            raise FileNotFoundError(
+                f"{what}: Python package {module!r} is not installed (pip install {pip_name}); needed for {text}"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / relative
+    else:
+        path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path} (weights are only loaded from local files)")
+    return path
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

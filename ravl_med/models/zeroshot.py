@@ -4,20 +4,34 @@ For each class q: encode every template filled with the class name, L2-normalise
 L2-normalise again -> t_q. Scores p(q | x) = softmax_q(<e_x, t_q> / T), T = 0.07 by default. The
 same scoring applies to image embeddings and to region embeddings
 (:class:`~ravl_med.models.regions.RegionEmbedder`).
+
+:func:`zero_shot_predictions` and :func:`evaluate_zero_shot` run a whole
+:class:`~ravl_med.data.dataset.RadiographDataset` through a model (the fine-tuning loop's
+validation, the stage-2 evaluation).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ravl_med.data.dataset import RadiographDataset, collate
+from ravl_med.evaluate.groups import group_accuracy_table
 
 __all__ = [
     "CXR_TEMPLATES",
     "DEFAULT_TEMPERATURE",
     "class_text_embeddings",
+    "evaluate_zero_shot",
     "zero_shot_logits",
+    "zero_shot_predictions",
     "zero_shot_scores",
 ]
 
@@ -106,3 +120,93 @@ def zero_shot_scores(
         (N, C) probabilities, rows summing to 1; predicted class = ``argmax(dim=1)``.
     """
     return zero_shot_logits(embeddings, text, temperature).softmax(dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_predictions(
+    model: nn.Module,
+    preprocess: nn.Module,
+    text_embeddings: torch.Tensor,
+    dataset: RadiographDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot class of every image of ``dataset``: argmax of its cosine with each class text.
+
+    Args:
+        model: an open_clip-style model with ``encode_image``.
+        preprocess: (B, 1, S, S) [0, 1] -> the image tower's input.
+        text_embeddings: (C, D) L2-normalised class text embeddings
+            (:func:`class_text_embeddings`).
+        dataset: a :class:`RadiographDataset`.
+        device: where to compute.
+        batch_size: images per forward pass.
+        autocast: context manager factory around the forward passes.
+
+    Returns:
+        (labels, predictions): (N,) int64 each; labels are -1 for rows outside the classes.
+    """
+    was_training = model.training
+    model.eval()
+    text = text_embeddings.float().to(device)
+    labels, predicted = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+            with autocast():
+                features = model.encode_image(preprocess(batch["image"].to(device)), normalize=True)
+            predicted.append((features.float() @ text.T).argmax(dim=1).cpu().numpy())
+            labels.append(batch["label"].numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(labels), np.concatenate(predicted)
+
+
+def evaluate_zero_shot(
+    model: nn.Module,
+    preprocess: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    dataset: RadiographDataset,
+    classes: list[str] | tuple[str, ...],
+    templates=CXR_TEMPLATES,
+    *,
+    feature_present: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[float, pd.DataFrame | None]:
+    """Zero-shot top-1 accuracy of ``model`` on ``dataset`` (rows with label -1 are not counted).
+
+    Args:
+        model: an open_clip-style model with ``encode_image``/``encode_text``.
+        preprocess: (B, 1, S, S) [0, 1] -> the image tower's input.
+        tokenizer: strings -> token ids.
+        dataset: a :class:`RadiographDataset` with ``classes``.
+        classes, templates: see :func:`class_text_embeddings`.
+        feature_present: (N,) bool per row of ``dataset``, whether the image carries the planted
+            feature; when given, the per-group table is computed too.
+        device: where to compute.
+        batch_size: images per forward pass.
+        autocast: context manager factory around the forward passes.
+
+    Returns:
+        (accuracy, groups): accuracy in [0, 1] (NaN when no row has a known label), and the
+        :func:`~ravl_med.evaluate.groups.group_accuracy_table` of (class x feature present/absent)
+        without intervals (``n_boot=0``), or ``None`` without ``feature_present``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast():
+            text = class_text_embeddings(model, tokenizer, list(classes), templates, device=device).float()
+    finally:
+        model.train(was_training)
+    labels, predicted = zero_shot_predictions(
+        model, preprocess, text, dataset, device=device, batch_size=batch_size, autocast=autocast
+    )
+    known = labels >= 0
+    accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
+    if feature_present is None:
+        return accuracy, None
+    return accuracy, group_accuracy_table(labels, predicted, feature_present, classes, n_boot=0)

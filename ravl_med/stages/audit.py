@@ -228,7 +228,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     """
     import torch
 
-    from ravl_med.models.registry import resolve_device
+    from ravl_med.models.runtime import resolve_device
 
     if config.manifest is None:
         raise ConfigError("manifest: no manifest given (set it or pass --manifest)")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ravl_med.data.atomic import atomic_path
-from ravl_med.models.training import FitResult
+from ravl_med.models.training_records import FitResult
 from ravl_med.stages.config import BenchmarkConfig, MitigateConfig, MitigationEvaluation
 from ravl_med.stages.evaluate import EvaluationResult
 from ravl_med.stages.tables import METRICS, RESULT_FILE, write_tables

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ravl_med.config import ConfigError, FinetuneConfig
-from ravl_med.models.training import FitResult, Trainer
+from ravl_med.models.training import Trainer
+from ravl_med.models.training_records import FitResult
 
 __all__ = ["run_finetune"]
 

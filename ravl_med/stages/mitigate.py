@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
 from ravl_med.mitigate.registry import MITIGATION_METHODS
-from ravl_med.models.training import FitResult
+from ravl_med.models.runtime import process_rank
+from ravl_med.models.training_records import FitResult
 from ravl_med.stages.audit import region_setting
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
@@ -130,7 +130,7 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     out = Path(ft.output_dir) / config.method
     result = MitigationResult(method=config.method, config=config, region_labels=stats, fit=fit, evaluation=None,
                               output_dir=out, train_seconds=time.perf_counter() - start)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if process_rank().rank != 0:
         return result
     with atomic_path(out / "mitigate.json") as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -145,7 +145,8 @@ def _stage1_region_labels(config: MitigateConfig) -> tuple[dict[str, np.ndarray]
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest, feature_presence
     from ravl_med.mitigate.methods import stage1_groups
-    from ravl_med.models.registry import create_backbone, resolve_device
+    from ravl_med.models.registry import create_backbone
+    from ravl_med.models.runtime import resolve_device
 
     ft = config.finetune
     medoids = _medoids(config)
@@ -199,7 +200,7 @@ def _evaluate(config: MitigateConfig, fit: FitResult) -> tuple[EvaluationResult 
     """
     import pandas as pd
 
-    from ravl_med.models.registry import resolve_device
+    from ravl_med.models.runtime import resolve_device
     from ravl_med.stages.evaluate import run_evaluation
 
     ft, plan = config.finetune, config.evaluation

@@ -135,7 +135,7 @@ _registered = False
 
 def _register() -> None:
     """Registers the per-type loggers (imports the stages, and so torch: called on first use)."""
-    from ravl_med.models.training import FitResult
+    from ravl_med.models.training_records import FitResult
     from ravl_med.stages.audit import AuditResult
     from ravl_med.stages.benchmark import Stage1Result
     from ravl_med.stages.evaluate import EvaluationResult
