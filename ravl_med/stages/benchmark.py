@@ -126,6 +126,7 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
     from ravl_med.models.runtime import resolve_device
     from ravl_med.phantom import write_setting
     from ravl_med.stages.audit import run_audit
+    from ravl_med.stages.finetune import run_finetune
 
     root = Path(config.output_dir) / setting.name
     done = root / RESULT_FILE
@@ -142,7 +143,7 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
     say(f"{setting.name}: [2/4] stage-1 fine-tuning ({config.finetune.epochs} epochs, {config.model.backbone})")
     ft = config.finetune_config(setting, manifest, root / "stage1")
     start = time.perf_counter()
-    fit = _fit(ft, progress)
+    fit = run_finetune(ft, resume=True, progress=progress)
     train_seconds = time.perf_counter() - start
 
     say(f"{setting.name}: [3/4] audit ({', '.join(config.audit.methods)})")
@@ -174,12 +175,6 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
-
-
-def _fit(config, progress: bool) -> FitResult:
-    from ravl_med.stages.finetune import run_finetune
-
-    return run_finetune(config, resume=True, progress=progress)
 
 
 def _stage1(setting, config: BenchmarkConfig, ft, fit: FitResult, audit, train_seconds: float, device: str,
