@@ -316,3 +316,11 @@ def test_two_processes_can_create_a_fresh_sqlite_store_at_once(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("ravl-med/race").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1"]
+
+
+def test_log_dispatches_on_the_result_type():
+    """Each stage result type has one logger; anything else is refused rather than silently skipped."""
+    from ravl_med.tracking.observe import log
+
+    with pytest.raises(TypeError, match="no tracking for results of type dict"):
+        log(None, {"not": "a stage result"})

@@ -122,11 +122,11 @@ def log(run: TrackedRun, result: Any, **context: Any) -> None:
     if not _registered:
         _register()
         _registered = True
-    _dispatch(run, result, **context)
+    _dispatch(result, run, **context)
 
 
-@functools.singledispatch
-def _dispatch(run: TrackedRun, result: Any, **context: Any) -> None:
+@functools.singledispatch  # dispatches on the first argument: the result
+def _dispatch(result: Any, run: TrackedRun, **context: Any) -> None:
     raise TypeError(f"no tracking for results of type {type(result).__name__}")
 
 
@@ -148,7 +148,7 @@ def _register() -> None:
     _dispatch.register(Stage1Result, _log_stage1)
 
 
-def _log_fit(run: TrackedRun, result, **_: Any) -> None:
+def _log_fit(result, run: TrackedRun, **_: Any) -> None:
     import pandas as pd
 
     last = result.history[-1] if result.history and result.history[-1].val_groups else None
@@ -168,14 +168,14 @@ def _log_fit(run: TrackedRun, result, **_: Any) -> None:
         run.log_artifact(metrics_file)
 
 
-def _log_evaluation(run: TrackedRun, result, *, split: str = "test", **_: Any) -> None:
+def _log_evaluation(result, run: TrackedRun, *, split: str = "test", **_: Any) -> None:
     run.log_group_table(result.images.by_group, split=split, feature=result.feature or "feature")
     if result.regions is not None:
         run.log_metrics({names.region_accuracy(split, "overall"): result.region_accuracy,
                          names.region_accuracy(split, "worst_group"): result.region_worst_group})
 
 
-def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, method_prefix: str = "",
+def _log_audit(result, run: TrackedRun, *, spurious_class: str | None = None, method_prefix: str = "",
                method_tags: Mapping[str, Any] | None = None, **_: Any) -> None:
     """The audit in ``run``; a child run ``<method_prefix><method>`` per discovery method."""
     import numpy as np
@@ -210,22 +210,22 @@ def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, me
             child.log_metrics(metrics)
 
 
-def _log_mitigation(run: TrackedRun, result, **_: Any) -> None:
+def _log_mitigation(result, run: TrackedRun, **_: Any) -> None:
     settings = result.config.model_dump(mode="json", exclude={"finetune", "evaluation", "stage1_checkpoint",
                                                                "stage1_sha256", "audit_dir"})
     run.log_params({f"mitigation.{key}": value for key, value in settings.items()})
-    _log_fit(run, result.fit)
+    _log_fit(result.fit, run)
     run.log_metrics({names.TRAIN_SECONDS: result.train_seconds})
     for name in ("mitigate.json", "evaluation.json", "groups.csv"):
         if (result.output_dir / name).is_file():
             run.log_artifact(result.output_dir / name)
     if result.evaluation is not None:
-        _log_evaluation(run, result.evaluation, split=result.config.evaluation.split)
+        _log_evaluation(result.evaluation, run, split=result.config.evaluation.split)
 
 
-def _log_stage1(run: TrackedRun, result, **_: Any) -> None:
-    _log_fit(run, result.fit)
-    _log_evaluation(run, result.evaluation)
+def _log_stage1(result, run: TrackedRun, **_: Any) -> None:
+    _log_fit(result.fit, run)
+    _log_evaluation(result.evaluation, run)
     run.log_metrics({names.SHORTCUT_GAP: result.shortcut_gap, names.TRAIN_SECONDS: result.train_seconds})
 
 
