@@ -37,7 +37,7 @@ from ravl_med.models.hybrid import CNNImageTower
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.runtime import DistributedContext, process_rank
 from ravl_med.models.training import ContrastiveObjective, Trainer
-from ravl_med.models.zeroshot import CXR_TEMPLATES
+from ravl_med.models.zeroshot import CXR_TEMPLATES, class_prompts, embed_class_prompts
 
 from .losses import RegionAwareLoss
 from .regions import images_with_spurious_region
@@ -269,9 +269,8 @@ class MitigationTrainer(Trainer):
 
     def _class_text(self, model: nn.Module, device: torch.device) -> torch.Tensor:
         templates = list(self.config.templates) if self.config.templates else list(CXR_TEMPLATES)
-        prompts = [t.format(c) for c in self.config.classes for t in templates]
-        text = F.normalize(model.encode_text(self._tokenised("classes", prompts, device)).float(), dim=-1)
-        return F.normalize(text.view(len(self.config.classes), len(templates), -1).mean(dim=1), dim=-1)
+        tokens = self._tokenised("classes", class_prompts(self.config.classes, templates), device)
+        return embed_class_prompts(model, tokens, len(self.config.classes))
 
     def forward(self, model: nn.Module, batch: dict[str, Any], ctx: DistributedContext) -> dict[str, Any]:
         inner = _unwrap(model)

@@ -79,9 +79,9 @@ class EpochMetrics:
     val_groups: list[dict[str, Any]] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitResult:
-    """What :meth:`Trainer.fit` returns.
+    """What :meth:`Trainer.fit` (the fine-tuning stage) returns.
 
     Attributes:
         history: one :class:`EpochMetrics` per finished epoch.
@@ -104,7 +104,8 @@ class FitResult:
     stopped_early: bool = False
     feature: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: the fields, epochs as dicts, the checkpoint as a string."""
         return {**asdict(self), "checkpoint": str(self.checkpoint)}
 
 

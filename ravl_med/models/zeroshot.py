@@ -23,12 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ravl_med.data.dataset import RadiographDataset, collate
-from ravl_med.evaluate.groups import group_accuracy_table
+from ravl_med.evaluate.groups import GroupAccuracy
 
 __all__ = [
     "CXR_TEMPLATES",
     "DEFAULT_TEMPERATURE",
+    "class_prompts",
     "class_text_embeddings",
+    "embed_class_prompts",
     "evaluate_zero_shot",
     "zero_shot_logits",
     "zero_shot_predictions",
@@ -79,10 +81,21 @@ def class_text_embeddings(
         raise ValueError("class_text_embeddings needs at least one class and one template")
     if device is None:
         device = next(model.parameters()).device
-    prompts = [_fill(template, name) for name in classes for template in templates]
-    tokens = tokenizer(prompts).to(device)
+    return embed_class_prompts(model, tokenizer(class_prompts(classes, templates)).to(device), len(classes))
+
+
+def class_prompts(classes: Sequence[str], templates: Sequence[Template] = CXR_TEMPLATES) -> list[str]:
+    """The C * T prompts of :func:`class_text_embeddings`, class by class (templates inner)."""
+    return [_fill(template, name) for name in classes for template in templates]
+
+
+def embed_class_prompts(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C, D) unit class embeddings from the tokens of :func:`class_prompts` (C * T rows, class by class).
+
+    Each prompt embedding is L2-normalised, the T of a class averaged, the mean renormalised.
+    """
     embeddings = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    embeddings = embeddings.view(len(classes), len(templates), -1).mean(dim=1)
+    embeddings = embeddings.view(n_classes, -1, embeddings.shape[-1]).mean(dim=1)
     return F.normalize(embeddings, dim=-1)
 
 
@@ -205,8 +218,6 @@ def evaluate_zero_shot(
     labels, predicted = zero_shot_predictions(
         model, preprocess, text, dataset, device=device, batch_size=batch_size, autocast=autocast
     )
-    known = labels >= 0
-    accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else float("nan")
-    if feature_present is None:
-        return accuracy, None
-    return accuracy, group_accuracy_table(labels, predicted, feature_present, classes, n_boot=0)
+    flags = np.zeros(len(labels), dtype=bool) if feature_present is None else feature_present
+    frame = GroupAccuracy(labels=labels, predictions=predicted, feature_present=flags, classes=classes, n_boot=0)
+    return frame.overall, None if feature_present is None else frame.by_group

@@ -42,6 +42,7 @@ from ravl_med.discover import BaseDiscoverer, scores_from_embeddings
 from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
 from ravl_med.discover.metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
 from ravl_med.discover.registry import build_discoverer
+from ravl_med.evaluate.groups import GroupAccuracy
 from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
 from ravl_med.stages.config import AuditConfig
 
@@ -387,6 +388,8 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
         methods[name] = entry
 
     counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), dtype=np.int64)
+    overall = GroupAccuracy(labels=labels, predictions=predicted, feature_present=np.zeros(len(labels), dtype=bool),
+                            classes=classes, n_boot=0).overall
     per_class_acc = {c: (float(np.mean(predicted[labels == y] == y)) if counts[y] else None)
                      for y, c in enumerate(classes)}
     audit = {
@@ -404,7 +407,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
         "embedding": {"fingerprint": emb.fingerprint, "batches_computed": result.batches_computed,
                       "batches_reused": result.batches_reused, "cache_dir": str(config.resolved_cache_dir)},
         "zero_shot": {"temperature": config.discovery.temperature,
-                      "accuracy": float(np.mean(predicted == labels)) if len(labels) else None,
+                      "accuracy": overall if np.isfinite(overall) else None,
                       "accuracy_per_class": per_class_acc},
         "ground_truth": truth_info,
         "methods": methods,

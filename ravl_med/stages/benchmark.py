@@ -60,6 +60,10 @@ class Stage1Result:
     valid: bool
     train_seconds: float
 
+    def to_json(self) -> dict[str, Any]:
+        return {"fit": self.fit.to_json(), "evaluation": self.evaluation.to_json(),
+                "shortcut_gap": self.shortcut_gap, "valid": self.valid, "train_seconds": self.train_seconds}
+
 
 @dataclass(frozen=True)
 class SettingResult:

@@ -64,7 +64,7 @@ class MitigationResult:
     def to_json(self) -> dict[str, Any]:
         """The content of ``mitigate.json``."""
         return {"method": self.method, "config": self.config.model_dump(mode="json"),
-                "region_labels": self.region_labels, "result": self.fit.as_dict()}
+                "region_labels": self.region_labels, "result": self.fit.to_json()}
 
 
 def _medoids(config: MitigateConfig) -> Stage1Medoids:
