@@ -146,7 +146,22 @@ class ShortcutRun:
 
 def run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_class: str,
                **overrides: Any) -> ShortcutRun:
-    """Fine-tunes with ``recipe`` on ``manifest`` and evaluates zero-shot on its ``test`` split."""
+    """Fine-tunes with ``recipe`` on ``manifest`` and evaluates zero-shot on its ``test`` split.
+
+    With one intra-op thread, whatever the machine's core count and whichever test first asks for the
+    fixture: the trained model depends on the thread count (float reductions), and a session fixture
+    is built before any module-scoped thread setting applies.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_recipe(recipe, manifest, output_dir, spurious_class, **overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_class: str,
+                **overrides: Any) -> ShortcutRun:
     config = load_recipe(recipe, manifest=manifest, output_dir=output_dir, cache_images=True, **overrides)
     started = time.perf_counter()
     trainer = Trainer(config, progress=False)

@@ -15,7 +15,8 @@ from ravl_med.stages.audit import run_audit
 from ravl_med.stages.config import AuditConfig
 from tests.shortcut_fixtures import ShortcutRun
 
-pytestmark = pytest.mark.slow
+# The audit with one intra-op thread too, like the fixtures' training (see ``run_recipe``).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 BASELINES = ["random", "distilling_failures", "george", "domino"]
 

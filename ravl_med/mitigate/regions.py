@@ -80,7 +80,7 @@ def training_region_labels(
 
     embeddings = embed_dataset(model, preprocess, dataset, mode="one_pass", batch_size=batch_size, device=device,
                                precision=precision, progress=progress)
-    flags = label_training_regions(embeddings.region_embeddings, medoids.embeddings, medoids.spurious)
+    flags = medoids.spurious[medoids.predict(embeddings.region_embeddings)]
     return {str(key): flags[embeddings.regions_of(i)] for i, key in enumerate(embeddings.keys)}
 
 
