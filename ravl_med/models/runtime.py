@@ -50,16 +50,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16"]:
+def resolve_precision(precision: str, device: str | torch.device) -> Literal["fp32", "bf16"]:
     """A config's ``precision`` (``auto`` | ``fp32`` | ``bf16``) as the precision to compute in.
 
     Args:
         precision: the config value; ``auto`` is bf16 on a CUDA device that supports it, else fp32.
-        device: the device the computation runs on.
+        device: the device the computation runs on (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
 
     Raises:
         ValueError: a value other than the three above.
     """
+    device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     if precision == "auto":
