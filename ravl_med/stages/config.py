@@ -31,7 +31,6 @@ __all__ = [
     "AuditSettings",
     "BenchmarkConfig",
     "BenchmarkMitigation",
-    "DiscoveryConfig",
     "EvaluationConfig",
     "MitigateConfig",
     "MitigationEvaluation",
