@@ -83,11 +83,7 @@ def group_accuracy_table(
     """
     labels = _as_1d("labels", labels).astype(np.int64)
     predictions = _as_1d("predictions", predictions).astype(np.int64)
-    present = _as_1d("feature_present", feature_present)
-    if present.dtype != bool:
-        if not np.isin(present, (0, 1)).all():
-            raise ValueError("feature_present must be boolean (or 0/1)")
-        present = present.astype(bool)
+    present = _as_flags("feature_present", feature_present)
     if not (len(labels) == len(predictions) == len(present)):
         raise ValueError(
             f"labels, predictions and feature_present differ in length: {len(labels)}, {len(predictions)}, {len(present)}"
@@ -158,8 +154,6 @@ class GroupAccuracy:
     def __init__(self, *, labels, predictions, feature_present, classes: Sequence[str],
                  spurious_class: str | None = None, n_boot: int = 1000, confidence: float = 0.95,
                  seed: int = 0) -> None:
-        labels = _as_1d("labels", labels).astype(np.int64)
-        predictions = _as_1d("predictions", predictions).astype(np.int64)
         self.by_group = group_accuracy_table(labels, predictions, feature_present, classes,
                                              spurious_class=spurious_class, n_boot=n_boot, confidence=confidence,
                                              seed=seed)
@@ -195,14 +189,14 @@ class GroupAccuracy:
         return worst_group_accuracy(self.by_group)
 
 
-def _as_flags(name: str, values, length: int) -> np.ndarray:
-    """(length,) bool from bool or 0/1 values; ValueError naming ``name`` otherwise."""
+def _as_flags(name: str, values, length: int | None = None) -> np.ndarray:
+    """(N,) bool from bool or 0/1 values (N = ``length`` when given); ValueError naming ``name`` otherwise."""
     array = _as_1d(name, values)
     if array.dtype != bool:
         if not np.isin(array, (0, 1)).all():
             raise ValueError(f"{name} must be boolean (or 0/1)")
         array = array.astype(bool)
-    if len(array) != length:
+    if length is not None and len(array) != length:
         raise ValueError(f"{name} has length {len(array)}, expected {length}")
     return array
 
