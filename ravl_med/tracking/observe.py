@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,37 +118,26 @@ def log(run: TrackedRun, result: Any, **context: Any) -> None:
     Raises:
         TypeError: no logger for this result type.
     """
-    global _registered
-    if not _registered:
-        _register()
-        _registered = True
-    _dispatch(result, run, **context)
+    logger = _loggers().get(type(result))
+    if logger is None:
+        raise TypeError(f"no tracking for results of type {type(result).__name__}")
+    logger(run, result, **context)
 
 
-@functools.singledispatch  # dispatches on the first argument: the result
-def _dispatch(result: Any, run: TrackedRun, **context: Any) -> None:
-    raise TypeError(f"no tracking for results of type {type(result).__name__}")
-
-
-_registered = False
-
-
-def _register() -> None:
-    """Registers the per-type loggers (imports the stages, and so torch: called on first use)."""
+@functools.cache
+def _loggers() -> dict[type, Callable[..., None]]:
+    """Result type -> its logger (built on first use: the result types import torch)."""
     from ravl_med.models.training_records import FitResult
     from ravl_med.stages.audit import AuditResult
     from ravl_med.stages.benchmark import Stage1Result
     from ravl_med.stages.evaluate import EvaluationResult
     from ravl_med.stages.mitigate import MitigationResult
 
-    _dispatch.register(FitResult, _log_fit)
-    _dispatch.register(EvaluationResult, _log_evaluation)
-    _dispatch.register(AuditResult, _log_audit)
-    _dispatch.register(MitigationResult, _log_mitigation)
-    _dispatch.register(Stage1Result, _log_stage1)
+    return {FitResult: _log_fit, EvaluationResult: _log_evaluation, AuditResult: _log_audit,
+            MitigationResult: _log_mitigation, Stage1Result: _log_stage1}
 
 
-def _log_fit(result, run: TrackedRun, **_: Any) -> None:
+def _log_fit(run: TrackedRun, result, **_: Any) -> None:
     import pandas as pd
 
     last = result.history[-1] if result.history and result.history[-1].val_groups else None
@@ -168,14 +157,14 @@ def _log_fit(result, run: TrackedRun, **_: Any) -> None:
         run.log_artifact(metrics_file)
 
 
-def _log_evaluation(result, run: TrackedRun, *, split: str = "test", **_: Any) -> None:
+def _log_evaluation(run: TrackedRun, result, *, split: str = "test", **_: Any) -> None:
     run.log_group_table(result.images.by_group, split=split, feature=result.feature or "feature")
     if result.regions is not None:
         run.log_metrics({names.region_accuracy(split, "overall"): result.region_accuracy,
                          names.region_accuracy(split, "worst_group"): result.region_worst_group})
 
 
-def _log_audit(result, run: TrackedRun, *, spurious_class: str | None = None, method_prefix: str = "",
+def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, method_prefix: str = "",
                method_tags: Mapping[str, Any] | None = None, **_: Any) -> None:
     """The audit in ``run``; a child run ``<method_prefix><method>`` per discovery method."""
     import numpy as np
@@ -191,9 +180,7 @@ def _log_audit(result, run: TrackedRun, *, spurious_class: str | None = None, me
     predictions = result.image_scores.argmax(axis=1)
     presence = feature_presence(config.manifest, result.embeddings.keys)
     if presence is None:
-        frame = GroupAccuracy(labels=labels, predictions=predictions, feature_present=np.zeros(len(labels), bool),
-                              classes=config.classes, n_boot=0)
-        run.log_metrics({names.accuracy(split, "overall"): frame.overall})
+        run.log_metrics({names.accuracy(split, "overall"): result.audit["zero_shot"]["accuracy"]})
     else:
         flags, feature = presence
         spurious = spurious_class if spurious_class in config.classes else None
@@ -210,22 +197,22 @@ def _log_audit(result, run: TrackedRun, *, spurious_class: str | None = None, me
             child.log_metrics(metrics)
 
 
-def _log_mitigation(result, run: TrackedRun, **_: Any) -> None:
+def _log_mitigation(run: TrackedRun, result, **_: Any) -> None:
     settings = result.config.model_dump(mode="json", exclude={"finetune", "evaluation", "stage1_checkpoint",
                                                                "stage1_sha256", "audit_dir"})
     run.log_params({f"mitigation.{key}": value for key, value in settings.items()})
-    _log_fit(result.fit, run)
+    _log_fit(run, result.fit)
     run.log_metrics({names.TRAIN_SECONDS: result.train_seconds})
     for name in ("mitigate.json", "evaluation.json", "groups.csv"):
         if (result.output_dir / name).is_file():
             run.log_artifact(result.output_dir / name)
     if result.evaluation is not None:
-        _log_evaluation(result.evaluation, run, split=result.config.evaluation.split)
+        _log_evaluation(run, result.evaluation, split=result.config.evaluation.split)
 
 
-def _log_stage1(result, run: TrackedRun, **_: Any) -> None:
-    _log_fit(result.fit, run)
-    _log_evaluation(result.evaluation, run)
+def _log_stage1(run: TrackedRun, result, **_: Any) -> None:
+    _log_fit(run, result.fit)
+    _log_evaluation(run, result.evaluation)
     run.log_metrics({names.SHORTCUT_GAP: result.shortcut_gap, names.TRAIN_SECONDS: result.train_seconds})
 
 

@@ -63,7 +63,7 @@ def code_version() -> str:
     """``ravl_med.__version__``, plus ``+g<commit>`` (and ``.dirty``) inside a git checkout."""
     from ravl_med import __version__
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout holding ravl_med/tracking/store.py
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()
@@ -135,18 +135,14 @@ def _embedder_class():
 _EMBEDDER: Any = None
 
 
-def _ensure_embedder() -> None:
+def image_embedder_class() -> type:
+    """The picklable image-embedder module class (built on first use: importing torch is slow)."""
     global _EMBEDDER
     if _EMBEDDER is None:
         _EMBEDDER = _embedder_class()
         # Pickled by reference: make the class findable as ravl_med.tracking.ImageEmbedderModule.
         _EMBEDDER.__qualname__ = _EMBEDDER.__name__ = "ImageEmbedderModule"
         _EMBEDDER.__module__ = "ravl_med.tracking"
-
-
-def image_embedder_class() -> type:
-    """The picklable image-embedder module class (built on first use: importing torch is slow)."""
-    _ensure_embedder()
     return _EMBEDDER
 
 
@@ -255,8 +251,7 @@ class TrackedRun:
         import torch
         from mlflow.models import infer_signature
 
-        _ensure_embedder()
-        module = _EMBEDDER(model, preprocess).cpu().eval()
+        module = image_embedder_class()(model, preprocess).cpu().eval()
         side = int(getattr(preprocess, "image_size", 224))
         example = np.zeros((1, 1, side, side), dtype=np.float32)
         with torch.no_grad():
