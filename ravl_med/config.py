@@ -95,6 +95,13 @@ class IngestConfig(StrictModel):
     #: Class names a manifest's labels must come from; empty means "whatever the manifest says".
     classes: list[str] = Field(default_factory=list)
 
+    def region_setting(self) -> dict:
+        """What makes a region set: the ingested side and the candidate-region settings (JSON-ready).
+
+        Recorded with the audit's stage-1 medoids; mitigation must label training regions made the same way.
+        """
+        return {"image_size": self.image_size, "regions": self.regions.model_dump(mode="json")}
+
 
 class ModelSource(StrictModel):
     """Which model: a registered backbone and its local weights (shared by every stage's config)."""

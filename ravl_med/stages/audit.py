@@ -46,7 +46,7 @@ from ravl_med.evaluate.groups import GroupAccuracy
 from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
 from ravl_med.stages.config import AuditConfig
 
-__all__ = ["AuditResult", "ground_truth_regions", "region_setting", "run_audit"]
+__all__ = ["AuditResult", "ground_truth_regions", "run_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +125,6 @@ class AuditResult:
 
 # --------------------------------------------------------------------------------------------- #
 # Pieces
-
-
-def region_setting(ingest) -> dict:
-    """What makes a region set: the ingested image side and the candidate-region settings (JSON-ready).
-
-    Recorded with the stage-1 medoids; mitigation must label training regions made the same way.
-    """
-    return {"image_size": ingest.image_size, "regions": ingest.regions.model_dump(mode="json")}
 
 
 def _load_model(config: AuditConfig, device: str):
@@ -255,7 +247,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
         # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
         stage1_medoids(discoverers["ravl"], embeddings.region_embeddings,
-                       regions=region_setting(config.ingest)).save(out / MEDOIDS_FILE)
+                       regions=config.ingest.region_setting()).save(out / MEDOIDS_FILE)
 
     n_batches = -(-len(dataset) // config.batch_size)
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,

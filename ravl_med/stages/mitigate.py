@@ -28,7 +28,6 @@ from ravl_med.mitigate.regions import images_with_spurious_region, training_regi
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models.runtime import process_rank
 from ravl_med.models.training_records import FitResult
-from ravl_med.stages.audit import region_setting
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
 
@@ -75,7 +74,7 @@ def _medoids(config: MitigateConfig) -> Stage1Medoids:
         raise ConfigError(f"{path} not found: run 'ravl-med audit' with the RaVL method first "
                           "(it writes the stage-1 medoids there)")
     medoids = Stage1Medoids.load(path).with_spurious_ranks(config.spurious_ranks)
-    mine = region_setting(config.finetune.ingest)
+    mine = config.finetune.ingest.region_setting()
     if medoids.regions is not None and medoids.regions != mine:
         raise ConfigError(f"finetune.ingest: the audit's medoids ({path}) were made from regions {medoids.regions}, "
                           f"but mitigation would label regions {mine}; use the audit's ingest settings")
