@@ -69,14 +69,5 @@ def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
                    backbone=config.backbone, seed=config.seed, tags={"method": method}) as (run, on_step):
         result = run_finetune(config, resume=args.resume, progress=not args.no_progress, on_step=on_step)
         if run is not None:
-            log(run, result)
-            run.log_model(*_trained_model(config, result))
+            log(run, result, backbone=config.backbone)
     return result
-
-
-def _trained_model(config: FinetuneConfig, result):
-    """(model, preprocess) of the final weights, for the MLflow model."""
-    from ravl_med.models.registry import create_backbone
-
-    model, preprocess, _ = create_backbone(config.backbone, checkpoint=result.checkpoint, sha256=result.sha256)
-    return model, preprocess

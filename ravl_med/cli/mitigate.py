@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _mitigate_tracked(args: argparse.Namespace, config: MitigateConfig):
     """The mitigation stage inside an MLflow run unless ``--no-tracking``: the result and the model."""
-    from ravl_med.models.registry import create_backbone
     from ravl_med.stages.mitigate import run_mitigation
     from ravl_med.tracking.observe import log, stage_run
 
@@ -92,8 +91,5 @@ def _mitigate_tracked(args: argparse.Namespace, config: MitigateConfig):
         result = run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress,
                                 on_step=on_step)
         if run is not None:
-            log(run, result)
-            model, preprocess, _ = create_backbone(ft.backbone, checkpoint=result.fit.checkpoint,
-                                                   sha256=result.fit.sha256)
-            run.log_model(model, preprocess)
+            log(run, result, backbone=ft.backbone)
     return result

@@ -7,7 +7,7 @@ logged by the same function, with the names of :mod:`ravl_med.tracking.names`.
 
 | result | logged |
 |---|---|
-| :class:`~ravl_med.models.training.FitResult` | per epoch ``train/loss``, ``train/images_per_s``, ``train/steps``, ``val/acc/overall``, ``val/acc/worst_group``; the last epoch's val group table; ``model.checkpoint_sha256``, ``train.steps``; ``metrics.json`` |
+| :class:`~ravl_med.models.training.FitResult` | per epoch ``train/loss``, ``train/images_per_s``, ``train/steps``, ``val/acc/overall``, ``val/acc/worst_group``; the last epoch's val group table; ``model.checkpoint_sha256``, ``train.steps``; ``metrics.json``; with ``backbone=``, the model (PyTorch flavour) |
 | :class:`~ravl_med.stages.evaluate.EvaluationResult` | the group table (``{split}/acc/group/...``, ``{split}/acc/overall``, ``{split}/acc/worst_group``, ``groups/{split}_groups.csv``/``.json``), ``{split}/region_acc/overall``/``worst_group`` |
 | :class:`~ravl_med.stages.audit.AuditResult` | zero-shot ``{split}/acc/overall`` and, when the manifest marks the feature, the group table; the audit folder under ``audit/``; a child run per method with ``clusters_kept`` and ``precision_at_{k}`` |
 | :class:`~ravl_med.stages.mitigate.MitigationResult` | its FitResult, ``train/seconds``, ``mitigate.json``/``evaluation.json``/``groups.csv``, its EvaluationResult |
@@ -112,8 +112,9 @@ def log(run: TrackedRun, result: Any, **context: Any) -> None:
 
     Args:
         run: an open run (:class:`Tracker` or a child).
-        result: a stage result; context: per-type options (``split``; for an audit
-            ``spurious_class``, ``method_prefix`` and ``method_tags`` of the per-method child runs).
+        result: a stage result; context: per-type options (``split``; for a fit or a mitigation
+            ``backbone``: also log the trained model; for an audit ``spurious_class``,
+            ``method_prefix`` and ``method_tags`` of the per-method child runs).
 
     Raises:
         TypeError: no logger for this result type.
@@ -137,7 +138,8 @@ def _loggers() -> dict[type, Callable[..., None]]:
             MitigationResult: _log_mitigation, Stage1Result: _log_stage1}
 
 
-def _log_fit(run: TrackedRun, result, **_: Any) -> None:
+def _log_fit(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) -> None:
+    """The fit's epochs, checksum and metrics file; with ``backbone``, its final weights as an MLflow model."""
     import pandas as pd
 
     last = result.history[-1] if result.history and result.history[-1].val_groups else None
@@ -155,6 +157,11 @@ def _log_fit(run: TrackedRun, result, **_: Any) -> None:
     metrics_file = Path(result.checkpoint).parent / "metrics.json"
     if metrics_file.is_file():
         run.log_artifact(metrics_file)
+    if backbone is not None:
+        from ravl_med.models.registry import create_backbone
+
+        model, preprocess, _ = create_backbone(backbone, checkpoint=result.checkpoint, sha256=result.sha256)
+        run.log_model(model, preprocess)
 
 
 def _log_evaluation(run: TrackedRun, result, *, split: str = "test", **_: Any) -> None:
@@ -197,11 +204,11 @@ def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, me
             child.log_metrics(metrics)
 
 
-def _log_mitigation(run: TrackedRun, result, **_: Any) -> None:
+def _log_mitigation(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) -> None:
     settings = result.config.model_dump(mode="json", exclude={"finetune", "evaluation", "stage1_checkpoint",
                                                                "stage1_sha256", "audit_dir"})
     run.log_params({f"mitigation.{key}": value for key, value in settings.items()})
-    _log_fit(run, result.fit)
+    _log_fit(run, result.fit, backbone=backbone)
     run.log_metrics({names.TRAIN_SECONDS: result.train_seconds})
     for name in ("mitigate.json", "evaluation.json", "groups.csv"):
         if (result.output_dir / name).is_file():
