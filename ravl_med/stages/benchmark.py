@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
 from ravl_med.models.training_records import FitResult
 from ravl_med.stages.config import BenchmarkConfig, MitigateConfig, MitigationEvaluation
@@ -226,6 +227,9 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
                                       stage1_sha256=stage1.fit.sha256, audit_dir=root / "audit",
                                       spurious_prompts=prompts, evaluation=evaluation, **knobs)
             observed = run_mitigation(mitigate, resume=True, progress=progress)
+            if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
+                raise ConfigError(f"{setting.name}: {method} was not evaluated: "
+                                  + ("; ".join(observed.notes) or "the manifest has no test rows"))
             outcome, train_s = observed.evaluation, observed.train_seconds
         outcome.images.by_group.to_csv(root / "groups" / f"{method}.csv", index=False)
         results[method] = {**_metrics(outcome), "train_s": round(train_s, 1)}
