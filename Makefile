@@ -13,10 +13,11 @@ export TRANSFORMERS_OFFLINE := 1
 
 # The virtual environment with the package (editable) and its test dependencies. pip, not uv or
 # poetry: pip takes torch/torchvision from the local wheel store and respects the torch<=2.14.1 cap.
-$(STAMP): pyproject.toml
+# constraints.txt pins every version (results depend on them: ravl_med/reproducibility.py).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(STAMP)

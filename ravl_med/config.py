@@ -27,6 +27,7 @@ __all__ = [
     "QualityConfig",
     "RegionConfig",
     "StrictModel",
+    "Threads",
     "load_config",
     "parse_config",
 ]
@@ -47,6 +48,10 @@ class StrictModel(BaseModel):
     """Base for config sections: unknown keys are errors, values are checked on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+#: CPU threads of a stage (``threads`` of the fine-tuning recipe and of the audit settings).
+Threads = Annotated[int, Field(ge=1, le=256)]
 
 
 class IntensityConfig(StrictModel):
@@ -171,6 +176,9 @@ class FinetuneRecipe(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: ``auto``: bf16 autocast on CUDA when supported, fp32 otherwise.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Intra-op CPU threads (torch and BLAS). Results depend on it, so it is fixed here, not taken
+    #: from the machine; 1 gives the same numbers on any machine (see ``ravl_med.reproducibility``).
+    threads: Threads = 1
 
 
 class FinetuneConfig(FinetuneRecipe, DataSource, ModelSource):

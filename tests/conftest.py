@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ravl_med.reproducibility import pin_cpu_kernels
+
 # No hub lookups in tests: each failed one would stall ~45 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The CPU code paths the CLI pins (ravl_med.reproducibility), so tests compute what the commands compute.
+pin_cpu_kernels()
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 # Session fixtures with fine-tuned models that learned a planted shortcut (trained once per run).

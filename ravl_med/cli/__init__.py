@@ -29,6 +29,7 @@ from ravl_med.cli import (
 )
 from ravl_med.config import ConfigError
 from ravl_med.data.errors import IngestError
+from ravl_med.reproducibility import pin_cpu_kernels
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ravl-med`` console script; returns the exit code."""
     # Nothing may reach a model hub at run time; fail fast instead of waiting on timeouts.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The same CPU code paths on every x86-64 machine, before torch or numpy compute anything.
+    pin_cpu_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -9,13 +9,16 @@ The one home of these choices, so that embedding, fine-tuning and mitigation res
 * :func:`process_rank`: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as ``torchrun`` sets them (0, 1, 0
   when run alone);
 * :func:`start_processes`: all three for a fine-tuning run, plus TF32 matmuls on CUDA and the process
-  group under ``torchrun``, as a :class:`DistributedContext`.
+  group under ``torchrun``, as a :class:`DistributedContext`;
+* :func:`fixed_threads`: the config's ``threads`` for torch and the BLAS libraries while a stage runs
+  (results depend on the thread count, so it is a setting, never the machine's core count).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -27,6 +30,7 @@ from ravl_med.config import ConfigError
 __all__ = [
     "DistributedContext",
     "ProcessRank",
+    "fixed_threads",
     "mean_over_processes",
     "process_rank",
     "resolve_device",
@@ -35,6 +39,32 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """Runs the block with ``threads`` intra-op threads in torch and in every BLAS/OpenMP pool numpy,
+    scikit-learn and kmedoids use (threadpoolctl); the previous counts are restored afterwards.
+
+    Floating-point reductions are split between threads, so the count changes results in their last
+    bits, and a long training run amplifies that into a different model (measured: the demo's
+    stage-1 model at 1 and at 2 threads). Pinning it makes a run's numbers the same on every machine
+    whatever its core count or load.
+
+    Args:
+        threads: threads to use, >= 1.
+    """
+    from threadpoolctl import threadpool_limits
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(device: str) -> str:

@@ -67,7 +67,7 @@ from ravl_med.models.optim import (
     warmup_cosine,
 )
 from ravl_med.models.registry import create_backbone
-from ravl_med.models.runtime import DistributedContext, mean_over_processes, start_processes
+from ravl_med.models.runtime import DistributedContext, fixed_threads, mean_over_processes, start_processes
 from ravl_med.models.training_records import (
     EpochMetrics,
     FitResult,
@@ -78,6 +78,7 @@ from ravl_med.models.training_records import (
 )
 from ravl_med.models.weights import save_checkpoint
 from ravl_med.models.zeroshot import CXR_TEMPLATES, evaluate_zero_shot
+from ravl_med.reproducibility import provenance
 
 __all__ = ["ContrastiveObjective", "Trainer"]
 
@@ -255,7 +256,8 @@ class Trainer:
         cfg = self.config
         ctx, started_group = start_processes(cfg.device, cfg.precision)
         try:
-            return self._fit(ctx, resume, max_steps)
+            with fixed_threads(cfg.threads):
+                return self._fit(ctx, resume, max_steps)
         finally:
             if started_group and dist.is_initialized():
                 dist.destroy_process_group()
@@ -483,10 +485,12 @@ class Trainer:
         cfg = self.config
         final = Path(cfg.output_dir) / FINAL_WEIGHTS
         digest = [""]
+        run_info = provenance(threads=cfg.threads, seed=cfg.seed, device=str(ctx.device))
         if ctx.is_main:
             digest[0] = save_checkpoint(model, final)
             metrics = {"history": state.history, "step_losses": state.step_losses, "sha256": digest[0],
-                       "steps": state.step, "feature": feature, "config": cfg.model_dump(mode="json")}
+                       "steps": state.step, "feature": feature, "config": cfg.model_dump(mode="json"),
+                       "provenance": run_info}
             with atomic_path(Path(cfg.output_dir) / "metrics.json") as tmp:
                 tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         if ctx.distributed:
@@ -500,6 +504,7 @@ class Trainer:
             chance=1.0 / len(cfg.classes),
             stopped_early=stopped_early,
             feature=feature,
+            provenance=run_info,
         )
         return self.result_
 

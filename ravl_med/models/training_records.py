@@ -93,6 +93,8 @@ class FitResult:
         stopped_early: ``max_steps`` ended the run before the last epoch finished.
         feature: name of the planted feature the ``val`` groups split on (the manifest's
             ``artefact``), or ``None`` when the manifest does not say which images carry it.
+        provenance: how it was computed (threads, seed, device, CPU, library versions; see
+            :func:`ravl_med.reproducibility.provenance`).
     """
 
     history: list[EpochMetrics]
@@ -103,6 +105,7 @@ class FitResult:
     chance: float
     stopped_early: bool = False
     feature: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: the fields, epochs as dicts, the checkpoint as a string."""

@@ -42,8 +42,9 @@ from ravl_med.discover import BaseDiscoverer, scores_from_embeddings
 from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
 from ravl_med.discover.metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
 from ravl_med.discover.registry import build_discoverer
-from ravl_med.evaluate.groups import GroupAccuracy
 from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
+from ravl_med.evaluate.groups import GroupAccuracy
+from ravl_med.reproducibility import provenance
 from ravl_med.stages.config import AuditConfig
 
 __all__ = ["AuditResult", "ground_truth_regions", "run_audit"]
@@ -219,6 +220,13 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         ConfigError: unusable input (no manifest, bad checkpoint, empty split, missing masks).
         IngestError: an image of the split cannot be read (check the manifest with ``ravl-med validate``).
     """
+    from ravl_med.models.runtime import fixed_threads
+
+    with fixed_threads(config.threads):
+        return _run_audit(config, progress)
+
+
+def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
     import torch
 
     from ravl_med.models.runtime import resolve_device
@@ -254,7 +262,8 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
                          image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
                          region_is_spurious=truth, precision=precision, batches_computed=computed,
                          batches_reused=n_batches - computed, audit={}, files={})
-    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info)
+    run_info = provenance(threads=config.threads, seed=config.seed, device=device)
+    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info, run_info)
     return dataclasses.replace(result, audit=audit, files=files)
 
 
@@ -334,7 +343,7 @@ def _gallery_name(method: str, rank: int, primary: str) -> str:
 
 
 def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | None, notes: list[str],
-                   truth_info: dict | None) -> tuple[dict, dict]:
+                   truth_info: dict | None, run_info: dict) -> tuple[dict, dict]:
     """Writes audit.json, clusters.csv, report.html and the galleries; returns (audit dict, files by role)."""
     config, emb, out = result.config, result.embeddings, result.output_dir
     classes = list(config.classes)
@@ -403,6 +412,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
                       "accuracy_per_class": per_class_acc},
         "ground_truth": truth_info,
         "methods": methods,
+        "provenance": run_info,
     }
     files = {"json": out / AUDIT_JSON, "html": out / REPORT_HTML, "csv": out / CLUSTERS_CSV,
              "galleries": sorted(galleries.values())}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,8 @@ class SettingResult:
     audit_outcome: str | None
     mitigation: dict[str, dict[str, Any]]
     paths: dict[str, str]
+    #: How stage 1 was computed (threads, CPU, versions: :func:`ravl_med.reproducibility.provenance`).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +130,14 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
     Returns:
         the :class:`SettingResult`, also written to ``<setting>/result.json``.
     """
+    from ravl_med.models.runtime import fixed_threads
+
+    with fixed_threads(config.finetune.threads):
+        return _run_setting(setting, config, observer=observer, progress=progress, say=say)
+
+
+def _run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None, progress: bool,
+                 say: Callable[[str], None]) -> SettingResult:
     from ravl_med.models.runtime import resolve_device
     from ravl_med.phantom import write_setting
     from ravl_med.stages.audit import run_audit
@@ -175,7 +185,8 @@ def run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None =
         top_cluster=({k: ranked[0][k] for k in ("attribute_name", "influence", "n_regions", "n_images")}
                      if ranked else None),
         audit_outcome=audit.audit.get("outcome"), mitigation=mitigation,
-        paths={"root": str(root), "report": str(root / "audit" / "report.html"), "manifest": str(manifest)})
+        paths={"root": str(root), "report": str(root / "audit" / "report.html"), "manifest": str(manifest)},
+        provenance=fit.provenance)
     done.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -19,6 +19,7 @@ from ravl_med.config import (
     IngestConfig,
     ModelSource,
     StrictModel,
+    Threads,
     _distinct,
 )
 from ravl_med.discover.config import DiscoveryConfig
@@ -89,6 +90,8 @@ class AuditSettings(StrictModel):
     batch_size: Annotated[int, Field(ge=1)] = 32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Intra-op CPU threads (torch and BLAS); results depend on it (``ravl_med.reproducibility``).
+    threads: Threads = 1
 
     _distinct_methods = field_validator("methods")(classmethod(lambda cls, v: _distinct(v, "methods")))
 

@@ -26,7 +26,7 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
 from ravl_med.mitigate.registry import MITIGATION_METHODS
-from ravl_med.models.runtime import process_rank
+from ravl_med.models.runtime import fixed_threads, process_rank
 from ravl_med.models.training_records import FitResult
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
@@ -119,6 +119,12 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
     Raises:
         ConfigError: missing manifest, audit folder, medoids or stage-1 model.
     """
+    with fixed_threads(config.finetune.threads):
+        return _run_mitigation(config, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
+
+
+def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | None, progress: bool,
+                    on_step) -> MitigationResult:
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")

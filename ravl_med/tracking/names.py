@@ -18,6 +18,7 @@ import re
 
 __all__ = [
     "CLUSTERS_KEPT",
+    "PROVENANCE_PREFIX",
     "SHORTCUT_GAP",
     "STEP_METRICS",
     "TRAIN_IMAGES_PER_S",
@@ -44,6 +45,8 @@ STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
 SHORTCUT_GAP = "test/shortcut_gap"
 #: Clusters a discovery method kept.
 CLUSTERS_KEPT = "clusters_kept"
+#: Params recording how a result was computed: ``provenance.threads``, ``provenance.versions.torch``, ...
+PROVENANCE_PREFIX = "provenance"
 
 
 def metric_key(name: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ravl_med.tracking import names
-from ravl_med.tracking.store import TrackedRun, Tracker, optional_tracker
+from ravl_med.tracking.store import TrackedRun, Tracker, flatten, optional_tracker
 
 __all__ = ["TrackingObserver", "TrackingOptions", "dataset_name", "log", "manifest_summary", "stage_run"]
 
@@ -154,6 +154,7 @@ def _log_fit(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) 
         run.log_group_table(pd.DataFrame(last.val_groups), split="val", feature=result.feature or "feature",
                             step=last.epoch)
     run.log_params({"model.checkpoint_sha256": result.sha256, "train.steps": result.steps})
+    _log_provenance(run, result.provenance)
     metrics_file = Path(result.checkpoint).parent / "metrics.json"
     if metrics_file.is_file():
         run.log_artifact(metrics_file)
@@ -162,6 +163,13 @@ def _log_fit(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) 
 
         model, preprocess, _ = create_backbone(backbone, checkpoint=result.checkpoint, sha256=result.sha256)
         run.log_model(model, preprocess)
+
+
+def _log_provenance(run: TrackedRun, info: Mapping[str, Any]) -> None:
+    """How the result was computed (:func:`ravl_med.reproducibility.provenance`) as ``provenance.*`` params
+    (threads, CPU, kernel pins, library versions), so runs computed differently can be told apart."""
+    if info:
+        run.log_params(flatten(dict(info), f"{names.PROVENANCE_PREFIX}."))
 
 
 def _log_evaluation(run: TrackedRun, result, *, split: str = "test", **_: Any) -> None:
@@ -182,6 +190,7 @@ def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, me
     config = result.config
     if config.checkpoint is not None:
         run.log_params({"model.checkpoint_sha256": result.audit["model"]["sha256"]})
+    _log_provenance(run, result.audit.get("provenance", {}))
     split = config.split or "all"
     labels = np.asarray(result.embeddings.labels, dtype=np.int64)
     predictions = result.image_scores.argmax(axis=1)
