@@ -304,14 +304,14 @@ def test_region_overlap_rules():
         [0, 0, 1, 8],  # 4 pixels = 1/4 of the feature, region 4/8 covered
     ], dtype=np.float32)
     region_image = np.zeros(5, dtype=int)
-    either = region_overlaps_mask(boxes, region_image, [mask])
+    either = region_overlaps_mask(boxes, region_image, [mask], rule="either")
     assert either.tolist() == [True, True, False, False, True]
     assert region_overlaps_mask(boxes, region_image, [mask], rule="any").tolist() == [True, True, True, False, True]
     assert region_overlaps_mask(boxes, region_image, [mask], rule="region", threshold=0.5).tolist() == \
         [False, True, False, False, True]
     assert region_overlaps_mask(boxes, region_image, [mask], rule="feature", threshold=0.5).tolist() == \
         [True, False, False, False, False]
-    assert not region_overlaps_mask(boxes, region_image, [None]).any()
+    assert not region_overlaps_mask(boxes, region_image, [None], rule="either").any()
     with pytest.raises(ValueError):
         region_overlaps_mask(boxes, region_image, [mask], rule="nope")
 

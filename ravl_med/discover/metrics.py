@@ -2,6 +2,8 @@
 
 Which regions "contain" the spurious feature comes from the generator's mask (phantom benchmark:
 :func:`region_overlaps_mask`) or from the quadrant labels (digits setting: :func:`quadrant_is_spurious`).
+The default mask rule, "visible", is fitted to by-eye labels of audit crops
+(``tests/data/hit_rule_labels.csv``, ``benchmarks/hit_rule_agreement.py``).
 """
 
 from __future__ import annotations
@@ -9,12 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["OVERLAP_RULES", "precision_at_k", "quadrant_is_spurious", "region_overlaps_mask"]
+__all__ = ["OVERLAP_RULES", "RULE_THRESHOLDS", "feature_length_density", "precision_at_k", "quadrant_is_spurious",
+           "region_overlaps_mask"]
 
+#: "visible" (project default): a reviewer looking at the crop would see the feature (the feature's
+#: visible extent inside the region >= threshold x the region's side; see :func:`region_overlaps_mask`);
 #: "feature": the region holds >= threshold of the feature's pixels; "region": the feature covers
-#: >= threshold of the region; "either" (project default) / "both": the two combined; "any": any overlap.
-OVERLAP_RULES = ("either", "both", "feature", "region", "any")
+#: >= threshold of the region; "either" (the default before "visible") / "both": those two combined;
+#: "any": any overlap.
+OVERLAP_RULES = ("visible", "either", "both", "feature", "region", "any")
+
+#: Each rule's threshold when none is given. "visible": fitted on the even crop ids of the by-eye
+#: labels (``benchmarks/hit_rule_agreement.py`` prints the fit and the held-out agreement).
+RULE_THRESHOLDS = {"visible": 0.24, "either": 0.25, "both": 0.25, "feature": 0.25, "region": 0.25,
+                   "any": 0.0}
 
 
 def precision_at_k(ranked_region_indices, region_is_spurious, k: int = 10, strict: bool = True) -> float:
@@ -39,32 +51,80 @@ def precision_at_k(ranked_region_indices, region_is_spurious, k: int = 10, stric
     return hits / denominator if denominator else float("nan")
 
 
-def _integral(mask: np.ndarray) -> np.ndarray:
-    out = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    out[1:, 1:] = np.asarray(mask, dtype=bool).cumsum(0).cumsum(1)
+def _integral(values: np.ndarray) -> np.ndarray:
+    """(H + 1, W + 1) summed-area table of an (H, W) array (bool counts as 0/1), zero first row and column."""
+    values = np.asarray(values)
+    dtype = np.int64 if values.dtype == bool else np.float64
+    out = np.zeros((values.shape[0] + 1, values.shape[1] + 1), dtype=dtype)
+    out[1:, 1:] = values.astype(dtype).cumsum(0).cumsum(1)
     return out
 
 
-def region_overlaps_mask(boxes, region_image, masks: Sequence[np.ndarray | None], rule: str = "either",
-                         threshold: float = 0.25) -> np.ndarray:
+def feature_length_density(mask: np.ndarray) -> np.ndarray:
+    """Length of the feature per pixel: 1 / its local width on the feature's pixels, 0 elsewhere.
+
+    Summed over part of the mask it gives that part's length along the feature (a thin wire or tube
+    of any width sums to its length; a compact blob of diameter d to about 0.8 d). The local width of
+    a pixel is that of the feature's medial axis (skeleton) at its nearest skeleton pixel:
+    ``max(1, 2 * D - 1)`` with D the largest distance (pixels) to the background in that skeleton
+    pixel's 3 x 3 neighbourhood (so a stroke's ends, where the distance drops, keep its width). A
+    1-pixel line has width 1 and a 3-pixel strip width 3 (an even width 2k counts as 2k - 1).
+    Lengths are counted in pixel steps (a diagonal line counts one per pixel, not sqrt(2)).
+
+    Args:
+        mask: (H, W) bool feature mask.
+
+    Returns:
+        (H, W) float64, in 1 / pixels.
+    """
+    from skimage.morphology import skeletonize
+
+    mask = np.asarray(mask, dtype=bool)
+    density = np.zeros(mask.shape, dtype=np.float64)
+    if not mask.any():
+        return density
+    skeleton = skeletonize(mask)
+    depth = ndimage.maximum_filter(ndimage.distance_transform_edt(mask), size=3)
+    _, (rows, cols) = ndimage.distance_transform_edt(~skeleton, return_indices=True)
+    width = np.maximum(1.0, 2.0 * depth[rows, cols] - 1.0)
+    density[mask] = 1.0 / width[mask]
+    return density
+
+
+def region_overlaps_mask(boxes, region_image, masks: Sequence[np.ndarray | None], rule: str = "visible",
+                         threshold: float | None = None) -> np.ndarray:
     """Which regions overlap the ground-truth spurious feature.
 
     Boxes are (x0, y0, x1, y1) in the mask's pixel frame with exclusive ends (the project's region
     convention); fractional coordinates are rounded to the nearest pixel edge and clipped to the mask.
+    With n the feature pixels inside a (clipped) box of area A (pixels) and N the feature's pixels in
+    the image, the rules at threshold t are:
+
+    * "visible" (default): ``max(L, sqrt(n)) >= t * sqrt(A)``, where L (pixels) is the feature's
+      length inside the box, the sum of :func:`feature_length_density` over the box. A reviewer sees
+      a feature in a crop when a long enough piece of it shows, relative to the crop's side (the
+      gallery zooms every crop to the same size): a thin tube or wire by its length L, a blob by
+      the side sqrt(n) of the patch it covers. Unlike the fractions below it does not depend on how
+      much of a long feature lies elsewhere in the image.
+    * "feature": ``n / N >= t``; "region": ``n / A >= t``; "either": one of the two (the default
+      before "visible"; it misses crops that show a clear piece of a long thin feature); "both":
+      the two; "any": ``n > 0``.
+
+    Every rule also needs n > 0. Summed-area tables make each image's boxes O(1) each.
 
     Args:
-        boxes: (M, 4) region boxes.
+        boxes: (M, 4) region boxes, pixels.
         region_image: (M,) image index of each region.
         masks: per image an (H, W) bool mask of the feature, or None / an empty mask where absent.
-        rule: one of :data:`OVERLAP_RULES` (default "either": the region holds >= threshold of the
-            feature's pixels OR the feature covers >= threshold of the region).
-        threshold: fraction for the rule (default 0.25).
+        rule: one of :data:`OVERLAP_RULES`.
+        threshold: t for the rule; ``None``: the rule's :data:`RULE_THRESHOLDS` entry.
 
     Returns:
         (M,) bool.
     """
     if rule not in OVERLAP_RULES:
         raise ValueError(f"rule must be one of {OVERLAP_RULES}, got {rule!r}")
+    threshold = RULE_THRESHOLDS[rule] if threshold is None else float(threshold)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     region_image = np.asarray(region_image, dtype=np.int64).reshape(-1)
     if region_image.shape[0] != boxes.shape[0]:
@@ -80,26 +140,33 @@ def region_overlaps_mask(boxes, region_image, masks: Sequence[np.ndarray | None]
         total = int(mask.sum())
         if total == 0:
             continue
-        table = _integral(mask)
         h, w = mask.shape
         b = np.rint(boxes[chunk])
         x0, x1 = np.clip(b[:, 0], 0, w).astype(int), np.clip(b[:, 2], 0, w).astype(int)
         y0, y1 = np.clip(b[:, 1], 0, h).astype(int), np.clip(b[:, 3], 0, h).astype(int)
         x1, y1 = np.maximum(x1, x0), np.maximum(y1, y0)
-        inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+        def box_sum(table: np.ndarray) -> np.ndarray:
+            return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+        inside = box_sum(_integral(mask))
         area = (x1 - x0) * (y1 - y0)
-        feature_frac = inside / total
-        region_frac = np.where(area > 0, inside / np.maximum(area, 1), 0.0)
-        if rule == "either":
-            hit = (feature_frac >= threshold) | (region_frac >= threshold)
-        elif rule == "both":
-            hit = (feature_frac >= threshold) & (region_frac >= threshold)
-        elif rule == "feature":
-            hit = feature_frac >= threshold
-        elif rule == "region":
-            hit = region_frac >= threshold
+        if rule == "visible":
+            length = box_sum(_integral(feature_length_density(mask)))
+            hit = np.maximum(length, np.sqrt(inside)) >= threshold * np.sqrt(area)
         else:
-            hit = inside > 0
+            feature_frac = inside / total
+            region_frac = np.where(area > 0, inside / np.maximum(area, 1), 0.0)
+            if rule == "either":
+                hit = (feature_frac >= threshold) | (region_frac >= threshold)
+            elif rule == "both":
+                hit = (feature_frac >= threshold) & (region_frac >= threshold)
+            elif rule == "feature":
+                hit = feature_frac >= threshold
+            elif rule == "region":
+                hit = region_frac >= threshold
+            else:
+                hit = inside > 0
         out[chunk] = hit & (inside > 0)
     return out
 

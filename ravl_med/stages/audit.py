@@ -14,7 +14,8 @@ Precision@k when the manifest has it -> the outputs in ``output_dir``::
     gallery-<method>-cluster-<rank>.png   baselines (``report.baseline_galleries`` per method)
 
 Ground truth (``evaluation.ground_truth: auto``): phantom manifests (column ``mask_artefact``) mark a
-region spurious when it overlaps the artefact mask (:func:`~ravl_med.discover.region_overlaps_mask`);
+region spurious when it shows the artefact (:func:`~ravl_med.discover.region_overlaps_mask`, rule
+``evaluation.overlap_rule``, default "visible");
 the mask goes through the same ingestion steps as its image, so it lies in the ingested image's
 pixels, and the region boxes (model-input pixels) are scaled back by ingest size / model input size.
 Digits manifests (column ``square_quadrant``) mark the region whose centre lies in the square's
@@ -40,7 +41,7 @@ from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
 from ravl_med.discover import BaseDiscoverer, scores_from_embeddings
 from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
-from ravl_med.discover.metrics import precision_at_k, quadrant_is_spurious, region_overlaps_mask
+from ravl_med.discover.metrics import RULE_THRESHOLDS, precision_at_k, quadrant_is_spurious, region_overlaps_mask
 from ravl_med.discover.registry import build_discoverer
 from ravl_med.discover.report import GalleryTile, render_gallery, write_clusters_csv, write_report_html
 from ravl_med.evaluate.groups import GroupAccuracy
@@ -190,9 +191,10 @@ def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: i
             masks = ingested_masks(table, [column], config.ingest, Path(config.manifest).resolve().parent)
         except FileNotFoundError as err:
             raise ConfigError(f"evaluation: {err}") from None
-        truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=evaluation.overlap_rule,
-                                     threshold=evaluation.overlap_threshold)
-        info = {"kind": "mask", "rule": evaluation.overlap_rule, "threshold": evaluation.overlap_threshold,
+        rule, threshold = evaluation.overlap_rule, evaluation.overlap_threshold
+        threshold = RULE_THRESHOLDS[rule] if threshold is None else threshold
+        truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=rule, threshold=threshold)
+        info = {"kind": "mask", "rule": rule, "threshold": threshold,
                 "images_with_feature": int(sum(m is not None for m in masks))}
     info.update(k=evaluation.precision_k, n_spurious_regions=int(truth.sum()))
     return truth, info

@@ -56,9 +56,11 @@ class EvaluationConfig(StrictModel):
     ground_truth: Literal["auto", "mask", "quadrant", "none"] = "auto"
     #: k of Precision@k (paper: 10).
     precision_k: Annotated[int, Field(ge=1)] = 10
-    #: Mask overlap rule (``ravl_med.discover.metrics.OVERLAP_RULES``) and its fraction.
-    overlap_rule: Literal["either", "both", "feature", "region", "any"] = "either"
-    overlap_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: Mask hit rule (``ravl_med.discover.metrics.OVERLAP_RULES``): "visible" (default) = a reviewer
+    #: would see the feature in the crop (fitted to by-eye labels); "either" was the default before.
+    overlap_rule: Literal["visible", "either", "both", "feature", "region", "any"] = "visible"
+    #: The rule's threshold; ``None``: the rule's own (``ravl_med.discover.metrics.RULE_THRESHOLDS``).
+    overlap_threshold: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
 class ReportConfig(StrictModel):
