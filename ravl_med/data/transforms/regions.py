@@ -185,7 +185,8 @@ def _segment(plane: np.ndarray, method: ProposalMethod, granularity: float, comp
 
 
 def _drop_near_duplicates(boxes: torch.Tensor, max_iou: float) -> torch.Tensor:
-    """Indices of the boxes kept, greedily in order: a box goes when its IoU with a kept one exceeds ``max_iou``."""
+    """Indices of the boxes kept, greedily in order: a box goes when its IoU with a kept one exceeds
+    ``max_iou`` or is 1 (an exact duplicate, whatever ``max_iou``)."""
     from torchvision.ops import box_iou
 
     if boxes.shape[0] < 2:
@@ -193,7 +194,7 @@ def _drop_near_duplicates(boxes: torch.Tensor, max_iou: float) -> torch.Tensor:
     iou = box_iou(boxes.double(), boxes.double())
     kept: list[int] = []
     for i in range(boxes.shape[0]):
-        if not kept or float(iou[i, kept].max()) <= max_iou:
+        if not kept or float(iou[i, kept].max()) <= min(max_iou, 1.0 - 1e-9):
             kept.append(i)
     return torch.as_tensor(kept, dtype=torch.int64)
 
