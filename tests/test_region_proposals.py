@@ -188,3 +188,34 @@ def test_pipeline_attaches_grid_and_proposals_to_real_samples(cxr_samples):
         assert float(boxes[:, 0].min()) >= content[0] and float(boxes[:, 3].max()) <= content[3]
         again = load_radiograph(path, config)  # a second ingestion (mitigation's) gives the same boxes
         torch.testing.assert_close(again["regions"], boxes, rtol=0, atol=0)
+
+
+# --- consumers -----------------------------------------------------------------------------------
+
+
+def test_embedding_and_region_labelling_follow_variable_box_counts(tmp_path):
+    from ravl_med.data.dataset import RadiographDataset
+    from ravl_med.mitigate.regions import images_with_spurious_region, label_training_regions
+    from ravl_med.models import create_backbone
+    from ravl_med.models.embed import embed_dataset
+    from ravl_med.phantom import PhantomSetting, write_setting
+
+    classes = ["no finding", "cardiomegaly"]
+    setting = PhantomSetting(name="proposals", artefact="pacemaker", spurious_class="cardiomegaly", strength=0.0,
+                             n_train=6, n_val=0, n_test=0, image_size=64, classes=classes)
+    manifest = write_setting(setting, tmp_path, progress=False).manifest
+    config = parse_config({"image_size": 64, "regions": {"grid_sizes": [],
+                                                         "proposals": {"method": "felzenszwalb", "scale": [50, 200]}}},
+                          IngestConfig)
+    dataset = RadiographDataset(manifest, config, classes)
+    counts = [dataset[i]["regions"].shape[0] for i in range(len(dataset))]
+    assert min(counts) >= 1 and len(set(counts)) > 1  # the counts do differ here
+    torch.manual_seed(0)
+    model, preprocess, _ = create_backbone("tiny-rn")
+    embeddings = embed_dataset(model, preprocess, dataset, batch_size=4, progress=False)
+    assert embeddings.region_counts.tolist() == counts and embeddings.region_embeddings.shape[0] == sum(counts)
+    medoids = embeddings.region_embeddings[[0, -1]]
+    spurious = label_training_regions(embeddings.region_embeddings, medoids, [0])
+    by_key = {str(k): spurious[embeddings.regions_of(i)] for i, k in enumerate(embeddings.keys)}
+    assert [len(by_key[str(dataset[i]["key"])]) for i in range(len(dataset))] == counts
+    assert images_with_spurious_region(list(by_key), by_key).shape == (len(dataset),)
