@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -24,6 +24,7 @@ __all__ = [
     "IngestConfig",
     "IntensityConfig",
     "ModelSource",
+    "ProposalConfig",
     "QualityConfig",
     "RegionConfig",
     "StrictModel",
@@ -71,12 +72,88 @@ class IntensityConfig(StrictModel):
         return value
 
 
-class RegionConfig(StrictModel):
-    """Candidate regions laid on each model-ready image (see ``RegionGrid``)."""
+#: Per-method defaults of ProposalConfig's method-specific keys.
+_PROPOSAL_DEFAULTS: dict[str, dict[str, object]] = {
+    "slic": {"n_segments": [24], "compactness": 0.1},
+    "felzenszwalb": {"scale": [100.0]},
+}
 
-    grid_sizes: list[Annotated[int, Field(ge=1, le=32)]] = Field(default_factory=lambda: [4], min_length=1)
+
+class ProposalConfig(StrictModel):
+    """Content-driven candidate regions: boxes around superpixels of the model-ready image (see
+    ``RegionProposals``). Generic parameters only: nothing here knows what a shortcut looks like."""
+
+    #: slic: superpixels of similar size, about ``n_segments`` per scale; felzenszwalb: graph-based,
+    #: the segment count follows the image.
+    method: Literal["slic", "felzenszwalb"] = "slic"
+    #: slic only: superpixels asked for, one segmentation (scale) per entry, e.g. [16, 48]; default [24].
+    n_segments: list[Annotated[int, Field(ge=2, le=1024)]] | None = Field(default=None, min_length=1, max_length=6)
+    #: slic only: weight of space against intensity (intensities in [0, 1]); larger: squarer superpixels; default 0.1.
+    compactness: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    #: felzenszwalb only: segment scale, one segmentation per entry; larger: bigger segments; default [100].
+    scale: list[Annotated[float, Field(gt=0.0, le=100000.0)]] | None = Field(default=None, min_length=1, max_length=6)
+    #: Gaussian smoothing before segmenting, pixels.
+    sigma: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    #: Smallest kept box width and height, fractions of the content's width and height (drops slivers).
+    min_size: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    #: Largest kept box width and height, same fractions (drops near-whole-image boxes).
+    max_size: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    #: Growth of each superpixel's box on every side, fraction of its own side (context around it).
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    #: A box whose IoU with an earlier one (coarser scales first) exceeds this is dropped; 1: exact duplicates only.
+    max_iou: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data):
+        # The keys of the chosen method get their defaults; the other method's stay null (and are
+        # refused when set), so a dumped config reads back unchanged.
+        if isinstance(data, dict):
+            given = {k: v for k, v in data.items() if v is not None}
+            defaults = _PROPOSAL_DEFAULTS.get(given.get("method", "slic"), {})
+            data = {**data, **{k: v for k, v in defaults.items() if k not in given}}
+        return data
+
+    @field_validator("n_segments", "compactness", "scale")
+    @classmethod
+    def _for_the_method(cls, value, info: ValidationInfo):
+        owner = "felzenszwalb" if info.field_name == "scale" else "slic"
+        method = info.data.get("method")
+        if value is not None and method is not None and method != owner:
+            raise ValueError(f"only used by method {owner!r}, but method is {method!r}")
+        return value
+
+    @field_validator("max_size")
+    @classmethod
+    def _above_min_size(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_size")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least min_size ({low})")
+        return value
+
+    def granularity(self) -> list[float]:
+        """The per-scale setting of ``method``: ``n_segments`` (slic) or ``scale`` (felzenszwalb)."""
+        return [float(v) for v in ((self.n_segments if self.method == "slic" else self.scale) or [])]
+
+
+class RegionConfig(StrictModel):
+    """Candidate regions laid on each model-ready image: grids (``RegionGrid``), content-driven
+    proposals (``RegionProposals``) or both, grid boxes first."""
+
+    #: One regular grid per entry (cells per side); [2, 4] gives 4 + 16 boxes; [] for no grid (needs proposals).
+    grid_sizes: list[Annotated[int, Field(ge=1, le=32)]] = Field(default_factory=lambda: [4])
+    #: Fraction of a grid cell shared with its neighbour, in [0, 1).
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    #: content: regions cover only the image (not the letterbox padding); image: the whole square.
     within: Literal["content", "image"] = "content"
+    #: Superpixel boxes added after the grid boxes (their count differs between images); null: grids only.
+    proposals: ProposalConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_family(self) -> RegionConfig:
+        if not self.grid_sizes and self.proposals is None:
+            raise ValueError("no candidate regions: give grid_sizes or proposals")
+        return self
 
 
 class QualityConfig(StrictModel):
@@ -105,7 +182,11 @@ class IngestConfig(StrictModel):
 
         Recorded with the audit's stage-1 medoids; mitigation must label training regions made the same way.
         """
-        return {"image_size": self.image_size, "regions": self.regions.model_dump(mode="json")}
+        regions = self.regions.model_dump(mode="json")
+        if regions["proposals"] is None:
+            # Grids only: recorded exactly as before proposals existed, so earlier audits stay usable.
+            del regions["proposals"]
+        return {"image_size": self.image_size, "regions": regions}
 
 
 class ModelSource(StrictModel):
@@ -223,6 +304,8 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
         return f"{key}: got {error['input']!r}; allowed: {expected}"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if isinstance(error.get("input"), dict):  # a rule across keys: the whole section is not worth printing
+        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     return f"{key}: got {error.get('input')!r}; {error['msg']}"
 
 

@@ -5,10 +5,14 @@ Sample in: ``{"image": path, ...}`` (any extra keys pass through). Sample out:
 * ``image``: ``MetaTensor`` (1, S, S) float32 in [0, 1], radiological display orientation,
   letterboxed to S = ``IngestConfig.image_size``; its metadata carries the patient-free fields of
   :mod:`ravl_med.data.readers` plus the letterbox geometry;
-* ``regions``: (R, 4) candidate boxes on that image, ``regions_scale``: (R,) grid level per box.
+* ``regions``: (R, 4) candidate boxes on that image (grid boxes first, then proposals; R may differ
+  between images when proposals are on), ``regions_scale``: (R,) level per box, ``regions_family``:
+  (R,) index into :data:`~ravl_med.data.transforms.REGION_FAMILIES`.
 
 Steps: LoadRadiographd (MONAI LoadImaged; DICOM/PNG/JPEG/NIfTI) -> RadiographQCd -> CollapseGreyChannelsd ->
-RadiologicalOrientationd -> VOIWindowd -> InvertMonochrome1d -> Letterboxd -> RegionGridd.
+RadiologicalOrientationd -> VOIWindowd -> InvertMonochrome1d -> Letterboxd -> RegionGridd -> RegionProposalsd
+(the last two as ``IngestConfig.regions`` asks). Audit and mitigation both ingest through here, so
+they get identical boxes for the same settings.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from ravl_med.data.transforms import (
     RadiographQCd,
     RadiologicalOrientationd,
     RegionGridd,
+    RegionProposalsd,
     VOIWindowd,
 )
 
-__all__ = ["as_ingest_error", "ingest_transforms", "load_radiograph", "run_ingest_transforms"]
+__all__ = ["as_ingest_error", "ingest_transforms", "load_radiograph", "region_transforms", "run_ingest_transforms"]
 
 
 def ingest_transforms(
@@ -53,7 +58,7 @@ def ingest_transforms(
             the same readers; resized with nearest neighbour).
         box_keys: keys of (R, 4) boxes in the stored image's pixels, moved with the image.
         resize: letterbox to ``config.image_size`` (turn off to inspect images at full size).
-        regions: attach the candidate region grid (``regions``, ``regions_scale``).
+        regions: attach the candidate regions (``regions``, ``regions_scale``, ``regions_family``).
     """
     config = config or IngestConfig()
     quality = config.quality
@@ -76,15 +81,23 @@ def ingest_transforms(
         modes = ("auto",) + ("nearest",) * len(mask_keys)
         steps.append(Letterboxd(image_keys, config.image_size, mode=modes, ref_key=image_key, box_keys=box_keys))
     if regions:
-        steps.append(
-            RegionGridd(
-                ref_key=image_key,
-                grid_sizes=config.regions.grid_sizes,
-                overlap=config.regions.overlap,
-                within=config.regions.within,
-            )
-        )
+        steps.extend(region_transforms(config, image_key))
     return Compose(steps, log_stats=False)
+
+
+def region_transforms(config: IngestConfig, image_key: str = "image") -> list:
+    """The dictionary transforms that attach ``config.regions`` to a model-ready sample (grids, then proposals)."""
+    settings, steps = config.regions, []
+    if settings.grid_sizes:
+        steps.append(RegionGridd(ref_key=image_key, grid_sizes=settings.grid_sizes, overlap=settings.overlap,
+                                 within=settings.within))
+    if settings.proposals is not None:
+        p = settings.proposals
+        steps.append(RegionProposalsd(ref_key=image_key, method=p.method, granularity=p.granularity(),
+                                      compactness=p.compactness or 0.1, sigma=p.sigma, min_size=p.min_size,
+                                      max_size=p.max_size, margin=p.margin, max_iou=p.max_iou,
+                                      within=settings.within))
+    return steps
 
 
 def as_ingest_error(err: BaseException) -> IngestError:

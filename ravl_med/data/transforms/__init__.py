@@ -14,10 +14,15 @@ from ravl_med.data.transforms.intensity import (
 )
 from ravl_med.data.transforms.io import LoadRadiograph, LoadRadiographd
 from ravl_med.data.transforms.regions import (
+    REGION_FAMILIES,
     CropRegions,
     CropRegionsd,
     RegionGrid,
     RegionGridd,
+    RegionProposals,
+    RegionProposalsd,
+    content_bounds,
+    propose_regions,
     region_grid,
 )
 from ravl_med.data.transforms.spatial import (
@@ -30,6 +35,7 @@ from ravl_med.data.transforms.spatial import (
 )
 
 __all__ = [
+    "REGION_FAMILIES",
     "ArrayTransformd",
     "CollapseGreyChannels",
     "CollapseGreyChannelsd",
@@ -48,9 +54,13 @@ __all__ = [
     "RadiologicalOrientationd",
     "RegionGrid",
     "RegionGridd",
+    "RegionProposals",
+    "RegionProposalsd",
     "VOIWindow",
     "VOIWindowd",
+    "content_bounds",
     "display_flip_from_orientation",
+    "propose_regions",
     "region_grid",
     "window_to_unit",
 ]
