@@ -15,13 +15,16 @@ from ._groups import (
     _clean,
     class_table,
     group_statistics,
+    one_per_image_first,
+    refuse_non_finite,
     validate_inputs,
 )
 
 __all__ = ["BaseDiscoverer", "scores_from_embeddings"]
 
 #: The legitimate outcomes of an audit (``outcome_``).
-OUTCOMES = ("found", "no_structure", "no_candidate", "no_influential", "too_few_regions", "no_selection")
+OUTCOMES = ("found", "no_structure", "no_candidate", "no_influential", "not_significant", "too_few_regions",
+            "no_selection")
 
 
 def scores_from_embeddings(embeddings, text_embeddings, temperature: float = 0.07,
@@ -96,6 +99,7 @@ class BaseDiscoverer(BaseEstimator):
         self._check_parameters()
         self._t0 = time.perf_counter()
         n_regions = int(np.shape(region_embeddings)[0])
+        refuse_non_finite(region_embeddings, "region_embeddings")
         inputs = validate_inputs(n_regions, region_image, image_labels, image_scores, region_scores, class_names)
         self.n_classes_ = inputs.n_classes
         self.class_names_ = list(inputs.class_names)
@@ -112,7 +116,12 @@ class BaseDiscoverer(BaseEstimator):
 
     def _ranked(self, region_group: np.ndarray, order: list[int], scores: np.ndarray, ranked_regions: list,
                 inputs, medoids: np.ndarray | None = None, stats=None) -> None:
-        """Fill ``ranked_clusters_`` / ``ranked_regions_`` for the groups in ``order``."""
+        """Fill ``ranked_clusters_`` / ``ranked_regions_`` for the groups in ``order``.
+
+        Each group's regions (``ranked_regions``, best first) are reordered so that every image's best
+        region comes before any image's second (:func:`one_per_image_first`): overlapping boxes of one
+        image cannot fill the top of a ranking, for every method alike.
+        """
         n_groups = len(ranked_regions) if medoids is None else medoids.size
         if stats is None:
             stats = group_statistics(region_group, n_groups, inputs)
@@ -121,6 +130,7 @@ class BaseDiscoverer(BaseEstimator):
         self.ranked_clusters_ = []
         self.ranked_regions_ = []
         for rank, group in enumerate(order, start=1):
+            regions = one_per_image_first(np.asarray(ranked_regions[group], dtype=np.int64), inputs.region_image)
             attribute = int(stats.attribute[group])
             self.ranked_clusters_.append(RankedCluster(
                 rank=rank, cluster=int(group), score=float(scores[group]), gap_score=float(stats.gap_score[group]),
@@ -130,8 +140,8 @@ class BaseDiscoverer(BaseEstimator):
                 n_regions=int(stats.n_regions[group]), n_images=int(stats.n_images[group]),
                 medoid=None if medoids is None else int(medoids[group]),
                 table=class_table(stats, group, inputs, int(getattr(self, "n_boot", 1000)), rng),
-                top_regions=[int(r) for r in ranked_regions[group][:n_top]]))
-            self.ranked_regions_.append(np.asarray(ranked_regions[group], dtype=np.int64))
+                top_regions=[int(r) for r in regions[:n_top]]))
+            self.ranked_regions_.append(regions)
 
     # -- public ---------------------------------------------------------------------------------
 

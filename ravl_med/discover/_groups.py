@@ -17,6 +17,8 @@ __all__ = [
     "GroupStats",
     "RankedCluster",
     "group_statistics",
+    "one_per_image_first",
+    "refuse_non_finite",
     "top_region_per_image",
     "validate_inputs",
 ]
@@ -75,6 +77,10 @@ class RankedCluster:
         medoid: region index of the medoid (None for baselines).
         table: per-class :class:`ClassStats`.
         top_regions: the first region indices of ``ranked_regions_`` for this cluster (gallery).
+        p_value: permutation p-value of G (RaVL; None for baselines), see :mod:`ravl_med.discover.null`.
+        p_adjusted: ``p_value`` after Holm's correction over the candidate clusters tested.
+        stability: share of refits on random halves of the images that keep a matching cluster
+            (RaVL; None when not measured).
     """
 
     rank: int
@@ -89,6 +95,9 @@ class RankedCluster:
     medoid: int | None
     table: list[ClassStats] = field(default_factory=list)
     top_regions: list[int] = field(default_factory=list)
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    stability: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict (NaN -> None)."""
@@ -131,6 +140,26 @@ class DiscoveryInputs:
         return self.image_scores.shape[1]
 
 
+def refuse_non_finite(array, name: str, block_rows: int = 65536) -> None:
+    """Raises a one-line ValueError when ``array`` (rows x columns) holds NaN or infinite values.
+
+    Measured: one NaN row among 2,000 embeddings silently turned a correct finding into
+    "no_candidate" (every region fell in one cluster). Checked a block of rows at a time, so a
+    memory-mapped 10^6-row array is not loaded whole.
+    """
+    n = int(np.shape(array)[0])
+    bad_rows, first = 0, None
+    for start in range(0, n, block_rows):
+        block = np.asarray(array[start:start + block_rows])
+        bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        if bad.any():
+            bad_rows += int(bad.sum())
+            first = start + int(np.argmax(bad)) if first is None else first
+    if bad_rows:
+        raise ValueError(f"{name}: {bad_rows} of {n} rows hold NaN or infinite values (first: row {first}); "
+                         "they cannot be compared with the others. Check the model's outputs for those inputs.")
+
+
 def validate_inputs(n_regions: int, region_image, image_labels, image_scores, region_scores,
                     class_names=None) -> DiscoveryInputs:
     """Check shapes and ranges of the arrays every discoverer takes.
@@ -162,6 +191,8 @@ def validate_inputs(n_regions: int, region_image, image_labels, image_scores, re
         raise ValueError(f"region_image has {region_image.shape[0]} entries for {n_regions} regions")
     if region_scores.shape != (n_regions, n_classes):
         raise ValueError(f"region_scores must be ({n_regions}, {n_classes}), got {region_scores.shape}")
+    refuse_non_finite(image_scores, "image_scores")
+    refuse_non_finite(region_scores, "region_scores")
     if n_regions and (region_image.min() < 0 or region_image.max() >= n_images):
         raise ValueError(f"region_image must index images in [0, {n_images})")
     if n_images and (image_labels.min() < 0 or image_labels.max() >= n_classes):
@@ -180,6 +211,34 @@ def validate_inputs(n_regions: int, region_image, image_labels, image_scores, re
                      "so no cluster can pass the gap filter.")
     return DiscoveryInputs(region_image, image_labels, image_scores, region_scores, predicted.astype(np.int64),
                            predicted == image_labels, names, notes)
+
+
+def one_per_image_first(ranked_regions: np.ndarray, region_image: np.ndarray) -> np.ndarray:
+    """Reorders a ranking so each image's best region precedes every image's second best, and so on.
+
+    Overlapping candidate boxes of one image often land in one cluster together; without this they
+    can fill the top k of a ranking (and its gallery) with views of a single image.
+
+    Args:
+        ranked_regions: (n,) region indices, best first.
+        region_image: (M,) image index of every region.
+
+    Returns:
+        (n,) the same indices: first the best region of each image (in the original order), then the
+        second best of each image, etc.
+    """
+    ranked_regions = np.asarray(ranked_regions, dtype=np.int64)
+    if ranked_regions.size == 0:
+        return ranked_regions
+    images = np.asarray(region_image, dtype=np.int64)[ranked_regions]
+    # Occurrence number of each region's image so far in the ranking (0 for an image's best region).
+    order = np.argsort(images, kind="stable")
+    sorted_images = images[order]
+    starts = np.r_[0, np.flatnonzero(sorted_images[1:] != sorted_images[:-1]) + 1]
+    run_start = np.repeat(starts, np.diff(np.r_[starts, sorted_images.size]))
+    occurrence = np.empty_like(order)
+    occurrence[order] = np.arange(order.size) - run_start
+    return ranked_regions[np.argsort(occurrence, kind="stable")]
 
 
 def top_region_per_image(inputs: DiscoveryInputs) -> tuple[np.ndarray, np.ndarray]:

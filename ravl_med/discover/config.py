@@ -41,6 +41,17 @@ class DiscoveryConfig(StrictModel):
     n_top_regions: Annotated[int, Field(ge=1)] = 25
     #: Threads for K-Medoids (1 was measured fastest on 2 cores; -1: automatic).
     n_jobs: int = 1
+    #: Structure null: the chosen clustering's silhouette must beat this many coordinate-permuted copies
+    #: of the embeddings, else "no_structure" (``ravl_med.discover.null``; 0 switches the test off).
+    structure_null: Annotated[int, Field(ge=0)] = 19
+    #: Regions sampled for the structure null's fits (cost grows with its square).
+    structure_sample: Annotated[int, Field(ge=10)] = 1500
+    #: Gap null: shuffles of the correctness within each class for each candidate's permutation p-value.
+    n_permutations: Annotated[int, Field(ge=99)] = 999
+    #: Family-wise error rate of the gap test (Holm over the candidate clusters); 1 keeps every candidate.
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.05
+    #: Stability: refits on this many random halves of the images (0: not measured).
+    n_stability: Annotated[int, Field(ge=0)] = 20
 
     @field_validator("k_range")
     @classmethod

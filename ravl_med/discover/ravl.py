@@ -30,6 +30,8 @@ from ._base import BaseDiscoverer, scores_from_embeddings
 from ._clustering import cluster_regions, nearest_medoid
 from ._groups import group_statistics
 from .config import DiscoveryConfig
+from .null import gap_pvalues, holm, structure_test
+from .stability import cluster_stability
 
 __all__ = ["RaVLDiscoverer"]
 
@@ -74,7 +76,13 @@ class RaVLDiscoverer(BaseDiscoverer):
         block_rows: rows per blocked distance product.
         n_jobs: threads for ``kmedoids`` (-1: automatic). 1 by default: the parallel FasterPAM was
             measured 1.5-3x slower than the sequential one on the 2-core machine.
-        random_state: seed for sampling, FasterPAM and the bootstrap.
+        structure_null: coordinate-permuted copies the chosen clustering's silhouette must beat, else
+            "no_structure" (0: no test); see :func:`~ravl_med.discover.null.structure_test`.
+        structure_sample: regions sampled for the structure test's fits.
+        n_permutations: within-class shuffles of the correctness for each candidate's p-value of G.
+        alpha: a kept cluster needs a Holm-adjusted p-value <= alpha ("not_significant" otherwise).
+        n_stability: refits on random halves of the images for each kept cluster's stability (0: none).
+        random_state: seed for sampling, FasterPAM, the null models and the bootstrap.
 
     Attributes:
         n_clusters_: chosen k (None when no k was valid or the silhouette was undefined).
@@ -90,10 +98,14 @@ class RaVLDiscoverer(BaseDiscoverer):
         influence_: (k, C) influence(c, y), NaN where not defined.
         cluster_influence_: (k,) influence(c).
         candidates_: (n_cand,) clusters passing the gap filter.
-        kept_: clusters passing the gap filter and the influence threshold.
+        p_values_, p_adjusted_: (k,) permutation p-value of G and its Holm adjustment over the
+            candidates (NaN for clusters that are not candidates).
+        structure_: the :class:`~ravl_med.discover.null.StructureTest` (None when not run).
+        kept_: clusters passing the gap filter, the influence threshold and the gap test.
         ranked_clusters_: list of :class:`RankedCluster`, kept clusters by G descending.
         ranked_regions_: list of (n_c,) region indices per ranked cluster, by similarity to the medoid.
-        outcome_: "found", "no_structure", "no_candidate", "no_influential" or "too_few_regions".
+        outcome_: "found", "no_structure", "no_candidate", "no_influential", "not_significant" or
+            "too_few_regions".
         notes_: human-readable reasons.
     """
 
@@ -108,6 +120,9 @@ class RaVLDiscoverer(BaseDiscoverer):
                  warm_start: bool = _DEFAULTS.warm_start, max_iter: int = _DEFAULTS.max_iter,
                  n_boot: int = _DEFAULTS.n_boot, n_top_regions: int = _DEFAULTS.n_top_regions,
                  block_rows: int = _DEFAULTS.block_rows, n_jobs: int = _DEFAULTS.n_jobs,
+                 structure_null: int = _DEFAULTS.structure_null, structure_sample: int = _DEFAULTS.structure_sample,
+                 n_permutations: int = _DEFAULTS.n_permutations, alpha: float = _DEFAULTS.alpha,
+                 n_stability: int = _DEFAULTS.n_stability,
                  random_state: int | None = _DEFAULTS.random_state):
         self.temperature = temperature
         self.k_range = k_range
@@ -124,6 +139,11 @@ class RaVLDiscoverer(BaseDiscoverer):
         self.n_top_regions = n_top_regions
         self.block_rows = block_rows
         self.n_jobs = n_jobs
+        self.structure_null = structure_null
+        self.structure_sample = structure_sample
+        self.n_permutations = n_permutations
+        self.alpha = alpha
+        self.n_stability = n_stability
         self.random_state = random_state
 
     def k_values(self, n_classes: int) -> list[int]:
@@ -160,6 +180,8 @@ class RaVLDiscoverer(BaseDiscoverer):
         self.influence_ = np.zeros((0, inputs.n_classes))
         self.cluster_scores_ = self.cluster_influence_ = np.zeros(0)
         self.candidates_ = self.kept_ = np.zeros(0, dtype=np.int64)
+        self.p_values_ = self.p_adjusted_ = np.zeros(0)
+        self.structure_ = None
         self.clustering_mode_ = "exact" if embeddings.shape[0] <= self.exact_max_regions else "sampled"
 
         result = cluster_regions(
@@ -182,32 +204,83 @@ class RaVLDiscoverer(BaseDiscoverer):
                 self._set_clustering(result, embeddings)
             return self._finish()
         self._set_clustering(result, embeddings)
+        if self.structure_null:
+            self.structure_ = structure_test(embeddings, result.k, n_null=self.structure_null,
+                                             sample_size=self.structure_sample, random_state=self.random_state)
+            if not self.structure_.structured:
+                self.outcome_ = "no_structure"
+                self.notes_.append(
+                    f"no cluster structure: k-medoids at k = {result.k} on {self.structure_.n_regions} sampled regions "
+                    f"has silhouette {self.structure_.silhouette:.4f}, no better than on "
+                    f"{self.structure_null} copies with each embedding coordinate shuffled (best "
+                    f"{float(self.structure_.null_silhouettes.max()):.4f}); no cluster is reported.")
+                return self._finish()
 
         stats = group_statistics(self.labels_, result.k, inputs)
         self.cluster_gaps_, self.influence_ = stats.gap, stats.influence
         self.cluster_scores_, self.cluster_influence_ = stats.gap_score, stats.group_influence
         self.candidates_ = np.flatnonzero(stats.is_candidate)
-        keep = stats.is_candidate & (stats.group_influence >= self.influence_threshold)
-        self.kept_ = np.flatnonzero(keep)
+        influential = stats.is_candidate & (stats.group_influence >= self.influence_threshold)
+        self.p_values_, self.p_adjusted_ = np.full(result.k, np.nan), np.full(result.k, np.nan)
+        if self.candidates_.size:
+            p_values, n_used = gap_pvalues(self.labels_, self.candidates_, inputs,
+                                           n_permutations=self.n_permutations, random_state=self.random_state)
+            self.p_values_[self.candidates_] = p_values
+            self.p_adjusted_[self.candidates_] = holm(p_values)
+            if n_used < self.n_permutations:
+                self.notes_.append(f"gap test: {n_used} permutations instead of {self.n_permutations} "
+                                   "(bounded work for this many images).")
+        significant = np.zeros(result.k, dtype=bool)
+        significant[self.candidates_] = self.p_adjusted_[self.candidates_] <= self.alpha
+        self.kept_ = np.flatnonzero(influential & significant)
         if self.candidates_.size == 0:
             self.outcome_ = "no_candidate"
             self.notes_.append(f"none of the {result.k} clusters helps one class (gap > 0) and hurts another "
                                "(gap < 0): no spurious correlation found.")
             return self._finish()
-        if self.kept_.size == 0:
+        if not influential.any():
             self.outcome_ = "no_influential"
             best = float(stats.group_influence[self.candidates_].max())
             self.notes_.append(f"{self.candidates_.size} candidate cluster(s) pass the gap filter but none reaches "
                                f"influence {self.influence_threshold} (best {best:.3f}).")
             return self._finish()
+        if self.kept_.size == 0:
+            self.outcome_ = "not_significant"
+            best = float(np.nanmin(self.p_adjusted_[np.flatnonzero(influential)]))
+            self.notes_.append(
+                f"{int(influential.sum())} candidate cluster(s) pass the gap filter and the influence threshold, but "
+                f"none of their accuracy gaps beats chance (smallest Holm-adjusted permutation p-value {best:.3f} > "
+                f"alpha {self.alpha}): no spurious correlation is reported.")
+            return self._finish()
         # Sort by G descending; ties by cluster id for determinism.
         order = sorted(self.kept_.tolist(), key=lambda c: (-stats.gap_score[c], c))
         ranked_regions = [self._cluster_regions(c) for c in range(result.k)]
         self._ranked(self.labels_, order, stats.gap_score, ranked_regions, inputs, medoids=self.medoids_, stats=stats)
+        for cluster in self.ranked_clusters_:
+            cluster.p_value = float(self.p_values_[cluster.cluster])
+            cluster.p_adjusted = float(self.p_adjusted_[cluster.cluster])
         self.outcome_ = "found"
-        self.notes_.append(f"{len(order)} cluster(s) kept out of {result.k} "
-                           f"({self.candidates_.size} passed the gap filter).")
+        self.notes_.append(f"{len(order)} cluster(s) kept out of {result.k} ({self.candidates_.size} passed the "
+                           f"gap filter; kept ones have influence >= {self.influence_threshold} and a Holm-adjusted "
+                           f"permutation p-value <= {self.alpha}).")
+        if self.n_stability:
+            self._measure_stability(region_embeddings, inputs)
         return self._finish()
+
+    def _measure_stability(self, region_embeddings, inputs) -> None:
+        """Each ranked cluster's stability: refits on random halves of the images (see :mod:`.stability`)."""
+        clusters = [np.flatnonzero(self.labels_ == c.cluster) for c in self.ranked_clusters_]
+        refit = self.get_params() | {"n_stability": 0, "n_boot": 0, "structure_null": 0}
+        scores = cluster_stability(
+            lambda: type(self)(**refit), clusters, np.asarray(region_embeddings), inputs,
+            n_resamples=self.n_stability, random_state=self.random_state)
+        for cluster, score in zip(self.ranked_clusters_, scores):
+            cluster.stability = float(score)
+        unstable = [c.rank for c in self.ranked_clusters_ if c.stability < 0.5]
+        self.notes_.append(f"stability: each kept cluster was looked for again in {self.n_stability} refits on random "
+                           "halves of the images (a match shares >= 50% of its regions, Jaccard)"
+                           + (f"; cluster(s) {unstable} were found again in fewer than half of them: unstable, "
+                              "treat with caution." if unstable else "."))
 
     def fit_embeddings(self, region_embeddings, region_image, image_labels, image_embeddings, text_embeddings, *,
                        class_names=None) -> RaVLDiscoverer:
@@ -292,4 +365,10 @@ class RaVLDiscoverer(BaseDiscoverer):
             "silhouette": self.silhouette_,
             "candidates": self.candidates_.tolist(),
             "kept": self.kept_.tolist(),
+            "p_values": {int(c): float(self.p_values_[c]) for c in self.candidates_},
+            "p_adjusted": {int(c): float(self.p_adjusted_[c]) for c in self.candidates_},
+            "structure_test": None if self.structure_ is None else {
+                "silhouette": self.structure_.silhouette, "null_max": float(self.structure_.null_silhouettes.max()),
+                "p_value": self.structure_.p_value, "n_regions": self.structure_.n_regions,
+                "n_null": int(self.structure_.null_silhouettes.size)},
         }

@@ -34,14 +34,17 @@ __all__ = [
 OUTCOME_TEXT = {
     "found": "At least one image feature was found that the model ties to a class: it raises accuracy for "
              "that class and lowers it for another.",
-    "no_structure": "The region embeddings showed no cluster structure (no number of clusters gave a positive "
-                    "silhouette), so no image feature could be singled out. This is a legitimate result; it does "
-                    "not prove that the model is free of shortcuts.",
+    "no_structure": "The region embeddings showed no cluster structure (their clusters were no tighter than those "
+                    "of the same embeddings with every coordinate shuffled), so no image feature could be singled "
+                    "out. This is a legitimate result; it does not prove that the model is free of shortcuts.",
     "no_candidate": "No group of similar image regions helped one class while hurting another: no spurious "
                     "correlation was found with these images and classes.",
     "no_influential": "Some groups of image regions helped one class and hurt another, but none of them drove the "
                       "wrong predictions often enough to pass the influence threshold: nothing is reported as a "
                       "shortcut.",
+    "not_significant": "Some groups of image regions went with higher accuracy for one class and lower for another, "
+                       "but no difference was larger than chance produces (permutation test, corrected for the "
+                       "number of groups tested): nothing is reported as a shortcut.",
     "too_few_regions": "There were too few image regions to cluster: nothing could be analysed.",
     "no_selection": "The method selected no group of images.",
 }
@@ -150,8 +153,8 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
 
 
 CSV_COLUMNS = (
-    "method", "rank", "cluster", "attribute", "score", "gap_score", "influence", "n_regions", "n_images",
-    "precision_at_k", "class", "n_in", "n_out", "acc_in", "acc_in_low", "acc_in_high", "acc_out", "acc_out_low",
+    "method", "rank", "cluster", "attribute", "score", "gap_score", "influence", "p_value", "p_adjusted", "stability",
+    "n_regions", "n_images", "precision_at_k", "class", "n_in", "n_out", "acc_in", "acc_in_low", "acc_in_high", "acc_out", "acc_out_low",
     "acc_out_high", "gap", "gap_low", "gap_high", "class_influence", "skipped",
 )
 
@@ -173,7 +176,8 @@ def write_clusters_csv(audit: dict, path: str | Path) -> Path:
                         "method": name, "rank": cluster["rank"], "cluster": cluster["cluster"],
                         "attribute": cluster["attribute_name"], "score": cluster["score"],
                         "gap_score": cluster["gap_score"], "influence": cluster["influence"],
-                        "n_regions": cluster["n_regions"], "n_images": cluster["n_images"],
+                        "p_value": cluster.get("p_value"), "p_adjusted": cluster.get("p_adjusted"),
+                        "stability": cluster.get("stability"), "n_regions": cluster["n_regions"], "n_images": cluster["n_images"],
                         "precision_at_k": cluster.get("precision_at_k"), "class": row["class_name"],
                         "n_in": row["n_in"], "n_out": row["n_out"], "acc_in": row["acc_in"],
                         "acc_in_low": _ci(row["acc_in_ci"], 0), "acc_in_high": _ci(row["acc_in_ci"], 1),
@@ -249,7 +253,19 @@ def _cluster_sentence(cluster: dict) -> str:
         parts.append(
             f"Influence {_pct(cluster['influence'])}: of the misclassified images of a hurt class that contain the "
             "feature, this share had it as the region that most favoured the wrong answer.")
+    if cluster.get("p_adjusted") is not None:
+        parts.append(f"A gap this large arises by chance with probability {_p(cluster['p_adjusted'])} "
+                     "(permutation test, corrected for the number of clusters tested).")
+    if cluster.get("stability") is not None:
+        stability = cluster["stability"]
+        parts.append(f"Stability {_pct(stability)}: refitted on random halves of the images, the audit found this "
+                     "cluster again that often." + (" <b>Unstable</b>: found again in fewer than half of the refits; "
+                                                    "treat it with caution." if stability < 0.5 else ""))
     return " ".join(parts)
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _class_table(cluster: dict) -> str:
@@ -289,6 +305,10 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
         extras = [f"ranking score {_num(cluster['score'])}", f"sum of |gaps| G {_num(cluster['gap_score'])}",
                   f"influence {_pct(cluster['influence'])}", f"{cluster['n_regions']} regions",
                   f"{cluster['n_images']} images"]
+        if cluster.get("p_adjusted") is not None:
+            extras.append(f"adjusted p {_p(cluster['p_adjusted'])}")
+        if cluster.get("stability") is not None:
+            extras.append(f"stability {_pct(cluster['stability'])}")
         if cluster.get("precision_at_k") is not None:
             extras.append(f"Precision@{k} {cluster['precision_at_k']:.2f}")
         out.append(f"<p class='meta'>{' &middot; '.join(extras)}</p>")
@@ -296,8 +316,10 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
         out.append(_class_table(cluster))
         gallery = galleries.get((name, cluster["rank"]))
         if gallery is not None:
-            out.append(f"<p class='meta'>The {cluster.get('n_gallery', '')} regions most typical of this cluster: "
-                       "left, the whole image with the region boxed in red; right, the region enlarged.</p>")
+            out.append(f"<p class='meta'>The {cluster.get('n_gallery', '')} regions most typical of this cluster, "
+                       "at most one per image until every image has one (overlapping boxes of one image do not "
+                       "fill the list): left, the whole image with the region boxed in red; right, the region "
+                       "enlarged.</p>")
             out.append(f"<img class='gallery' alt='regions of {_e(name)} cluster {cluster['rank']}' "
                        f"src='{_png_data_uri(gallery)}'>")
     return "\n".join(out)

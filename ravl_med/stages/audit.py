@@ -112,9 +112,11 @@ class AuditResult:
             if row is not None and row.acc_in is not None and row.acc_out is not None:
                 detail = (f": accuracy for {top.attribute_name} {row.acc_in:.0%} with the feature ({row.n_in} images) "
                           f"vs {row.acc_out:.0%} without ({row.n_out} images)")
+            evidence = "" if top.p_adjusted is None else f"adjusted p {top.p_adjusted:.3g}; "
+            evidence += "" if top.stability is None else f"stability {top.stability:.0%}; "
             lines.append(f"top finding: cluster 1 ({top.n_regions} regions, {top.n_images} images) tied to "
                          f"'{top.attribute_name}'{detail}; influence "
-                         f"{'n/a' if top.influence is None else f'{top.influence:.2f}'}; "
+                         f"{'n/a' if top.influence is None else f'{top.influence:.2f}'}; {evidence}"
                          f"{len(disc.ranked_clusters_)} cluster(s) kept")
         else:
             lines.append("nothing found: " + (disc.notes_[-1] if disc.notes_ else "no cluster kept"))
