@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -195,3 +196,31 @@ def test_shipped_smoke_suite_reaches_mitigation(tmp_path, capsys):
     assert row["setting"] == setting and row["valid"], capsys.readouterr().out
     assert set(row["mitigation"]) == {"ravl", "standard", "vl_gdro"}
     assert all(0.0 <= m["image_worst_group"] <= 1.0 for m in row["mitigation"].values())
+
+
+def test_summarise_reports_means_with_95_intervals_over_seeds_and_false_alarms():
+    from scipy import stats
+
+    from ravl_med.evaluate import mean_interval
+
+    def row(seed, precision, valid=True, outcome="found"):
+        return {"setting": f"s{seed}", "artefact": "chest_drain", "spurious_class": "pneumothorax", "strength": 0.9,
+                "seed": seed, "valid": valid, "shortcut_gap": 0.5, "stage1": {}, "discovery": {"ravl": precision},
+                "mitigation": {"ravl": {"image_worst_group": precision / 2}} if valid else {},
+                "audit_outcome": outcome}
+
+    values = [1.0, 0.8, 0.6, 1.0, 0.9]
+    rows = [row(i, v) for i, v in enumerate(values)] + [row(9, 0.0, valid=False, outcome="not_significant"),
+                                                        row(8, 0.0, valid=False, outcome="found")]
+    tables = summarise(rows)
+    discovery = tables["discovery"].set_index("method").loc["ravl"]
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / np.sqrt(5)
+    assert discovery["n"] == 5 and discovery["mean"] == pytest.approx(np.mean(values))
+    assert (discovery["ci_low"], discovery["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    mitigation = tables["mitigation"].set_index("method").loc["ravl"]
+    assert mitigation["image_worst_group_mean"] == pytest.approx(np.mean(values) / 2)
+    alarms = tables["alarms"].set_index("valid")
+    assert alarms.loc[False, "found"] == 1 and alarms.loc[False, "settings"] == 2
+    assert alarms.loc[True, "found_rate"] == 1.0
+    assert mean_interval([0.5]).n == 1 and np.isnan(mean_interval([0.5]).low)
+    assert str(mean_interval([])) == "n/a"

@@ -15,10 +15,13 @@ from ravl_med.evaluate.groups import (
     shortcut_learned,
     worst_group_accuracy,
 )
+from ravl_med.evaluate.intervals import MeanInterval, mean_interval
 
 __all__ = [
     "GroupAccuracy",
+    "MeanInterval",
     "group_accuracy_table",
+    "mean_interval",
     "overall_accuracy",
     "shortcut_gaps",
     "shortcut_learned",

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ravl_med.evaluate.intervals import mean_interval
+
 __all__ = ["METRICS", "RESULT_FILE", "load_rows", "summarise", "write_tables"]
 
 #: The per-setting result (one row of the tables).
@@ -31,9 +33,10 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
     """The result tables from setting rows.
 
     Returns:
-        ``settings`` (one row per setting), ``discovery`` (mean / std / n of Precision@k per
-        method and strength, over valid settings), ``mitigation`` (mean / std / n of each metric per
-        method, over valid settings).
+        ``settings`` (one row per setting), ``discovery`` (mean, 95% interval and n of Precision@k per
+        method and strength, over valid settings), ``mitigation`` (mean and 95% interval of each metric
+        per method, over valid settings), ``alarms`` (per validity and strength: settings whose audit
+        reported a finding; on invalid settings that is a false alarm).
     """
     flat = []
     for row in rows:
@@ -49,17 +52,36 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
     discovery = pd.DataFrame([{"method": m, "strength": r["strength"], "precision": p}
                               for r in valid for m, p in r.get("discovery", {}).items()])
     if len(discovery):
-        discovery = (discovery.groupby(["method", "strength"], sort=False)["precision"]
-                     .agg(mean="mean", std="std", n="count").reset_index())
+        discovery = pd.DataFrame([
+            {"method": method, "strength": strength, **_interval_columns(part["precision"])}
+            for (method, strength), part in discovery.groupby(["method", "strength"], sort=False)])
     mitigation = pd.DataFrame([{"method": m, **{k: v.get(k) for k in METRICS}}
                                for r in valid for m, v in r.get("mitigation", {}).items()])
     if len(mitigation):
-        grouped = mitigation.groupby("method", sort=False)
-        mitigation = pd.concat({k: grouped[k].agg(["mean", "std"]) for k in METRICS}, axis=1)
-        mitigation.columns = [f"{k}_{s}" for k, s in mitigation.columns]
-        mitigation.insert(0, "n", grouped.size())
-        mitigation = mitigation.reset_index()
-    return {"settings": settings, "discovery": discovery, "mitigation": mitigation}
+        mitigation = pd.DataFrame([
+            {"method": method, "n": len(part),
+             **{f"{k}_{column}": value for k in METRICS
+                for column, value in _interval_columns(part[k]).items() if column != "n"}}
+            for method, part in mitigation.groupby("method", sort=False)])
+    alarms = pd.DataFrame([
+        {"valid": is_valid, "strength": strength, "settings": len(part),
+         "found": int((part == "found").sum()), "found_rate": float((part == "found").mean())}
+        for (is_valid, strength), part in pd.DataFrame(
+            [{"valid": r["valid"], "strength": r["strength"], "outcome": r.get("audit_outcome")} for r in rows]
+        ).groupby(["valid", "strength"], sort=True)["outcome"]]) if rows else pd.DataFrame()
+    return {"settings": settings, "discovery": discovery, "mitigation": mitigation, "alarms": alarms}
+
+
+def _interval_columns(values) -> dict[str, float]:
+    """``mean``, ``ci_low``, ``ci_high`` (95% Student-t over settings/seeds) and ``n``."""
+    interval = mean_interval(pd.to_numeric(values, errors="coerce").tolist())
+    return {"mean": interval.mean, "ci_low": interval.low, "ci_high": interval.high, "n": interval.n}
+
+
+def _error_bars(mean, low, high) -> np.ndarray:
+    """(2, n) distances from the mean to the interval's bounds (0 where the interval is undefined)."""
+    mean, low, high = (np.asarray(v, dtype=np.float64) for v in (mean, low, high))
+    return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0)
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -81,7 +103,8 @@ def write_tables(rows: Sequence[dict[str, Any]], out: str | Path, precision_k: i
     """Writes the tables of :func:`summarise` (CSV + Markdown) and the plots (PNG) under ``out``.
 
     Plots: ``precision_vs_strength.png`` (mean Precision@k per method against Cramer's V) and
-    ``worst_group.png`` (mean image worst-group accuracy per mitigation method, error bars = std).
+    ``worst_group.png`` (mean image worst-group accuracy per mitigation method); error bars are the
+    95% intervals over settings and seeds (none where n < 2).
     """
     import matplotlib
 
@@ -102,8 +125,8 @@ def write_tables(rows: Sequence[dict[str, Any]], out: str | Path, precision_k: i
     if len(discovery):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method, part in discovery.groupby("method", sort=False):
-            ax.errorbar(part["strength"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3,
-                        label=method)
+            ax.errorbar(part["strength"], part["mean"], yerr=_error_bars(part["mean"], part["ci_low"], part["ci_high"]),
+                        marker="o", capsize=3, label=method)
         ax.set(xlabel="Cramer's V of the planted shortcut", ylabel=f"Precision@{precision_k}", ylim=(-0.05, 1.05))
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -113,7 +136,8 @@ def write_tables(rows: Sequence[dict[str, Any]], out: str | Path, precision_k: i
     if len(mitigation):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.bar(mitigation["method"], mitigation["image_worst_group_mean"],
-               yerr=mitigation["image_worst_group_std"].fillna(0), capsize=3)
+               yerr=_error_bars(mitigation["image_worst_group_mean"], mitigation["image_worst_group_ci_low"],
+                                mitigation["image_worst_group_ci_high"]), capsize=3)
         ax.set(ylabel="image worst-group accuracy", ylim=(0, 1))
         ax.tick_params(axis="x", rotation=30)
         fig.tight_layout()
