@@ -57,12 +57,18 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + "=" * 78)
     print(f"Hidden shortcut planted: {feature} <-> {row.spurious_class} (Cramer's V {row.strength:.2f} "
           "in the fine-tuning split; independent of the class in the test split).")
-    top = row.top_cluster or {}
-    precision = row.discovery
-    print(f"Audit (RaVL): top cluster ({top.get('n_regions')} regions in {top.get('n_images')} images) tied to "
-          f"{top.get('attribute_name')!r}, influence {top.get('influence') or float('nan'):.2f}; "
-          f"Precision@10 against the ground-truth {feature} masks: "
-          + ", ".join(f"{m} {p:.2f}" for m, p in precision.items()))
+    top = row.top_cluster
+    precision = ", ".join(f"{m} {p:.2f}" for m, p in row.discovery.items())
+    if top is None:
+        print(f"Audit (RaVL): outcome {row.audit_outcome}, no cluster reported; Precision@10 against the "
+              f"ground-truth {feature} masks: {precision}")
+    else:
+        evidence = "".join(f", {name} {value}" for name, value in (
+            ("adjusted p", None if top.get("p_adjusted") is None else f"{top['p_adjusted']:.3g}"),
+            ("stability", None if top.get("stability") is None else f"{top['stability']:.0%}")) if value)
+        print(f"Audit (RaVL): top cluster ({top.get('n_regions')} regions in {top.get('n_images')} images) tied to "
+              f"{top.get('attribute_name')!r}, influence {top.get('influence') or float('nan'):.2f}{evidence}; "
+              f"Precision@10 against the ground-truth {feature} masks: {precision}")
     if not row.valid:
         print(f"The fine-tuned model did not learn the shortcut (gap {row.shortcut_gap:+.2f}); nothing to mitigate.")
     else:

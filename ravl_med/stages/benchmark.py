@@ -182,8 +182,8 @@ def _run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None,
         shortcut_gap=round(float(stage1.shortcut_gap), 4),
         stage1={**_metrics(stage1.evaluation), "train_s": round(train_seconds, 1)},
         discovery={m: round(float(p), 4) for m, p in audit.precision.items()},
-        top_cluster=({k: ranked[0][k] for k in ("attribute_name", "influence", "n_regions", "n_images")}
-                     if ranked else None),
+        top_cluster=({k: ranked[0].get(k) for k in ("attribute_name", "influence", "n_regions", "n_images",
+                                                     "p_adjusted", "stability")} if ranked else None),
         audit_outcome=audit.audit.get("outcome"), mitigation=mitigation,
         paths={"root": str(root), "report": str(root / "audit" / "report.html"), "manifest": str(manifest)},
         provenance=fit.provenance)
