@@ -109,12 +109,16 @@ def test_fit_embeddings_uses_zero_shot_scores(planted3):
     assert disc.outcome_ == "found" and disc.ranked_clusters_[0].attribute == 2
 
 
-def test_two_class_8k_regions_exact_path_finds_cluster():
-    """The case where the authors' code picked a wrong cluster or raised IndexError (method spec)."""
+@pytest.mark.parametrize("exact_max_regions, mode", [(20000, "exact"), (DiscoveryConfig().exact_max_regions, "sampled")])
+def test_two_class_8k_regions_exact_path_finds_cluster(exact_max_regions, mode):
+    """The case where the authors' code picked a wrong cluster or raised IndexError (method spec).
+
+    Both paths: 8000 regions used the exact path until the default switch moved to 1000 regions.
+    """
     data = make_planted_spurious(n_images=2000, regions_per_image=4, n_classes=2, spurious_class=1, dim=64,
                                  random_state=3)
-    disc = RaVLDiscoverer(n_boot=100).fit(*data.fit_args())
-    assert data.region_embeddings.shape[0] == 8000 and disc.clustering_mode_ == "exact"
+    disc = RaVLDiscoverer(n_boot=100, exact_max_regions=exact_max_regions).fit(*data.fit_args())
+    assert data.region_embeddings.shape[0] == 8000 and disc.clustering_mode_ == mode
     assert disc.outcome_ == "found" and disc.ranked_clusters_[0].attribute == 1
     assert precision_at_k(disc.top_ranked_regions(), data.region_is_spurious) == 1.0
 

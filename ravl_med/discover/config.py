@@ -30,11 +30,18 @@ class DiscoveryConfig(StrictModel):
     influence_threshold: Annotated[float, Field(ge=0)] = 0.25
     #: The best silhouette must exceed this, else "no structure" (paper: 0).
     min_silhouette: Annotated[float, Field(ge=-1, lt=1)] = 0.0
-    #: Exact K-Medoids on the full distance matrix up to this many regions, sampled (CLARA) above.
-    exact_max_regions: Annotated[int, Field(ge=2)] = 20000
-    clara_samples: Annotated[int, Field(ge=1)] = 5
-    clara_sample_size: Annotated[int, Field(ge=2)] = 4000
-    silhouette_sample_size: Annotated[int, Field(ge=2)] = 5000
+    #: k is chosen on all regions (full distance matrix) up to this many regions, on a sample above.
+    #: All-region FasterPAM costs O(n^2) per k, more than the authors' whole per-k step (alternating
+    #: K-Medoids + silhouette); the sampled mode costs O(s^2) per k (benchmarks/discovery_scaling.py --compare).
+    exact_max_regions: Annotated[int, Field(ge=2)] = 1000
+    #: Sampled mode: further random samples the chosen k is refitted on (CLARA); the medoids with the
+    #: lowest cost over all regions, the k-selection sample's included, are kept (0: that sample's only).
+    clara_samples: Annotated[int, Field(ge=0)] = 2
+    #: Regions per further sample (a FasterPAM fit of the chosen k, O(size^2)).
+    clara_sample_size: Annotated[int, Field(ge=2)] = 2000
+    #: Sampled mode: s, the k-selection sample: a FasterPAM fit and the silhouette per k on s random
+    #: regions (O(s^2) each; 1000 keeps >= 20 regions per cluster at k = 50).
+    silhouette_sample_size: Annotated[int, Field(ge=2)] = 1000
     #: Bootstrap resamples for the 95% intervals of the per-class tables (every method).
     n_boot: Annotated[int, Field(ge=0)] = 1000
     #: Regions listed per cluster in the JSON (``top_regions``).

@@ -4,8 +4,9 @@ Follows ``docs/ravl-method.md`` (shared docs), steps 3-6:
 
 3. K-Medoids on cosine distance D = clip(1 - E E^T, 0, 1), k swept over [2C, 5C] (inclusive by
    default; the authors' code used [2C, 5C), see ``k_range_inclusive``), k chosen by silhouette on D.
-   Exact FasterPAM up to ``exact_max_regions`` regions, CLARA-style sampled search above it
-   (memory independent of n^2; see :mod:`ravl_med.discover._clustering`).
+   FasterPAM per k on all regions up to ``exact_max_regions``; above it k is chosen on a random
+   sample and the chosen k refit CLARA-style (memory independent of n^2; see
+   :mod:`ravl_med.discover._clustering`).
 4. gap(c, y) = w (acc(I) - acc(O)), w = 2 min(|I|, |O|) / (|I| + |O|); candidates need some gap > 0
    and some gap < 0; G(c) = sum_y |gap(c, y)|.
 5. influence(c) = max_y over hurt classes of the fraction of misclassified multi-region images with a
@@ -40,7 +41,7 @@ class _Parameters(DiscoveryConfig):
     """All of RaVLDiscoverer's parameters: an audit's ``discovery`` settings plus the engine's own knobs
     (not in audit configs) and the seed (an audit passes its ``seed``)."""
 
-    warm_start: bool = True
+    warm_start: bool = False
     max_iter: Annotated[int, Field(ge=0)] = 100
     block_rows: Annotated[int, Field(ge=1)] = 8192
     random_state: Annotated[int, Field(ge=0)] | None = 0
@@ -64,12 +65,16 @@ class RaVLDiscoverer(BaseDiscoverer):
         k_range_inclusive: include high*C (project default True; the authors' code: False).
         influence_threshold: keep clusters with influence(c) >= this (paper: 0.25).
         min_silhouette: the best silhouette must exceed this, else "no structure" (paper: 0).
-        exact_max_regions: exact FasterPAM on the full distance matrix up to this many regions
-            (20000: 1.6 GB float32 matrix, ~30-60 s for a C = 2 sweep on 2 cores); CLARA above.
-        clara_samples: CLARA samples (sampled mode).
-        clara_sample_size: regions per CLARA sample (4000: a 64 MB matrix, ~0.5 s per FasterPAM fit).
-        silhouette_sample_size: regions for the sampled silhouette estimate (sampled mode).
-        warm_start: start each k from the k - 1 medoids plus one greedy BUILD step.
+        exact_max_regions: k is chosen on all regions (full distance matrix, FasterPAM and exact
+            silhouette per k) up to this many regions; above it on a random sample (sampled mode).
+            1000: the all-region sweep costs O(n^2) per k, more than the authors' sweep.
+        clara_samples: sampled mode: further samples the chosen k is refitted on (CLARA); the
+            medoids with the lowest cost over all regions are kept.
+        clara_sample_size: regions per further sample (2000: a 32 MB matrix, ~0.1 s per FasterPAM fit).
+        silhouette_sample_size: sampled mode: the k-selection sample (FasterPAM and silhouette per k
+            on these regions; 1000: ~30 ms per k on 2 cores).
+        warm_start: start each k from the k - 1 medoids plus one greedy BUILD step (default: a fresh
+            k-medoids++ start per k).
         max_iter: FasterPAM iterations.
         n_boot: bootstrap resamples for the 95% intervals of the per-class tables.
         n_top_regions: regions listed per cluster in ``RankedCluster.top_regions``.

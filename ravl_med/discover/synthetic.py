@@ -32,6 +32,9 @@ class PlantedSpurious:
         region_is_spurious: (M,) bool, True for the planted feature's regions.
         image_has_feature: (N,) bool.
         spurious_class: the class the feature is tied to.
+        region_component: (M,) int64 planted component of each region: y in [0, C) for the core region
+            of a class-y image, C + b for background direction b, C + n_backgrounds for the feature
+            (the answer a clustering is scored against, e.g. by adjusted Rand index).
     """
 
     region_embeddings: np.ndarray
@@ -44,6 +47,7 @@ class PlantedSpurious:
     region_is_spurious: np.ndarray
     image_has_feature: np.ndarray
     spurious_class: int
+    region_component: np.ndarray | None = None
 
     def fit_args(self) -> tuple:
         """Positional arguments of ``Discoverer.fit``."""
@@ -135,6 +139,8 @@ def make_planted_spurious(n_images: int = 400, regions_per_image: int = 4, n_cla
         rows = slice(start, min(m, start + block_rows))
         region_scores[rows] = _softmax(region_embeddings[rows] @ text.T / temperature)
     image_scores = _softmax(image_embeddings @ text.T / temperature)
+    component = np.where(slot == 0, labels[region_image], n_classes + background_id)
+    component[is_spurious] = n_classes + n_backgrounds
     return PlantedSpurious(region_embeddings, region_image.astype(np.int64), labels.astype(np.int64),
                            image_embeddings, text, image_scores, region_scores, is_spurious, has_feature,
-                           spurious_class)
+                           spurious_class, component.astype(np.int64))
