@@ -21,10 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 BASELINES = ["random", "distilling_failures", "george", "domino"]
 
 
-def _audit(run: ShortcutRun, out, grid_sizes: list[int] | None = None) -> dict:
-    ingest = run.config.ingest.model_copy(deep=True)
-    if grid_sizes is not None:
-        ingest.regions.grid_sizes = grid_sizes
+def _audit(run: ShortcutRun, out) -> dict:
     config = AuditConfig(
         backbone=run.config.backbone,
         checkpoint=run.result.checkpoint,
@@ -33,7 +30,7 @@ def _audit(run: ShortcutRun, out, grid_sizes: list[int] | None = None) -> dict:
         split="test",
         classes=list(run.config.classes),
         templates=list(run.templates),
-        ingest=ingest,
+        ingest=run.config.ingest,
         methods=["ravl", *BASELINES],
         discovery={"n_boot": 200},
         output_dir=out,
@@ -60,7 +57,7 @@ def test_ravl_finds_the_square_in_the_digits_setting(digits_shortcut, tmp_path):
 
 
 def test_ravl_finds_the_chest_drain_in_the_phantom_setting(phantom_shortcut, tmp_path):
-    # A 3 x 3 grid: the drain is a thin tube, so with 4 x 4 cells (32 px at 128 px) the cells it
-    # crosses hold < 25% of its pixels and it covers < 25% of each cell, and the default overlap
-    # rule counts them as misses (measured: P@10 0.4 with that rule, 1.0 with "any overlap").
-    _check(_audit(phantom_shortcut, tmp_path / "audit", grid_sizes=[3]), phantom_shortcut.spurious_class)
+    # The default candidate regions (2 x 2, 3 x 3 and 4 x 4 cells with half-cell overlap) and hit rule
+    # ("visible"). With a single 3 x 3 grid this model's top cluster was the cell next to the drain
+    # (P@10 0.1): its one-pass embedding sees the drain, the crop does not.
+    _check(_audit(phantom_shortcut, tmp_path / "audit"), phantom_shortcut.spurious_class)

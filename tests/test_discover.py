@@ -92,7 +92,7 @@ def test_ravl_table_and_json(ravl3):
 
 
 def test_ravl_is_deterministic(planted3, ravl3):
-    again = RaVLDiscoverer(n_boot=200).fit(*planted3.fit_args(), class_names=["a", "b", "c"])
+    again = RaVLDiscoverer(n_stability=0, n_boot=200).fit(*planted3.fit_args(), class_names=["a", "b", "c"])
     assert np.array_equal(again.labels_, ravl3.labels_)
     assert again.to_dict()["ranked_clusters"] == ravl3.to_dict()["ranked_clusters"]
 
@@ -103,7 +103,7 @@ def test_k_range_inclusive_parameter():
 
 
 def test_fit_embeddings_uses_zero_shot_scores(planted3):
-    disc = RaVLDiscoverer(n_boot=50).fit_embeddings(
+    disc = RaVLDiscoverer(n_stability=0, n_boot=50).fit_embeddings(
         planted3.region_embeddings, planted3.region_image, planted3.image_labels,
         planted3.image_embeddings, planted3.text_embeddings)
     assert disc.outcome_ == "found" and disc.ranked_clusters_[0].attribute == 2
@@ -117,7 +117,7 @@ def test_two_class_8k_regions_exact_path_finds_cluster(exact_max_regions, mode):
     """
     data = make_planted_spurious(n_images=2000, regions_per_image=4, n_classes=2, spurious_class=1, dim=64,
                                  random_state=3)
-    disc = RaVLDiscoverer(n_boot=100, exact_max_regions=exact_max_regions).fit(*data.fit_args())
+    disc = RaVLDiscoverer(n_stability=0, n_boot=100, exact_max_regions=exact_max_regions).fit(*data.fit_args())
     assert data.region_embeddings.shape[0] == 8000 and disc.clustering_mode_ == mode
     assert disc.outcome_ == "found" and disc.ranked_clusters_[0].attribute == 1
     assert precision_at_k(disc.top_ranked_regions(), data.region_is_spurious) == 1.0
@@ -186,7 +186,7 @@ def test_random_embeddings_do_not_crash():
     emb = rng.standard_normal((m, 32)).astype(np.float32)
     region_image = rng.integers(n, size=m)
     scores = rng.dirichlet(np.ones(c), size=n)
-    disc = RaVLDiscoverer(n_boot=50).fit(emb, region_image, rng.integers(c, size=n), scores,
+    disc = RaVLDiscoverer(n_stability=0, n_boot=50).fit(emb, region_image, rng.integers(c, size=n), scores,
                                          rng.dirichlet(np.ones(c), size=m))
     _check_outcome(disc)
     assert any("unit-norm" in note for note in disc.notes_)
@@ -195,7 +195,7 @@ def test_random_embeddings_do_not_crash():
 def test_identical_embeddings_report_no_structure():
     m, n = 40, 10
     emb = np.tile(np.eye(8, dtype=np.float32)[0], (m, 1))
-    disc = RaVLDiscoverer(n_boot=10).fit(emb, np.arange(m) % n, np.arange(n) % 2, np.full((n, 2), 0.5),
+    disc = RaVLDiscoverer(n_stability=0, n_boot=10).fit(emb, np.arange(m) % n, np.arange(n) % 2, np.full((n, 2), 0.5),
                                          np.full((m, 2), 0.5))
     _check_outcome(disc)
     assert disc.outcome_ == "no_structure" and disc.ranked_clusters_ == [] and disc.top_ranked_regions().size == 0
@@ -204,7 +204,7 @@ def test_identical_embeddings_report_no_structure():
 
 def test_single_class():
     data = make_planted_spurious(n_images=60, n_classes=1, spurious_class=0, dim=16)
-    disc = RaVLDiscoverer(n_boot=10).fit(*data.fit_args())
+    disc = RaVLDiscoverer(n_stability=0, n_boot=10).fit(*data.fit_args())
     _check_outcome(disc)
     assert disc.outcome_ in ("no_candidate", "no_structure")
     assert any("single class" in note for note in disc.notes_)
@@ -214,7 +214,7 @@ def test_class_without_images():
     data = make_planted_spurious(n_images=200, n_classes=2, spurious_class=1, dim=32)
     image_scores = np.hstack([data.image_scores, np.full((data.image_scores.shape[0], 1), 1e-6)])
     region_scores = np.hstack([data.region_scores, np.full((data.region_scores.shape[0], 1), 1e-6)])
-    disc = RaVLDiscoverer(n_boot=20).fit(data.region_embeddings, data.region_image, data.image_labels,
+    disc = RaVLDiscoverer(n_stability=0, n_boot=20).fit(data.region_embeddings, data.region_image, data.image_labels,
                                          image_scores, region_scores, class_names=["x", "y", "ghost"])
     _check_outcome(disc)
     assert any("ghost" in note for note in disc.notes_)
@@ -225,11 +225,11 @@ def test_class_without_images():
 
 def test_all_clusters_fail_the_filters():
     data = make_planted_spurious(n_images=150, n_classes=2, dim=32, plant=False, distractor=0.0)
-    disc = RaVLDiscoverer(n_boot=10).fit(*data.fit_args())
+    disc = RaVLDiscoverer(n_stability=0, n_boot=10).fit(*data.fit_args())
     _check_outcome(disc)
     assert disc.outcome_ == "no_candidate" and disc.candidates_.size == 0
     planted = make_planted_spurious(n_images=150, n_classes=2, spurious_class=1, dim=32)
-    strict = RaVLDiscoverer(n_boot=10, influence_threshold=1.01).fit(*planted.fit_args())
+    strict = RaVLDiscoverer(n_stability=0, n_boot=10, influence_threshold=1.01).fit(*planted.fit_args())
     _check_outcome(strict)
     assert strict.outcome_ == "no_influential" and strict.candidates_.size > 0
 
@@ -274,7 +274,7 @@ def test_clara_path_finds_cluster_with_bounded_memory(monkeypatch):
 
     monkeypatch.setattr(_clustering, "cosine_distance_matrix", guarded)
     tracemalloc.start()
-    disc = RaVLDiscoverer(exact_max_regions=20000, clara_samples=3, clara_sample_size=2000,
+    disc = RaVLDiscoverer(n_stability=0, exact_max_regions=20000, clara_samples=3, clara_sample_size=2000,
                           silhouette_sample_size=3000, n_boot=50).fit(*data.fit_args())
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

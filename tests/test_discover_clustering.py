@@ -29,7 +29,7 @@ def _assert_recovered(disc, data, min_precision=1.0):
 @pytest.mark.parametrize("exact_max_regions, mode", [(10000, "exact"), (None, "sampled")])
 def test_planted_cluster_recovered_on_both_paths(planted_6k, exact_max_regions, mode):
     params = {} if exact_max_regions is None else {"exact_max_regions": exact_max_regions}
-    disc = RaVLDiscoverer(n_boot=50, **params).fit(*planted_6k.fit_args())
+    disc = RaVLDiscoverer(n_stability=0, n_boot=50, **params).fit(*planted_6k.fit_args())
     assert disc.clustering_mode_ == mode
     _assert_recovered(disc, planted_6k)
     assert disc.n_clusters_ in range(6, 16)
@@ -39,7 +39,7 @@ def test_planted_cluster_recovered_with_ten_classes():
     # k swept over [20, 50] on a 1000-region sample: >= 20 sample regions per cluster at k = 50.
     data = make_planted_spurious(n_images=2000, regions_per_image=4, n_classes=10, spurious_class=1, dim=64,
                                  random_state=4)
-    disc = RaVLDiscoverer(n_boot=50).fit(*data.fit_args())
+    disc = RaVLDiscoverer(n_stability=0, n_boot=50).fit(*data.fit_args())
     assert disc.clustering_mode_ == "sampled"
     _assert_recovered(disc, data)
 
@@ -53,7 +53,7 @@ def test_same_random_state_same_clustering(planted_6k):
     assert first.silhouettes == again.silhouettes and first.losses == again.losses
     exact = [cluster_regions(planted_6k.region_embeddings[:900], ks, random_state=7) for _ in range(2)]
     assert exact[0].mode == "exact" and np.array_equal(exact[0].labels, exact[1].labels)
-    disc = [RaVLDiscoverer(n_boot=20, random_state=3).fit(*planted_6k.fit_args()) for _ in range(2)]
+    disc = [RaVLDiscoverer(n_stability=0, n_boot=20, random_state=3).fit(*planted_6k.fit_args()) for _ in range(2)]
     assert np.array_equal(disc[0].labels_, disc[1].labels_)
     assert disc[0].to_dict()["ranked_clusters"] == disc[1].to_dict()["ranked_clusters"]
 

@@ -123,11 +123,12 @@ def test_bad_transform_settings_are_refused():
 # --- config --------------------------------------------------------------------------------------
 
 
-def test_default_regions_are_unchanged_and_recorded_as_before():
+def test_default_regions_are_multi_scale_grids_recorded_without_a_proposals_key():
     config = IngestConfig()
-    assert config.regions.grid_sizes == [4] and config.regions.overlap == 0.0 and config.regions.proposals is None
+    assert config.regions.grid_sizes == [2, 3, 4] and config.regions.overlap == 0.5 and config.regions.proposals is None
+    # Grids only: recorded as grid settings were before proposals existed (older medoids stay comparable).
     assert config.region_setting() == {"image_size": 224,
-                                       "regions": {"grid_sizes": [4], "overlap": 0.0, "within": "content"}}
+                                       "regions": {"grid_sizes": [2, 3, 4], "overlap": 0.5, "within": "content"}}
 
 
 @pytest.mark.parametrize("proposals", [{}, {"method": "felzenszwalb", "scale": [50, 400], "sigma": 0.5},
@@ -175,8 +176,8 @@ def test_bad_proposal_settings_are_one_line_errors_naming_the_key(regions, expec
 
 
 def test_pipeline_attaches_grid_and_proposals_to_real_samples(cxr_samples):
-    config = parse_config({"image_size": 128, "regions": {"grid_sizes": [2], "proposals": {"n_segments": [16]}}},
-                          IngestConfig)
+    config = parse_config({"image_size": 128, "regions": {"grid_sizes": [2], "overlap": 0.0,
+                                                          "proposals": {"n_segments": [16]}}}, IngestConfig)
     paths = sorted(p for p in cxr_samples.iterdir() if p.suffix in (".png", ".jpg"))[:2]
     assert paths
     transform = ingest_transforms(config)

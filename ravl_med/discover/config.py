@@ -54,7 +54,7 @@ class DiscoveryConfig(StrictModel):
     #: Regions sampled for the structure null's fits (cost grows with its square).
     structure_sample: Annotated[int, Field(ge=10)] = 1500
     #: Gap null: shuffles of the correctness within each class for each candidate's permutation p-value.
-    n_permutations: Annotated[int, Field(ge=99)] = 999
+    n_permutations: Annotated[int, Field(ge=99)] = 9999
     #: Family-wise error rate of the gap test (Holm over the candidate clusters); 1 keeps every candidate.
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.05
     #: Stability: refits on this many random halves of the images (0: not measured).
