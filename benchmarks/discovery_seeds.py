@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "datasets" / "benchmarks" / "demo.yaml"
 DEFAULT_REGIONS = {
     "grid3": {"grid_sizes": [3], "overlap": 0.0},
-    "multigrid": {"grid_sizes": [2, 3, 4], "overlap": 0.5},
+    "multigrid": {"grid_sizes": [2, 3, 4], "overlap": 0.5},  # the project default since this comparison
     "grid4+fz": {"grid_sizes": [4], "overlap": 0.0,
                  "proposals": {"method": "felzenszwalb", "scale": [50, 200]}},
+    "fz": {"grid_sizes": [], "proposals": {"method": "felzenszwalb", "scale": [50, 200]}},
 }
 RULES = ("visible", "either")
 
@@ -152,10 +153,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["run", "report"])
     parser.add_argument("--suite", default="discovery", help="phantom suite (datasets/phantom)")
-    parser.add_argument("--settings", default=None, help="glob of setting names (default: all)")
+    parser.add_argument("--settings", default=None,
+                        help="comma-separated globs of setting names, run in that order (default: all)")
     parser.add_argument("--out", type=Path, default=Path("outputs/discovery-seeds"))
     parser.add_argument("--regions", nargs="*", default=None, metavar="NAME=YAML",
-                        help="region sets to audit with (default: grid3, multigrid, grid4+fz)")
+                        help="region sets to audit with (default: grid3, multigrid, grid4+fz, fz)")
     parser.add_argument("--jobs", type=int, default=2, help="settings in parallel (one thread each)")
     args = parser.parse_args()
     if args.action == "report":
@@ -165,7 +167,9 @@ def main() -> None:
 
     regions = DEFAULT_REGIONS if not args.regions else {
         name: yaml.safe_load(text) for name, text in (item.split("=", 1) for item in args.regions)}
-    names = [s.name for s in find_suite(args.suite).select([args.settings] if args.settings else None)]
+    suite = find_suite(args.suite)
+    patterns = args.settings.split(",") if args.settings else [None]
+    names = list(dict.fromkeys(s.name for p in patterns for s in suite.select(None if p is None else [p])))
     print(f"{len(names)} settings x {len(regions)} region sets -> {args.out}", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {name: pool.submit(run_setting, name, args.suite, args.out, regions) for name in names}

@@ -268,7 +268,7 @@ def test_digits_quadrant_ground_truth(tmp_path, checkpoint):
         checkpoint=checkpoint[0], sha256=checkpoint[1], manifest=manifest,
         classes=["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
         templates=["a photo of the number {}"],
-        ingest=IngestConfig(image_size=56, regions=RegionConfig(grid_sizes=[2], within="image"),
+        ingest=IngestConfig(image_size=56, regions=RegionConfig(grid_sizes=[2], overlap=0.0, within="image"),
                             quality={"min_side": 56, "colour_tolerance": 1.0}),
         methods=["random"], discovery={"n_boot": 20}, output_dir=tmp_path / "out", batch_size=8, device="cpu")
     result = run_audit(config, progress=False)

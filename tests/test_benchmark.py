@@ -37,7 +37,7 @@ def _config(tmp: Path, **overrides) -> Path:
         "suite": str(_suite(tmp)),
         "model": {"backbone": "tiny-rn"},
         "templates": ["a chest x-ray showing {}."],
-        "ingest": {"image_size": 64, "regions": {"grid_sizes": [2]}},
+        "ingest": {"image_size": 64, "regions": {"grid_sizes": [2], "overlap": 0.0}},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "text": "labels",
                      "label_aware": True, "checkpoint_every": 0, "device": "cpu", "precision": "fp32"},
         "audit": {"methods": ["ravl", "random"], "discovery": {"n_boot": 0, "k_range": [1, 2]}, "batch_size": 16,

@@ -174,7 +174,7 @@ def test_fingerprint_changes_with_ingest_config_and_weights(backbone, dataset, m
     assert parts["weights"] == weights_fingerprint(model)
 
     other_regions = RadiographDataset(
-        manifest, IngestConfig(image_size=64, regions=RegionConfig(grid_sizes=[2])), CLASSES
+        manifest, IngestConfig(image_size=64, regions=RegionConfig(grid_sizes=[2], overlap=0.0)), CLASSES
     )
     assert embedding_fingerprint(model, preprocess, other_regions)[0] != base
     assert embedding_fingerprint(model, preprocess, dataset, mode="crop")[0] != base
@@ -208,7 +208,7 @@ def test_changed_weights_or_ingest_config_are_not_served_stale(backbone, dataset
     assert len(counter.calls) == 2 and new.fingerprint != old.fingerprint
     assert not np.allclose(new.image_embeddings, old.image_embeddings, atol=1e-3)
 
-    coarse = RadiographDataset(manifest, IngestConfig(image_size=64, regions=RegionConfig(grid_sizes=[2])), CLASSES)
+    coarse = RadiographDataset(manifest, IngestConfig(image_size=64, regions=RegionConfig(grid_sizes=[2], overlap=0.0)), CLASSES)
     counter = CountingBatches(monkeypatch)
     regrid = embed_dataset(model, preprocess, coarse, batch_size=5, cache_dir=tmp_path, progress=False)
     assert len(counter.calls) == 2 and regrid.region_embeddings.shape[0] != old.region_embeddings.shape[0]

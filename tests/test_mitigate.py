@@ -191,7 +191,7 @@ def test_mitigation_refuses_regions_unlike_the_audits(stage1, tmp_path):
     grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
     medoids = Stage1Medoids.load(stage1.audit)
     Stage1Medoids(medoids.embeddings, medoids.clusters, medoids.rank, medoids.spurious, grid).save(audit)
-    with pytest.raises(ConfigError, match="finetune.ingest.*grid_sizes"):  # the config's default 4 x 4 grid
+    with pytest.raises(ConfigError, match="finetune.ingest.*grid_sizes"):  # the config's default grids
         run_mitigation(_config(stage1, tmp_path / "out", "ravl", audit_dir=audit), max_steps=1, progress=False)
 
 

@@ -39,8 +39,8 @@ def _mitigate(run: ShortcutRun, tmp_path, *, grid_sizes: list[int] | None = None
     """Audits ``run``'s model, then RaVL fine-tunes; ``confirmed``: spurious clusters as in the module docstring,
     else the top-ranked cluster only."""
     ingest = run.config.ingest.model_copy(deep=True)
-    if grid_sizes is not None:
-        ingest.regions.grid_sizes = grid_sizes
+    if grid_sizes is not None:  # one grid without overlap
+        ingest.regions.grid_sizes, ingest.regions.overlap = grid_sizes, 0.0
     audit = run_audit(AuditConfig(
         backbone=run.config.backbone, checkpoint=run.result.checkpoint, sha256=run.result.sha256,
         manifest=run.config.manifest, split="test", classes=list(run.config.classes), templates=list(run.templates),
