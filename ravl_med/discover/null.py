@@ -92,7 +92,7 @@ def structure_test(embeddings: np.ndarray, k: int, *, n_null: int = 19, sample_s
 
 def gap_pvalues(region_group: np.ndarray, groups: np.ndarray, inputs: DiscoveryInputs, *,
                 n_permutations: int = 1000, random_state: int | None = 0,
-                max_work: float = 2e9) -> tuple[np.ndarray, int]:
+                max_work: float = 2e8, chunk_values: int = 2**24) -> tuple[np.ndarray, int]:
     """Permutation p-value of each group's gap score G (see the module docstring).
 
     Args:
@@ -101,7 +101,9 @@ def gap_pvalues(region_group: np.ndarray, groups: np.ndarray, inputs: DiscoveryI
         inputs: the validated discovery inputs (labels, correctness).
         n_permutations: B shuffles of the correctness within each class.
         random_state: seed.
-        max_work: bound on T * N * B multiply-adds; B is lowered to fit (the second return value).
+        max_work: bound on N * B shuffled values (and T * N * B multiply-adds); B is lowered to fit, not
+            below 99 (the second return value). 2e8: all 9,999 permutations up to 20,000 images.
+        chunk_values: shuffled values held at once (float32; 2^24: 64 MiB), so memory does not grow with B.
 
     Returns:
         (T,) p-values (1 + #{G_null >= G}) / (1 + B) and the B used.
@@ -110,7 +112,7 @@ def gap_pvalues(region_group: np.ndarray, groups: np.ndarray, inputs: DiscoveryI
     n, c = inputs.n_images, inputs.n_classes
     if groups.size == 0 or n == 0:
         return np.ones(groups.size), 0
-    b = int(max(99, min(n_permutations, max_work // max(1, groups.size * n))))
+    b = int(max(99, min(n_permutations, max_work // max(1, n))))
     region_group = np.asarray(region_group, dtype=np.int64)
     presence = np.zeros((groups.size, n), dtype=np.float64)
     lookup = np.full(max(int(groups.max()), int(region_group.max(initial=-1))) + 1, -1, dtype=np.int64)
@@ -121,28 +123,30 @@ def gap_pvalues(region_group: np.ndarray, groups: np.ndarray, inputs: DiscoveryI
     rng = np.random.default_rng(random_state)
     observed = np.zeros(groups.size)
     null = np.zeros((groups.size, b))
-    correct = inputs.correct.astype(np.float64)
+    correct = inputs.correct.astype(np.float32)
     for y in range(c):
         members = np.flatnonzero(inputs.image_labels == y)
         if members.size == 0:
             continue
-        p = presence[:, members]                       # (T, n_y)
-        n_in = p.sum(axis=1)
+        p = presence[:, members].astype(np.float32)    # (T, n_y)
+        n_in = p.sum(axis=1, dtype=np.float64)
         n_out = members.size - n_in
         compared = (n_in > 0) & (n_out > 0)
         if not compared.any():
             continue
         weight = 2.0 * np.minimum(n_in, n_out) / members.size
-        total = correct[members].sum()
-        shuffled = rng.permuted(np.tile(correct[members], (b, 1)), axis=1)  # (B, n_y)
+        total = float(correct[members].sum(dtype=np.float64))
 
         def gap(correct_in: np.ndarray) -> np.ndarray:
             acc_in = correct_in / np.maximum(n_in, 1)[:, None]
             acc_out = (total - correct_in) / np.maximum(n_out, 1)[:, None]
             return np.where(compared[:, None], weight[:, None] * np.abs(acc_in - acc_out), 0.0)
 
-        observed += gap((p @ correct[members])[:, None])[:, 0]
-        null += gap(p @ shuffled.T)
+        observed += gap((p @ correct[members]).astype(np.float64)[:, None])[:, 0]
+        rows = max(1, chunk_values // members.size)
+        for start in range(0, b, rows):  # (rows, n_y) shuffles at a time: bounded memory
+            shuffled = rng.permuted(np.tile(correct[members], (min(rows, b - start), 1)), axis=1)
+            null[:, start:start + shuffled.shape[0]] += gap((p @ shuffled.T).astype(np.float64))
     exceed = (null >= observed[:, None] - 1e-12).sum(axis=1)
     return (1.0 + exceed) / (1.0 + b), b
 
