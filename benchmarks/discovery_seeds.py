@@ -120,10 +120,20 @@ def _interval(values: list[float]) -> str:
     return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
 
 
-def report(out: Path) -> None:
+def _found(row: dict, out: Path, alpha: float) -> bool:
+    """RaVL reported a finding at ``alpha``: a kept cluster with Holm-adjusted p <= alpha (from audit.json,
+    so rows audited with a larger alpha are judged at this one; lowering alpha only removes clusters)."""
+    audit = json.loads((out / row["setting"] / f"audit-{row['regions']}" / "audit.json").read_text())
+    return any(c["p_adjusted"] is not None and c["p_adjusted"] <= alpha
+               for c in audit["methods"]["ravl"]["ranked_clusters"])
+
+
+def report(out: Path, alpha: float = 0.01) -> None:
     rows = [r for path in sorted(out.glob("*/discovery_rows.json")) for r in json.loads(path.read_text())]
     if not rows:
         sys.exit(f"no rows under {out}")
+    for row in rows:
+        row["found"] = _found(row, out, alpha)
     methods = list(rows[0]["precision"]["visible"])
     print(f"{len({r['setting'] for r in rows})} settings, {sum(r['valid'] for r in rows) // max(1, len({r['regions'] for r in rows}))} valid")
     print("\nValid settings: Precision@10 mean [95% t-interval] per region set and rule; "
@@ -139,12 +149,13 @@ def report(out: Path) -> None:
             cells = [f"{m} {_interval([r['precision'][rule][m] for r in valid])}" for m in methods]
             hits = sum(r["precision"][rule]["ravl"] >= 0.8 for r in valid)
             print(f"  {rule:8s} " + "; ".join(cells) + f"; RaVL hits {hits}/{len(valid)}")
-        found_valid = sum(r["outcome"] == "found" for r in valid)
-        false_alarms = sum(r["outcome"] == "found" for r in invalid)
-        print(f"  RaVL 'found' on valid settings {found_valid}/{len(valid)}; false alarms on invalid settings "
-              f"{false_alarms}/{len(invalid)}")
+        found_valid = sum(r["found"] for r in valid)
+        false_alarms = sum(r["found"] for r in invalid)
+        print(f"  RaVL finding (a kept cluster with adjusted p <= {alpha}) on valid settings {found_valid}/{len(valid)}; "
+              f"false alarms on invalid settings {false_alarms}/{len(invalid)}")
         for r in valid + invalid:
             print(f"    {r['setting']:40s} valid={r['valid']!s:5s} gap {r['gap']:+.2f} {r['outcome']:15s} "
+                  f"finding@{alpha} {r['found']!s:5s} "
                   f"P@10 vis {r['precision']['visible']['ravl']:.1f} either {r['precision']['either']['ravl']:.1f} "
                   f"top {r['top_class']} p_adj {r['top_p_adjusted']} stab {r['top_stability']}")
 
@@ -159,9 +170,10 @@ def main() -> None:
     parser.add_argument("--regions", nargs="*", default=None, metavar="NAME=YAML",
                         help="region sets to audit with (default: grid3, multigrid, grid4+fz, fz)")
     parser.add_argument("--jobs", type=int, default=2, help="settings in parallel (one thread each)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="report: level of the gap test for a finding")
     args = parser.parse_args()
     if args.action == "report":
-        report(args.out)
+        report(args.out, args.alpha)
         return
     from ravl_med.phantom import find_suite
 
@@ -177,7 +189,7 @@ def main() -> None:
             rows = future.result()
             print(f"{name}: " + "; ".join(f"{r['regions']} {r['outcome']} P@10 {r['precision']['visible']['ravl']:.1f}"
                                           f"/{r['precision']['either']['ravl']:.1f}" for r in rows), flush=True)
-    report(args.out)
+    report(args.out, args.alpha)
 
 
 if __name__ == "__main__":
