@@ -30,6 +30,7 @@ def main(out: Path) -> None:
     config.finetune.epochs = 2
     config.audit.methods = ["ravl"]
     config.audit.discovery.n_boot = 50
+    config.audit.discovery.n_stability = 3
     setting = find_suite("benchmark-smoke").settings()[0]
     manifest = write_setting(setting, out / "data", progress=False).manifest
     fit = run_finetune(config.finetune_config(setting, manifest, out / "stage1"), progress=False)

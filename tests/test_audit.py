@@ -68,7 +68,7 @@ def checkpoint(tmp_path_factory):
 def _config(phantom, checkpoint, out, **overrides) -> AuditConfig:
     values = {"checkpoint": checkpoint[0], "sha256": checkpoint[1], "manifest": phantom, "classes": CLASSES,
                   "ingest": IngestConfig(image_size=IMAGE_SIZE), "methods": ["ravl", "random", "george"],
-                  "discovery": {"n_boot": 100}, "output_dir": out, "batch_size": 8, "device": "cpu", "precision": "fp32"}
+                  "discovery": {"n_boot": 100, "n_stability": 3}, "output_dir": out, "batch_size": 8, "device": "cpu", "precision": "fp32"}
     values.update(overrides)
     return AuditConfig(**values)
 
@@ -226,7 +226,7 @@ def _write_yaml(path, data) -> str:
 def test_cli_single_class_exits_0_with_a_note(phantom, checkpoint, tmp_path, capsys):
     data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(phantom),
             "classes": ["no finding"], "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),
-            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50}}
+            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50, "n_stability": 0}}
     code = main(["audit", "--config", _write_yaml(tmp_path / "audit.yaml", data), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -270,7 +270,7 @@ def test_digits_quadrant_ground_truth(tmp_path, checkpoint):
         templates=["a photo of the number {}"],
         ingest=IngestConfig(image_size=56, regions=RegionConfig(grid_sizes=[2], overlap=0.0, within="image"),
                             quality={"min_side": 56, "colour_tolerance": 1.0}),
-        methods=["random"], discovery={"n_boot": 20}, output_dir=tmp_path / "out", batch_size=8, device="cpu")
+        methods=["random"], discovery={"n_boot": 20, "n_stability": 0}, output_dir=tmp_path / "out", batch_size=8, device="cpu")
     result = run_audit(config, progress=False)
     assert result.audit["ground_truth"]["kind"] == "quadrant"
     table = Manifest.read(manifest).table

@@ -32,7 +32,7 @@ def _audit(run: ShortcutRun, out) -> dict:
         templates=list(run.templates),
         ingest=run.config.ingest,
         methods=["ravl", *BASELINES],
-        discovery={"n_boot": 200},
+        discovery={"n_boot": 200, "n_stability": 0},  # stability: tests/test_discovery_null.py
         output_dir=out,
         batch_size=64,
         device="cpu",

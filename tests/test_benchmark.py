@@ -40,7 +40,7 @@ def _config(tmp: Path, **overrides) -> Path:
         "ingest": {"image_size": 64, "regions": {"grid_sizes": [2], "overlap": 0.0}},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "text": "labels",
                      "label_aware": True, "checkpoint_every": 0, "device": "cpu", "precision": "fp32"},
-        "audit": {"methods": ["ravl", "random"], "discovery": {"n_boot": 0, "k_range": [1, 2]}, "batch_size": 16,
+        "audit": {"methods": ["ravl", "random"], "discovery": {"n_boot": 0, "k_range": [1, 2], "n_stability": 0}, "batch_size": 16,
                   "device": "cpu", "precision": "fp32"},
         "mitigation": {"methods": ["ravl", "standard", "vl_gdro"]},
         "min_shortcut_gap": -1.0,  # every setting valid: the one-epoch model need not learn anything

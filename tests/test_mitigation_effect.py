@@ -44,7 +44,7 @@ def _mitigate(run: ShortcutRun, tmp_path, *, grid_sizes: list[int] | None = None
     audit = run_audit(AuditConfig(
         backbone=run.config.backbone, checkpoint=run.result.checkpoint, sha256=run.result.sha256,
         manifest=run.config.manifest, split="test", classes=list(run.config.classes), templates=list(run.templates),
-        ingest=ingest, methods=["ravl"], discovery={"n_boot": 0}, output_dir=tmp_path / "audit", batch_size=64,
+        ingest=ingest, methods=["ravl"], discovery={"n_boot": 0, "n_stability": 0}, output_dir=tmp_path / "audit", batch_size=64,
         device="cpu", precision="fp32"), progress=False)
     ranked = json.loads((audit.output_dir / "audit.json").read_text())["methods"]["ravl"]["ranked_clusters"]
     assert ranked[0]["attribute_name"] == run.spurious_class

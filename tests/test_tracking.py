@@ -159,7 +159,7 @@ def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkey
     assert main(["finetune", "--config", finetune_yaml, "--no-progress", "--tracking-uri", server.uri]) == 0
     audit_yaml = _yaml(tmp_path / "audit.yaml", {
         "backbone": "tiny-rn", "checkpoint": str(out), "manifest": str(phantom), "classes": CLASSES,
-        "ingest": {"image_size": 64}, "methods": ["ravl", "random"], "discovery": {"n_boot": 20},
+        "ingest": {"image_size": 64}, "methods": ["ravl", "random"], "discovery": {"n_boot": 20, "n_stability": 0},
         "output_dir": str(tmp_path / "audit"), "batch_size": 8, "device": "cpu", "precision": "fp32"})
     assert main(["audit", "--config", audit_yaml, "--no-progress", "--tracking-uri", server.uri,
                  "--spurious-class", "pneumothorax"]) == 0
