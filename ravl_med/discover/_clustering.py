@@ -239,7 +239,7 @@ def _distances64(embeddings: np.ndarray, rows: np.ndarray | None, block_rows: in
     return cosine_distance_matrix(np.asarray(chosen, dtype=np.float32), block_rows=block_rows).astype(np.float64)
 
 
-def cluster_regions(embeddings: np.ndarray, ks: list[int], *, exact_max_regions: int = 1000,
+def cluster_regions(embeddings: np.ndarray, ks: list[int], *, exact_max_regions: int = 4000,
                     n_samples: int = 2, sample_size: int = 2000, silhouette_sample_size: int = 1000,
                     warm_start: bool = False, max_iter: int = 100, block_rows: int = 8192,
                     random_state: int | None = 0, n_cpu: int = 1) -> ClusteringResult:
