@@ -103,7 +103,10 @@ def run_setting(name: str, suite: str, out: Path, regions: dict[str, dict]) -> l
             "train_s": round(train_s, 1), "audit_s": round(audit_s, 1),
             "provenance": audit.audit["provenance"],
         })
-    (root / "discovery_rows.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # Rows of region sets not run this time are kept (a later run can add or redo one region set).
+    path = root / "discovery_rows.json"
+    kept = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["regions"] not in regions]
+    path.write_text(json.dumps(kept + rows, indent=2) + "\n")
     return rows
 
 
