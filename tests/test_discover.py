@@ -92,7 +92,7 @@ def test_ravl_table_and_json(ravl3):
 
 
 def test_ravl_is_deterministic(planted3, ravl3):
-    again = RaVLDiscoverer(n_stability=0, n_boot=200).fit(*planted3.fit_args(), class_names=["a", "b", "c"])
+    again = RaVLDiscoverer(n_boot=200).fit(*planted3.fit_args(), class_names=["a", "b", "c"])  # as ravl3
     assert np.array_equal(again.labels_, ravl3.labels_)
     assert again.to_dict()["ranked_clusters"] == ravl3.to_dict()["ranked_clusters"]
 
