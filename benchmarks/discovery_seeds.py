@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ravl_med.evaluate.intervals import mean_interval
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "datasets" / "benchmarks" / "demo.yaml"
 DEFAULT_REGIONS = {
@@ -110,19 +112,6 @@ def run_setting(name: str, suite: str, out: Path, regions: dict[str, dict]) -> l
     return rows
 
 
-def _interval(values: list[float]) -> str:
-    from scipy import stats
-
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return "n/a"
-    mean = values.mean()
-    if values.size < 2:
-        return f"{mean:.2f}"
-    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
-    return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
-
-
 def _found(row: dict, out: Path, alpha: float) -> bool:
     """RaVL reported a finding at ``alpha``: a kept cluster with Holm-adjusted p <= alpha (from audit.json,
     so rows audited with a larger alpha are judged at this one; lowering alpha only removes clusters)."""
@@ -149,7 +138,7 @@ def report(out: Path, alpha: float = 0.01) -> None:
         print(f"\n[{label}] {regions:.0f} regions per audit, audit {audit_s:.0f} s mean; "
               f"valid {len(valid)}, invalid {len(invalid)}")
         for rule in RULES:
-            cells = [f"{m} {_interval([r['precision'][rule][m] for r in valid])}" for m in methods]
+            cells = [f"{m} {mean_interval(r['precision'][rule][m] for r in valid)}" for m in methods]
             hits = sum(r["precision"][rule]["ravl"] >= 0.8 for r in valid)
             print(f"  {rule:8s} " + "; ".join(cells) + f"; RaVL hits {hits}/{len(valid)}")
         found_valid = sum(r["found"] for r in valid)

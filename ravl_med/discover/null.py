@@ -50,14 +50,11 @@ class StructureTest:
 def _fit_silhouette(embeddings: np.ndarray, k: int, seed: int) -> float:
     import kmedoids
 
-    from ._clustering import cosine_distance_matrix
+    from ._clustering import _silhouette, cosine_distance_matrix
 
     distances = cosine_distance_matrix(embeddings)
     fit = kmedoids.fasterpam(distances, k, max_iter=100, init="build", random_state=seed, n_cpu=1)
-    labels = np.asarray(fit.labels, dtype=np.int64)
-    if np.unique(labels).size < 2:
-        return float("nan")
-    return float(kmedoids.silhouette(distances, labels, n_cpu=1)[0])
+    return _silhouette(distances, np.asarray(fit.labels, dtype=np.int64), n_cpu=1)
 
 
 def structure_test(embeddings: np.ndarray, k: int, *, n_null: int = 19, sample_size: int = 1500,

@@ -186,17 +186,12 @@ def _segment(plane: np.ndarray, method: ProposalMethod, granularity: float, comp
 
 def _drop_near_duplicates(boxes: torch.Tensor, max_iou: float) -> torch.Tensor:
     """Indices of the boxes kept, greedily in order: a box goes when its IoU with a kept one exceeds
-    ``max_iou`` or is 1 (an exact duplicate, whatever ``max_iou``)."""
-    from torchvision.ops import box_iou
+    ``max_iou`` or is 1 (an exact duplicate, whatever ``max_iou``). torchvision's non-maximum
+    suppression with scores falling in list order (so the earlier, coarser box wins)."""
+    from torchvision.ops import nms
 
-    if boxes.shape[0] < 2:
-        return torch.arange(boxes.shape[0])
-    iou = box_iou(boxes.double(), boxes.double())
-    kept: list[int] = []
-    for i in range(boxes.shape[0]):
-        if not kept or float(iou[i, kept].max()) <= min(max_iou, 1.0 - 1e-9):
-            kept.append(i)
-    return torch.as_tensor(kept, dtype=torch.int64)
+    scores = -torch.arange(boxes.shape[0], dtype=torch.float64)
+    return nms(boxes.double(), scores, min(max_iou, 1.0 - 1e-9))
 
 
 def propose_regions(
