@@ -118,6 +118,10 @@ def test_outputs_written(audited):
     rows = (out / "clusters.csv").read_text().splitlines()
     n_clusters = sum(len(m["ranked_clusters"]) for m in audit["methods"].values())
     assert len(rows) == 1 + n_clusters * len(CLASSES)
+    assert rows[0].startswith("method,rank,attribute,")  # one numbering: ranks, not internal cluster ids
+    report = (out / "report.html").read_text()
+    step = "ravl-med review AUDIT_DIR --spurious" if ravl.ranked_clusters_ else "nothing to mitigate"
+    assert step in report[report.index("<h2>Next step"):]
 
 
 def test_json_matches_estimator(audited):

@@ -6,6 +6,7 @@ three of its own region embeddings, the first one spurious, so both kinds of reg
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,8 +37,9 @@ from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.training_records import latest_state
 from ravl_med.models.weights import save_checkpoint
 from ravl_med.phantom import PhantomSetting, write_setting
-from ravl_med.stages.config import MitigateConfig
+from ravl_med.stages.config import MitigateConfig, MitigationEvaluation
 from ravl_med.stages.mitigate import labelling_agreement, run_mitigation
+from ravl_med.stages.review import run_review
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
 
@@ -102,16 +104,19 @@ def test_stage1_medoids_predict_is_the_labelling_rule():
 
 def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     regions = np.eye(4, dtype=np.float32)
-    disc = SimpleNamespace(medoids_=np.array([3, 1, 0]),
-                           ranked_clusters_=[SimpleNamespace(cluster=2, rank=1), SimpleNamespace(cluster=0, rank=2)])
+    disc = SimpleNamespace(medoids_=np.array([3, 1, 0]), outcome_="found",
+                           ranked_clusters_=[SimpleNamespace(cluster=2, rank=1, attribute_name="pneumothorax"),
+                                             SimpleNamespace(cluster=0, rank=2, attribute_name=None)])
     medoids = stage1_medoids(disc, regions)
     assert medoids.rank.tolist() == [2, 0, 1] and medoids.spurious.tolist() == [True, False, True]
+    assert medoids.tied_to.tolist() == ["", "", "pneumothorax"] and medoids.kept_ranks == [1, 2]
     assert np.array_equal(medoids.embeddings, regions[[3, 1, 0]])
     top = medoids.with_spurious_ranks([1])
     assert top.spurious.tolist() == [False, False, True]
     loaded = Stage1Medoids.load(top.save(tmp_path))
     assert loaded.spurious.tolist() == [False, False, True] and np.array_equal(loaded.embeddings, top.embeddings)
-    assert loaded.regions is None
+    assert loaded.regions is None and loaded.outcome == "found" and loaded.spurious_ranks == [1]
+    assert loaded.tied_to.tolist() == ["", "", "pneumothorax"]
     grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
     assert Stage1Medoids.load(stage1_medoids(disc, regions, regions=grid).save(tmp_path)).regions == grid
 
@@ -162,7 +167,7 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     assert len(losses) == 5 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     stats = summary["region_labels"]
-    assert 0 < stats["spurious_fraction"] < 1 and stats["spurious_clusters"] == [0]
+    assert 0 < stats["spurious_fraction"] < 1 and stats["spurious_ranks"] == [1]
     truth = stats["ground_truth"]  # the phantom manifest says which training images carry the feature
     train = Manifest.read(config.finetune.manifest).table.query("split == 'train'")
     assert truth["n_feature_images"] == int(train["artefact_present"].astype(int).sum())
@@ -193,6 +198,54 @@ def test_mitigation_refuses_regions_unlike_the_audits(stage1, tmp_path):
     Stage1Medoids(medoids.embeddings, medoids.clusters, medoids.rank, medoids.spurious, grid).save(audit)
     with pytest.raises(ConfigError, match="finetune.ingest.*grid_sizes"):  # the config's default grids
         run_mitigation(_config(stage1, tmp_path / "out", "ravl", audit_dir=audit), max_steps=1, progress=False)
+
+
+def _audit_copy(stage1, folder: Path, rank, outcome: str = "found") -> Path:
+    """The fixture's medoids with other ranks/outcome, and an audit.json listing the kept clusters."""
+    folder.mkdir()
+    medoids = Stage1Medoids.load(stage1.audit)
+    rank = np.asarray(rank)
+    Stage1Medoids(medoids.embeddings, medoids.clusters, rank, rank > 0, outcome=outcome,
+                  tied_to=np.where(rank > 0, "cardiomegaly", "")).save(folder)
+    clusters = [{"rank": int(r), "attribute_name": "cardiomegaly", "n_regions": 10, "n_images": 5}
+                for r in sorted(rank[rank > 0])]
+    (folder / "audit.json").write_text(json.dumps({"primary_method": "ravl", "outcome": outcome, "methods": {
+        "ravl": {"outcome": outcome, "ranked_clusters": clusters}}}))
+    return folder
+
+
+def test_mitigation_does_no_harm_without_a_finding(stage1, tmp_path):
+    """No kept cluster (the audit found no significant shortcut): refuse before any work, unless forced."""
+    audit = _audit_copy(stage1, tmp_path / "audit", [0, 0, 0], outcome="not_significant")
+    config = _config(stage1, tmp_path / "out", "ravl", audit_dir=audit)
+    with pytest.raises(ConfigError, match="no significant shortcut \\(outcome not_significant\\).*--force"):
+        run_mitigation(config, max_steps=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    stats = run_mitigation(config, max_steps=1, progress=False, force=True).region_labels
+    assert stats["spurious_ranks"] == [] and stats["forced"] and stats["spurious_fraction"] == 0.0
+    # Methods that do not read the audit's clusters are not gated.
+    run_mitigation(_config(stage1, tmp_path / "out", "vl_erm", audit_dir=audit), max_steps=1, progress=False)
+
+
+def test_mitigation_reads_the_review(stage1, tmp_path):
+    """review.yaml decides the spurious clusters (report ranks); unfinished or empty reviews are refused."""
+    audit = _audit_copy(stage1, tmp_path / "audit", [2, 0, 1])
+    config = _config(stage1, tmp_path / "out", "ravl", audit_dir=audit, spurious_ranks=[3])
+    with pytest.raises(ConfigError, match="spurious_ranks: the audit kept no cluster of rank \\[3\\]"):
+        run_mitigation(config, max_steps=1, progress=False)
+    run_review(audit)
+    with pytest.raises(ConfigError, match="cluster\\(s\\) \\[1, 2\\] not reviewed yet"):
+        run_mitigation(config, max_steps=1, progress=False)
+    run_review(audit, [])
+    with pytest.raises(ConfigError, match="review.yaml marks no cluster spurious"):
+        run_mitigation(config, max_steps=1, progress=False)
+    run_review(audit, [2])
+    result = run_mitigation(config.model_copy(update={"evaluation": MitigationEvaluation(spurious_class="no finding")}),
+                            max_steps=1, progress=False)
+    stats = result.region_labels
+    assert stats["spurious_ranks"] == [2] and stats["spurious_from"] == "review.yaml" and not stats["forced"]
+    assert stats["tied_to"] == ["cardiomegaly"]
+    assert any("--spurious-class 'no finding'" in note and "'cardiomegaly'" in note for note in result.notes)
 
 
 def test_cli_mitigate_smoke(stage1, tmp_path, capsys):

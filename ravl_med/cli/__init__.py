@@ -24,6 +24,7 @@ from ravl_med.cli import (
     manifest,
     mitigate,
     phantom,
+    review,
     runs,
     validate,
 )
@@ -34,7 +35,7 @@ from ravl_med.reproducibility import pin_cpu_kernels
 __all__ = ["build_parser", "main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (demo, validate, ingest, manifest, phantom, finetune, audit, mitigate, benchmark, runs)
+COMMANDS = (demo, validate, ingest, manifest, phantom, finetune, audit, review, mitigate, benchmark, runs)
 
 EXIT_USAGE = 2
 

@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, help="output folder (overrides finetune.output_dir)")
     parser.add_argument("--spurious-class", help="class the shortcut is tied to (adds predicted_spurious to the "
                         "group table)")
+    parser.add_argument("--force", action="store_true",
+                        help="train even when no cluster is marked spurious (the audit found no significant shortcut, "
+                        "or its review marks none); without it mitigate refuses, since fine-tuning a model that has "
+                        "no shortcut lowered its worst-group accuracy in the benchmark")
     parser.add_argument("--resume", action="store_true", help="continue from the latest training state")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -57,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
     if process_rank().rank != 0:  # under torchrun, rank 0 evaluates, reports and tracks
-        run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+        run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress,
+                       force=args.force)
         return 0
     result = _mitigate_tracked(args, config)
     for epoch in result.fit.history:
         accuracy = "n/a" if epoch.val_accuracy is None else f"{epoch.val_accuracy:.3f}"
         print(f"epoch {epoch.epoch + 1}: train loss {epoch.train_loss:.4f}  val zero-shot accuracy {accuracy}")
+    labels = result.region_labels
+    if labels:
+        print(f"spurious clusters (report ranks): {labels['spurious_ranks'] or 'none'}, from {labels['spurious_from']}")
     for note in result.notes:
         print(note)
     evaluation = result.evaluation
@@ -89,7 +97,7 @@ def _mitigate_tracked(args: argparse.Namespace, config: MitigateConfig):
                    backbone=ft.backbone, seed=ft.seed, tags=tags,
                    run_name=f"mitigate-{config.method}") as (run, on_step):
         result = run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress,
-                                on_step=on_step)
+                                on_step=on_step, force=args.force)
         if run is not None:
             log(run, result, backbone=ft.backbone)
     return result

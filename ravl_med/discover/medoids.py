@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,9 @@ class Stage1Medoids:
         regions: how the clustered regions were made (image size and candidate-region settings, as
             the audit's ``ingest``: ``{"image_size": ..., "regions": {...}}``); mitigation must label
             training regions made the same way. ``None``: not recorded.
+        outcome: the audit's outcome (one of ``ravl_med.discover.OUTCOMES``); ``None``: not recorded
+            (files of earlier versions).
+        tied_to: (K,) str, the class each kept cluster is tied to ("" when not kept or tied to none).
     """
 
     embeddings: np.ndarray
@@ -43,6 +46,8 @@ class Stage1Medoids:
     rank: np.ndarray
     spurious: np.ndarray
     regions: dict | None = None
+    outcome: str | None = None
+    tied_to: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -50,7 +55,8 @@ class Stage1Medoids:
         self.clusters = np.asarray(self.clusters, dtype=np.int64).reshape(-1)
         self.rank = np.asarray(self.rank, dtype=np.int64).reshape(-1)
         self.spurious = np.asarray(self.spurious, dtype=bool).reshape(-1)
-        if self.embeddings.ndim != 2 or not (len(self.clusters) == len(self.rank) == len(self.spurious) == k):
+        self.tied_to = np.asarray([""] * k if self.tied_to is None else self.tied_to, dtype=str).reshape(-1)
+        if self.embeddings.ndim != 2 or not (len(self.clusters) == len(self.rank) == len(self.spurious) == len(self.tied_to) == k):
             raise ValueError(f"medoids: embeddings (K, D) and K clusters/ranks/flags needed, got "
                              f"{self.embeddings.shape}, {len(self.clusters)}, {len(self.rank)}, {len(self.spurious)}")
 
@@ -75,7 +81,17 @@ class Stage1Medoids:
     def with_spurious_ranks(self, ranks: Iterable[int] | None) -> Stage1Medoids:
         """A copy where the kept clusters of these 1-based ranks are spurious (``None``: every kept one)."""
         chosen = self.rank > 0 if ranks is None else np.isin(self.rank, list(ranks)) & (self.rank > 0)
-        return Stage1Medoids(self.embeddings, self.clusters, self.rank, chosen, self.regions)
+        return replace(self, spurious=chosen)
+
+    @property
+    def spurious_ranks(self) -> list[int]:
+        """The 1-based ranks of the clusters marked spurious, ascending (the report's numbering)."""
+        return sorted(int(r) for r in self.rank[self.spurious])
+
+    @property
+    def kept_ranks(self) -> list[int]:
+        """The 1-based ranks of every kept cluster, ascending."""
+        return sorted(int(r) for r in self.rank[self.rank > 0])
 
     def save(self, path: str | Path) -> Path:
         """Writes ``medoids.npz`` atomically (``path`` may be the folder)."""
@@ -84,7 +100,8 @@ class Stage1Medoids:
             path = path / MEDOIDS_FILE
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, embeddings=self.embeddings, clusters=self.clusters, rank=self.rank, spurious=self.spurious,
-                     regions=np.array(json.dumps(self.regions, sort_keys=True)))
+                     regions=np.array(json.dumps(self.regions, sort_keys=True)), outcome=np.array(self.outcome or ""),
+                     tied_to=self.tied_to)
         return path
 
     @classmethod
@@ -94,8 +111,11 @@ class Stage1Medoids:
         if path.is_dir():
             path = path / MEDOIDS_FILE
         with np.load(path, allow_pickle=False) as data:
-            regions = json.loads(str(data["regions"])) if "regions" in data else None  # files of earlier versions
-            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"], regions)
+            # Files of earlier versions lack the later fields.
+            regions = json.loads(str(data["regions"])) if "regions" in data else None
+            outcome = (str(data["outcome"]) or None) if "outcome" in data else None
+            tied_to = data["tied_to"] if "tied_to" in data else None
+            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"], regions, outcome, tied_to)
 
 
 def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None, *,
@@ -117,10 +137,13 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
         raise ValueError("the discoverer has no medoids_ (not fitted, or no cluster structure was found)")
     medoids = np.asarray(medoids, dtype=np.int64).reshape(-1)
     rank = np.zeros(len(medoids), dtype=np.int64)
+    tied_to = np.full(len(medoids), "", dtype=object)
     for cluster in discoverer.ranked_clusters_:
         rank[int(cluster.cluster)] = int(cluster.rank)
+        tied_to[int(cluster.cluster)] = cluster.attribute_name or ""
     embeddings = np.asarray(region_embeddings, dtype=np.float32)[medoids]
-    stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions)
+    stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions, discoverer.outcome_,
+                           tied_to.astype(str))
     return stage1.with_spurious_ranks(spurious_ranks)
 
 

@@ -153,7 +153,7 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
 
 
 CSV_COLUMNS = (
-    "method", "rank", "cluster", "attribute", "score", "gap_score", "influence", "p_value", "p_adjusted", "stability",
+    "method", "rank", "attribute", "score", "gap_score", "influence", "p_value", "p_adjusted", "stability",
     "n_regions", "n_images", "precision_at_k", "class", "n_in", "n_out", "acc_in", "acc_in_low", "acc_in_high", "acc_out", "acc_out_low",
     "acc_out_high", "gap", "gap_low", "gap_high", "class_influence", "skipped",
 )
@@ -173,7 +173,7 @@ def write_clusters_csv(audit: dict, path: str | Path) -> Path:
             for cluster in method["ranked_clusters"]:
                 for row in cluster["table"]:
                     writer.writerow({
-                        "method": name, "rank": cluster["rank"], "cluster": cluster["cluster"],
+                        "method": name, "rank": cluster["rank"],
                         "attribute": cluster["attribute_name"], "score": cluster["score"],
                         "gap_score": cluster["gap_score"], "influence": cluster["influence"],
                         "p_value": cluster.get("p_value"), "p_adjusted": cluster.get("p_adjusted"),
@@ -362,6 +362,29 @@ def _summary(audit: dict) -> str:
     return "<div class='summary'><h2 style='margin-top:0;border:0'>Summary</h2>" + "\n".join(lines) + "</div>"
 
 
+def _next_step(audit: dict) -> str:
+    """The last section: how a reviewer marks the shortcuts and starts mitigation (clusters named by rank)."""
+    primary = audit["methods"][audit["primary_method"]]
+    if not primary["ranked_clusters"]:
+        return ("<h2>Next step</h2><p>The audit reports no shortcut, so there is nothing to mitigate: "
+                "<code>ravl-med mitigate</code> refuses to fine-tune on this audit unless forced, because fine-tuning "
+                "a model that has no shortcut lowered its worst-group accuracy in the project's benchmark.</p>")
+    ranks = ", ".join(str(c["rank"]) for c in primary["ranked_clusters"])
+    return f"""<h2>Next step: review, then mitigate</h2>
+<p>Clusters are numbered by rank ({_e(ranks)}) here, in <code>clusters.csv</code> (column <code>rank</code>) and in
+the gallery files (<code>gallery-cluster-&lt;rank&gt;.png</code>). For each cluster, look at its gallery: is the
+boxed region something that is not part of the disease (a device, a marker, burned-in text, a positioning aid)?</p>
+<ol>
+<li>Mark the shortcuts, e.g. clusters 1 and 3: <code>ravl-med review AUDIT_DIR --spurious 1,3</code>
+(<code>--none</code> if no cluster is one). This writes <code>review.yaml</code> in the audit folder; it can also be
+edited by hand (<code>spurious: yes</code> or <code>no</code> per cluster). <code>ravl-med review AUDIT_DIR</code>
+alone lists the clusters.</li>
+<li>Fine-tune the shortcut away: <code>ravl-med mitigate --config CONFIG --audit AUDIT_DIR</code>. It reads
+<code>review.yaml</code>, refuses a review not finished, and without one treats cluster 1 as the shortcut.</li>
+</ol>
+<p class="meta">AUDIT_DIR is the folder this report is in.</p>"""
+
+
 def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
     """Writes the self-contained HTML report (galleries embedded as data URIs; no external resource).
 
@@ -384,6 +407,7 @@ def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
 &middot; ravl-med {_e(audit['version'])}</p>
 {_summary(audit)}
 {''.join(sections)}
+{_next_step(audit)}
 <h2>About this report</h2>
 <p class="meta">Method: RaVL stage 1 (Varma et al., NeurIPS 2024): candidate image regions are embedded with the
 model, clustered, and each cluster is scored by how much it raises accuracy for one class and lowers it for

@@ -8,6 +8,7 @@ the results (:mod:`ravl_med.tracking.observe`).
 |---|---|---|
 | fine-tuning | :func:`~ravl_med.stages.finetune.run_finetune` | :class:`~ravl_med.models.training.FitResult` |
 | audit (RaVL discovery) | :func:`~ravl_med.stages.audit.run_audit` | :class:`~ravl_med.stages.audit.AuditResult` |
+| review (which clusters are shortcuts; no torch) | :func:`~ravl_med.stages.review.run_review` | :class:`~ravl_med.stages.review.Review` |
 | mitigation (+ its evaluation) | :func:`~ravl_med.stages.mitigate.run_mitigation` | :class:`~ravl_med.stages.mitigate.MitigationResult` |
 | evaluation | :func:`~ravl_med.stages.evaluate.run_evaluation` | :class:`~ravl_med.stages.evaluate.EvaluationResult` |
 | benchmark / demo | :func:`~ravl_med.stages.benchmark.run_benchmark` | :class:`~ravl_med.stages.benchmark.SettingResult` |

@@ -124,6 +124,9 @@ class AuditResult:
             k = self.config.evaluation.precision_k
             lines.append(f"Precision@{k}: " + ", ".join(f"{m} {p:.2f}" for m, p in self.precision.items()))
         lines.append(f"report: {self.files.get('html')}")
+        if disc.ranked_clusters_ and self.primary == "ravl":
+            lines.append(f"next: look at the galleries, mark the shortcuts with 'ravl-med review {self.output_dir} "
+                         "--spurious RANKS', then run 'ravl-med mitigate'")
         return lines
 
 

@@ -237,7 +237,9 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
                                       method=method, stage1_checkpoint=stage1.fit.checkpoint,
                                       stage1_sha256=stage1.fit.sha256, audit_dir=root / "audit",
                                       spurious_prompts=prompts, evaluation=evaluation, **knobs)
-            observed = run_mitigation(mitigate, resume=True, progress=progress)
+            # Every method runs on every valid setting, whatever the audit's outcome (force): the tables
+            # record the outcome, and what mitigation does without a significant finding is measured.
+            observed = run_mitigation(mitigate, resume=True, progress=progress, force=True)
             if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
                 raise ConfigError(f"{setting.name}: {method} was not evaluated: "
                                   + ("; ".join(observed.notes) or "the manifest has no test rows"))

@@ -30,6 +30,7 @@ from ravl_med.models.runtime import fixed_threads, process_rank
 from ravl_med.models.training_records import FitResult
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
+from ravl_med.stages.review import REVIEW_FILE, read_review
 
 __all__ = ["MitigationResult", "labelling_agreement", "run_mitigation"]
 
@@ -66,21 +67,55 @@ class MitigationResult:
                 "region_labels": self.region_labels, "result": self.fit.to_json()}
 
 
-def _medoids(config: MitigateConfig) -> Stage1Medoids:
+def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str]:
+    """The audit's medoids with the spurious clusters marked, and where the marks came from.
+
+    The marks come from the audit folder's ``review.yaml`` when there is one (:mod:`ravl_med.stages.review`),
+    else from ``config.spurious_ranks``.
+
+    Raises:
+        ConfigError: no audit folder or medoids; regions made differently from the audit's; a review with
+            clusters not yet reviewed; ranks the audit did not keep; or nothing marked spurious (the audit
+            found no significant shortcut, or the review marks none) unless ``force``.
+    """
     if config.audit_dir is None:
         raise ConfigError("audit_dir: no audit folder given (set it or pass --audit)")
-    path = Path(config.audit_dir) / MEDOIDS_FILE
+    audit_dir = Path(config.audit_dir)
+    path = audit_dir / MEDOIDS_FILE
     if not path.is_file():
         raise ConfigError(f"{path} not found: run 'ravl-med audit' with the RaVL method first "
                           "(it writes the stage-1 medoids there)")
-    medoids = Stage1Medoids.load(path).with_spurious_ranks(config.spurious_ranks)
+    medoids = Stage1Medoids.load(path)
     mine = config.finetune.ingest.region_setting()
     if medoids.regions is not None and medoids.regions != mine:
         raise ConfigError(f"finetune.ingest: the audit's medoids ({path}) were made from regions {medoids.regions}, "
                           f"but mitigation would label regions {mine}; use the audit's ingest settings")
-    if not medoids.spurious.any():
-        log.warning("%s: no cluster is marked spurious; every region counts as relevant", path)
-    return medoids
+    review = read_review(audit_dir)
+    if review is not None:
+        if review.pending_ranks:
+            raise ConfigError(f"{audit_dir / REVIEW_FILE}: cluster(s) {review.pending_ranks} not reviewed yet; "
+                              f"set spurious: yes/no for each, or run 'ravl-med review {audit_dir} --spurious RANKS'")
+        ranks, source = review.spurious_ranks, REVIEW_FILE
+    else:
+        ranks, source = config.spurious_ranks, "spurious_ranks"
+    kept = medoids.kept_ranks
+    if not kept:
+        if not force:
+            raise ConfigError(
+                f"{audit_dir}: the audit reports no significant shortcut (outcome {medoids.outcome or 'unknown'}): "
+                "there is no cluster to mitigate, and fine-tuning a model without a shortcut lowered its worst-group "
+                "accuracy in the benchmark; --force trains anyway (every region counts as relevant)")
+        log.warning("%s: the audit kept no cluster (outcome %s); every region counts as relevant (forced)",
+                    audit_dir, medoids.outcome)
+        return medoids.with_spurious_ranks([]), source
+    unknown = sorted(set(ranks or []) - set(kept))
+    if unknown:
+        raise ConfigError(f"{source}: the audit kept no cluster of rank {unknown} (kept: {kept})")
+    medoids = medoids.with_spurious_ranks(ranks)
+    if not medoids.spurious.any() and not force:
+        raise ConfigError(f"{source} marks no cluster spurious: nothing to mitigate (--force trains anyway, every "
+                          "region counting as relevant)")
+    return medoids, source
 
 
 def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, Any]:
@@ -103,7 +138,7 @@ def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, 
 
 
 def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
-                   progress: bool = True, on_step=None) -> MitigationResult:
+                   progress: bool = True, on_step=None, force: bool = False) -> MitigationResult:
     """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`), then evaluates it on the test split.
 
     Args:
@@ -112,25 +147,30 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
         max_steps: stop after this many optimizer steps.
         progress: progress bars.
         on_step: the trainer's per-step callback (tracking).
+        force: run a method that reads the audit's clusters even when none is marked spurious (the
+            audit found no significant shortcut, or its review marks none): every region then counts
+            as relevant.
 
     Returns:
         the :class:`MitigationResult`; under ``torchrun`` only rank 0 writes ``mitigate.json`` and evaluates.
 
     Raises:
-        ConfigError: missing manifest, audit folder, medoids or stage-1 model.
+        ConfigError: missing manifest, audit folder, medoids or stage-1 model; nothing to mitigate
+            (see ``force``); a review not finished.
     """
     with fixed_threads(config.finetune.threads):
-        return _run_mitigation(config, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
+        return _run_mitigation(config, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step,
+                               force=force)
 
 
 def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | None, progress: bool,
-                    on_step) -> MitigationResult:
+                    on_step, force: bool) -> MitigationResult:
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
     start = time.perf_counter()
     labelled = MITIGATION_METHODS[config.method].reads_region_labels
-    region_labels, stats = _stage1_region_labels(config) if labelled else ({}, {})
+    region_labels, stats = _stage1_region_labels(config, force=force) if labelled else ({}, {})
     fit = _train(config, region_labels, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
     out = Path(ft.output_dir) / config.method
     result = MitigationResult(method=config.method, config=config, region_labels=stats, fit=fit, evaluation=None,
@@ -142,10 +182,21 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
     evaluation, notes = _evaluate(config, fit)
     if evaluation is not None:
         evaluation.write(out)
-    return dataclasses.replace(result, evaluation=evaluation, notes=notes)
+    return dataclasses.replace(result, evaluation=evaluation, notes=_class_mismatch(config, stats) + notes)
 
 
-def _stage1_region_labels(config: MitigateConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _class_mismatch(config: MitigateConfig, stats: dict[str, Any]) -> tuple[str, ...]:
+    """A warning when the evaluation's ``spurious_class`` is not a class the audit tied the mitigated clusters to."""
+    named, tied = config.evaluation.spurious_class, stats.get("tied_to")
+    if named is None or not tied or named in tied:
+        return ()
+    note = (f"warning: --spurious-class {named!r}, but the audit tied the mitigated cluster(s) "
+            f"{stats['spurious_ranks']} to {', '.join(repr(t) for t in tied)}")
+    log.warning(note)
+    return (note,)
+
+
+def _stage1_region_labels(config: MitigateConfig, *, force: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every training region labelled by its nearest stage-1 medoid, and the statistics of the labels."""
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest, feature_presence
@@ -154,7 +205,7 @@ def _stage1_region_labels(config: MitigateConfig) -> tuple[dict[str, np.ndarray]
     from ravl_med.models.runtime import resolve_device
 
     ft = config.finetune
-    medoids = _medoids(config)
+    medoids, source = _medoids(config, force=force)
     device = resolve_device(ft.device)
     if config.stage1_checkpoint is None:
         raise ConfigError(f"stage1_checkpoint: method {config.method!r} labels the training regions with the audited "
@@ -173,7 +224,9 @@ def _stage1_region_labels(config: MitigateConfig) -> tuple[dict[str, np.ndarray]
         "images_without_relevant_region": int(sum(bool(np.all(f)) for f in region_labels.values())),
         "group_sizes": {f"{ft.classes[g // 2]}|{'with' if g % 2 else 'without'}":
                         int((groups == g).sum()) for g in range(2 * len(ft.classes))},
-        "spurious_clusters": medoids.clusters[medoids.spurious].tolist(),
+        "spurious_ranks": medoids.spurious_ranks, "spurious_from": source,
+        "tied_to": sorted({str(t) for t in medoids.tied_to[medoids.spurious] if t}),
+        "audit_outcome": medoids.outcome, "forced": bool(force and not medoids.spurious.any()),
     }
     truth = feature_presence(manifest, train.keys)
     if truth is not None:
@@ -216,7 +269,10 @@ def _evaluate(config: MitigateConfig, fit: FitResult) -> tuple[EvaluationResult 
         return None, ()
     medoids = None
     if config.audit_dir is not None and (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
-        medoids = Stage1Medoids.load(config.audit_dir).with_spurious_ranks(config.spurious_ranks)
+        try:  # the clusters training treated as spurious define the groups when the manifest has no ground truth
+            medoids, _ = _medoids(config, force=True)
+        except ConfigError as err:
+            return None, (f"test evaluation skipped: {err}",)
     try:
         evaluation = run_evaluation(ft.backbone, fit.checkpoint, ft.manifest, ft.ingest, ft.classes, ft.templates,
                                     sha256=fit.sha256, split=plan.split, spurious_class=plan.spurious_class,
