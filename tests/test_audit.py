@@ -31,7 +31,7 @@ from ravl_med.models import create_backbone, save_checkpoint
 from ravl_med.models import embed as embed_module
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
-from ravl_med.stages.audit import run_audit
+from ravl_med.stages.audit import run_audit, too_little_data
 from ravl_med.stages.config import AuditConfig
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
@@ -68,7 +68,9 @@ def checkpoint(tmp_path_factory):
 def _config(phantom, checkpoint, out, **overrides) -> AuditConfig:
     values = {"checkpoint": checkpoint[0], "sha256": checkpoint[1], "manifest": phantom, "classes": CLASSES,
                   "ingest": IngestConfig(image_size=IMAGE_SIZE), "methods": ["ravl", "random", "george"],
-                  "discovery": {"n_boot": 100, "n_stability": 3}, "output_dir": out, "batch_size": 8, "device": "cpu", "precision": "fp32"}
+                  "discovery": {"n_boot": 100, "n_stability": 3}, "output_dir": out, "batch_size": 8, "device": "cpu", "precision": "fp32",
+                  # 8 images per class and a random model: the too-little-data rule has its own test below.
+                  "min_images_per_class": 1, "min_zero_shot_accuracy": 0.0}
     values.update(overrides)
     return AuditConfig(**values)
 
@@ -222,6 +224,26 @@ def test_no_structure_is_reported_not_raised(audited, tmp_path):
     assert not list(tmp_path.glob("gallery-cluster-*.png"))
 
 
+def test_too_little_data_to_conclude(audited, tmp_path, capsys):
+    """8 images per class (< 20), or a model at chance: the audit does not conclude, and mitigation refuses it."""
+    config = audited.config.model_copy(update={"output_dir": tmp_path, "methods": ["ravl"], "min_images_per_class": 20,
+                                               "cache_dir": audited.config.resolved_cache_dir})
+    result = run_audit(config, progress=False)
+    assert result.outcome == "too_little_data" and result.audit["outcome"] == "too_little_data"
+    assert result.audit["too_little_data"][0] == ("fewer than 20 images of a class (no finding 8, cardiomegaly 8, "
+                                                  "pneumothorax 8)")
+    assert result.audit["methods"]["ravl"]["outcome"] == result.discoverers["ravl"].outcome_  # kept for inspection
+    assert result.summary_lines()[0].startswith("too little data to conclude: fewer than 20 images")
+    assert html.escape(OUTCOME_TEXT["too_little_data"], quote=True) in (tmp_path / "report.html").read_text()
+    labels = np.asarray(result.embeddings.labels)
+    at_chance = np.full((len(labels), len(CLASSES)), 1 / 3)
+    at_chance[np.arange(len(labels)), (labels + 1) % 3] = 0.5  # every image wrong
+    reasons = too_little_data(config.model_copy(update={"min_images_per_class": 1, "min_zero_shot_accuracy": None}),
+                              labels, at_chance)
+    assert reasons == ["zero-shot accuracy 0% is not above 33% (chance): the model does not tell the classes apart on "
+                       "these images (check class names, prompts and preprocessing)"]
+
+
 def _write_yaml(path, data) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)
@@ -230,7 +252,7 @@ def _write_yaml(path, data) -> str:
 def test_cli_single_class_exits_0_with_a_note(phantom, checkpoint, tmp_path, capsys):
     data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(phantom),
             "classes": ["no finding"], "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),
-            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50, "n_stability": 0}}
+            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50, "n_stability": 0}, "min_images_per_class": 1}
     code = main(["audit", "--config", _write_yaml(tmp_path / "audit.yaml", data), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0

@@ -119,6 +119,7 @@ def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     assert loaded.tied_to.tolist() == ["", "", "pneumothorax"]
     grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
     assert Stage1Medoids.load(stage1_medoids(disc, regions, regions=grid).save(tmp_path)).regions == grid
+    assert stage1_medoids(disc, regions, outcome="too_little_data").outcome == "too_little_data"
 
 
 def test_labelling_agreement_counts():
@@ -223,6 +224,9 @@ def test_mitigation_does_no_harm_without_a_finding(stage1, tmp_path):
     assert not (tmp_path / "out").exists()
     stats = run_mitigation(config, max_steps=1, progress=False, force=True).region_labels
     assert stats["spurious_ranks"] == [] and stats["forced"] and stats["spurious_fraction"] == 0.0
+    few = _audit_copy(stage1, tmp_path / "few", [1, 0, 0], outcome="too_little_data")
+    with pytest.raises(ConfigError, match="too little data to conclude.*--force"):
+        run_mitigation(_config(stage1, tmp_path / "out", "ravl", audit_dir=few), max_steps=1, progress=False)
     # Methods that do not read the audit's clusters are not gated.
     run_mitigation(_config(stage1, tmp_path / "out", "vl_erm", audit_dir=audit), max_steps=1, progress=False)
 

@@ -119,7 +119,7 @@ class Stage1Medoids:
 
 
 def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None, *,
-                   regions: dict | None = None) -> Stage1Medoids:
+                   regions: dict | None = None, outcome: str | None = None) -> Stage1Medoids:
     """The medoids of a fitted RaVL discoverer.
 
     Args:
@@ -128,6 +128,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
         region_embeddings: (M, D) the region embeddings it was fitted on (``EmbeddingSet.region_embeddings``).
         spurious_ranks: 1-based ranks of the kept clusters to treat as spurious; ``None``: all kept.
         regions: how the regions were made (see :attr:`Stage1Medoids.regions`).
+        outcome: the audit's outcome when it overrides the discoverer's (e.g. too little data).
 
     Returns:
         the :class:`Stage1Medoids` (no row spurious when the audit kept no cluster).
@@ -142,7 +143,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
         rank[int(cluster.cluster)] = int(cluster.rank)
         tied_to[int(cluster.cluster)] = cluster.attribute_name or ""
     embeddings = np.asarray(region_embeddings, dtype=np.float32)[medoids]
-    stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions, discoverer.outcome_,
+    stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions, outcome or discoverer.outcome_,
                            tied_to.astype(str))
     return stage1.with_spurious_ranks(spurious_ranks)
 

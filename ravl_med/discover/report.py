@@ -47,6 +47,8 @@ OUTCOME_TEXT = {
                        "number of groups tested): nothing is reported as a shortcut.",
     "too_few_regions": "There were too few image regions to cluster: nothing could be analysed.",
     "no_selection": "The method selected no group of images.",
+    "too_little_data": "Too little data to conclude: the audited images cannot tell a shortcut from chance (the "
+                       "reasons are listed). Whatever the methods found below is shown for inspection only.",
 }
 
 #: A baseline's "found" only means that it ranked groups; it applies no gap or influence filter.
@@ -333,7 +335,10 @@ def _summary(audit: dict) -> str:
              f"({', '.join(f'{_e(c)}: {n}' for c, n in data['images_per_class'].items())}), "
              f"{data['n_regions']} candidate regions in all. Zero-shot accuracy of the model on them: "
              f"{_pct(audit['zero_shot']['accuracy'])}.</p>")]
-    lines.append(f"<p><b>Result ({_e(primary_name)}):</b> {_e(OUTCOME_TEXT.get(primary['outcome'], primary['outcome']))}</p>")
+    outcome = audit.get("outcome", primary["outcome"])
+    lines.append(f"<p><b>Result ({_e(primary_name)}):</b> {_e(OUTCOME_TEXT.get(outcome, outcome))}</p>")
+    if audit.get("too_little_data"):
+        lines.append("<ul class='notes'>" + "".join(f"<li>{_e(r)}</li>" for r in audit["too_little_data"]) + "</ul>")
     if primary["ranked_clusters"]:
         for cluster in primary["ranked_clusters"][:3]:
             lines.append(f"<div class='finding'>{_cluster_sentence(cluster)}</div>")

@@ -48,11 +48,13 @@ from ravl_med.evaluate.groups import GroupAccuracy
 from ravl_med.reproducibility import provenance
 from ravl_med.stages.config import AuditConfig
 
-__all__ = ["AuditResult", "ground_truth_regions", "run_audit"]
+__all__ = ["TOO_LITTLE_DATA", "AuditResult", "ground_truth_regions", "run_audit", "too_little_data"]
 
 logger = logging.getLogger(__name__)
 
 AUDIT_JSON, REPORT_HTML, CLUSTERS_CSV = "audit.json", "report.html", "clusters.csv"
+#: The audit's outcome when its data cannot support a conclusion (overrides the methods' outcomes).
+TOO_LITTLE_DATA = "too_little_data"
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,17 @@ class AuditResult:
 
     @property
     def outcome(self) -> str:
-        """The primary method's outcome (one of ``ravl_med.discover.OUTCOMES``)."""
-        return self.discoverers[self.primary].outcome_
+        """The audit's outcome: ``too_little_data`` (see :func:`too_little_data`), else the primary method's."""
+        return self.audit.get("outcome") or self.discoverers[self.primary].outcome_
 
     def summary_lines(self) -> list[str]:
         """A short plain summary: the top finding, Precision@k per method, where the report is."""
         disc = self.discoverers[self.primary]
-        lines = [f"{self.primary}: outcome {disc.outcome_}"]
+        lines = []
+        if self.outcome == TOO_LITTLE_DATA:
+            lines.append("too little data to conclude: " + "; ".join(self.audit["too_little_data"])
+                         + ". What the method found is listed for inspection only.")
+        lines.append(f"{self.primary}: outcome {disc.outcome_}")
         if disc.ranked_clusters_:
             top = disc.ranked_clusters_[0]
             row = next((r for r in top.table if r.class_index == top.attribute), None)
@@ -205,6 +211,30 @@ def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: i
     return truth, info
 
 
+def too_little_data(config: AuditConfig, labels: np.ndarray, image_scores: np.ndarray) -> list[str]:
+    """Why the audited data cannot support a conclusion, in plain words (empty: it can).
+
+    Args:
+        config: its ``classes``, ``min_images_per_class`` and ``min_zero_shot_accuracy``.
+        labels: (N,) int class index per audited image.
+        image_scores: (N, C) zero-shot probabilities.
+    """
+    classes = list(config.classes)
+    counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), dtype=np.int64)
+    reasons = []
+    few = [f"{c} {int(n)}" for c, n in zip(classes, counts) if n < config.min_images_per_class]
+    if few:
+        reasons.append(f"fewer than {config.min_images_per_class} images of a class ({', '.join(few)})")
+    if len(classes) > 1 and len(labels):
+        accuracy = float(np.mean(image_scores.argmax(axis=1) == labels))
+        floor = 1.0 / len(classes) if config.min_zero_shot_accuracy is None else config.min_zero_shot_accuracy
+        if accuracy <= floor:
+            reasons.append(f"zero-shot accuracy {accuracy:.0%} is not above {floor:.0%}"
+                           f"{' (chance)' if config.min_zero_shot_accuracy is None else ''}: the model does not tell "
+                           "the classes apart on these images (check class names, prompts and preprocessing)")
+    return reasons
+
+
 # --------------------------------------------------------------------------------------------- #
 # The audit
 
@@ -259,10 +289,11 @@ def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
     precision = ({} if truth is None else
                  {m: precision_at_k(d.top_ranked_regions(), truth, config.evaluation.precision_k)
                   for m, d in discoverers.items()})
+    inconclusive = too_little_data(config, np.asarray(embeddings.labels, dtype=np.int64), image_scores)
     if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
         # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
-        stage1_medoids(discoverers["ravl"], embeddings.region_embeddings,
-                       regions=config.ingest.region_setting()).save(out / MEDOIDS_FILE)
+        stage1_medoids(discoverers["ravl"], embeddings.region_embeddings, regions=config.ingest.region_setting(),
+                       outcome=TOO_LITTLE_DATA if inconclusive else None).save(out / MEDOIDS_FILE)
 
     n_batches = -(-len(dataset) // config.batch_size)
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
@@ -270,7 +301,8 @@ def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
                          region_is_spurious=truth, precision=precision, batches_computed=computed,
                          batches_reused=n_batches - computed, audit={}, files={})
     run_info = provenance(threads=config.threads, seed=config.seed, device=device)
-    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info, run_info)
+    audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info, run_info,
+                                  inconclusive)
     return dataclasses.replace(result, audit=audit, files=files)
 
 
@@ -350,7 +382,7 @@ def _gallery_name(method: str, rank: int, primary: str) -> str:
 
 
 def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | None, notes: list[str],
-                   truth_info: dict | None, run_info: dict) -> tuple[dict, dict]:
+                   truth_info: dict | None, run_info: dict, inconclusive: list[str]) -> tuple[dict, dict]:
     """Writes audit.json, clusters.csv, report.html and the galleries; returns (audit dict, files by role)."""
     config, emb, out = result.config, result.embeddings, result.output_dir
     classes = list(config.classes)
@@ -405,7 +437,8 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
         "config": config.model_dump(mode="json"),
         "model": {"backbone": config.backbone, "sha256": digest, "input_size": int(model_side)},
         "primary_method": primary,
-        "outcome": result.discoverers[primary].outcome_,
+        "outcome": TOO_LITTLE_DATA if inconclusive else result.discoverers[primary].outcome_,
+        "too_little_data": inconclusive,
         "notes": notes + [f"{primary}: {n}" for n in result.discoverers[primary].notes_],
         "dataset": {
             "split": config.split, "n_images": len(labels), "n_regions": len(emb.region_image),

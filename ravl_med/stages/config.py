@@ -94,6 +94,14 @@ class AuditSettings(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Intra-op CPU threads (torch and BLAS); results depend on it (``ravl_med.reproducibility``).
     threads: Threads = 1
+    #: Fewer images than this of any class, and the audit's outcome is ``too_little_data`` whatever the
+    #: methods found: a class's accuracy with / without a feature from under 20 images has a 95% interval
+    #: wider than +-0.2, too wide to tell a shortcut from chance.
+    min_images_per_class: Annotated[int, Field(ge=1)] = 20
+    #: Zero-shot accuracy at or below this (``None``: chance, 1 / number of classes) also gives
+    #: ``too_little_data``: a model that does not tell the classes apart on these images (wrong class
+    #: names, prompts or preprocessing) has no errors a shortcut could explain.
+    min_zero_shot_accuracy: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     _distinct_methods = field_validator("methods")(classmethod(lambda cls, v: _distinct(v, "methods")))
 

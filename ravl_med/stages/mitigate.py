@@ -28,6 +28,7 @@ from ravl_med.mitigate.regions import images_with_spurious_region, training_regi
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models.runtime import fixed_threads, process_rank
 from ravl_med.models.training_records import FitResult
+from ravl_med.stages.audit import TOO_LITTLE_DATA
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
 from ravl_med.stages.review import REVIEW_FILE, read_review
@@ -75,8 +76,9 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
 
     Raises:
         ConfigError: no audit folder or medoids; regions made differently from the audit's; a review with
-            clusters not yet reviewed; ranks the audit did not keep; or nothing marked spurious (the audit
-            found no significant shortcut, or the review marks none) unless ``force``.
+            clusters not yet reviewed; ranks the audit did not keep; or, unless ``force``, an audit with too
+            little data or nothing marked spurious (the audit found no significant shortcut, or the review
+            marks none).
     """
     if config.audit_dir is None:
         raise ConfigError("audit_dir: no audit folder given (set it or pass --audit)")
@@ -98,6 +100,9 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
         ranks, source = review.spurious_ranks, REVIEW_FILE
     else:
         ranks, source = config.spurious_ranks, "spurious_ranks"
+    if medoids.outcome == TOO_LITTLE_DATA and not force:
+        raise ConfigError(f"{audit_dir}: the audit had too little data to conclude (see its report); mitigating its "
+                          "clusters could train on chance; --force trains anyway")
     kept = medoids.kept_ranks
     if not kept:
         if not force:
