@@ -126,6 +126,26 @@ def test_outputs_written(audited):
     assert step in report[report.index("<h2>Next step"):]
 
 
+def test_report_in_a_browser(audited, chromium, tmp_path):
+    """The report as a reviewer sees it: short, findings first, baselines collapsed, galleries at full size."""
+    chromium.get((audited.output_dir / "report.html").resolve().as_uri())
+    height = chromium.execute_script("return document.body.scrollHeight")
+    chromium.set_window_size(1400, min(int(height) + 200, 16000))
+    chromium.save_screenshot(str(tmp_path / "report.png"))
+    headings = [h.text for h in chromium.find_elements("css selector", "h2")]
+    assert headings[0] == "Summary" and headings[1].startswith("ravl") and "Glossary" in headings
+    assert headings.index("Baselines") < headings.index("Glossary")
+    closed = chromium.execute_script("return [...document.querySelectorAll('details')].map(d => d.open)")
+    assert closed == [False, False]  # random, george
+    assert height < 6000, height  # baselines collapsed: ~19,000 px before
+    chromium.find_element("css selector", "details > summary").click()  # open the random baseline
+    sizes = chromium.execute_script(
+        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+    shown = [s for s in sizes if s[2] > 0]  # galleries of the primary method and of the opened baseline
+    assert shown and all(done and width > 0 and shown_w >= 0.95 * width for done, width, shown_w in shown), sizes
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
 def test_json_matches_estimator(audited):
     """audit.json holds exactly what the discoverer computes from the audit's own inputs."""
     emb = audited.embeddings
@@ -151,7 +171,7 @@ def test_json_matches_estimator(audited):
 def test_html_is_self_contained_and_states_the_outcome(audited):
     text = (audited.output_dir / "report.html").read_text()
     links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", text, flags=re.IGNORECASE)
-    assert links and all(link.startswith("data:") for link in links)
+    assert links and all(link.startswith(("data:", "#")) for link in links)  # embedded, or anchors in the page
     assert "<script" not in text.lower() and "url(" not in text.lower()
     assert html.escape(OUTCOME_TEXT[audited.outcome], quote=True) in text
     assert "Summary" in text and "Precision@10" in text

@@ -367,9 +367,9 @@ def class_table(stats: GroupStats, group: int, inputs: DiscoveryInputs, n_boot: 
         if n_in == 0 and n_out == 0:
             skipped = "no images of this class"
         elif n_in == 0:
-            skipped = "no image of this class has a region in the cluster (I empty)"
+            skipped = "no image of this class has a region in the cluster: no gap"
         elif n_out == 0:
-            skipped = "every image of this class has a region in the cluster (O empty)"
+            skipped = "every image of this class has a region in the cluster: no gap"
         gap = None if skipped else float(stats.gap[group, y])
         gap_ci = _interval(weight * (boot_in - boot_out)) if (not skipped and boot_in is not None
                                                                 and boot_out is not None) else None

@@ -55,7 +55,7 @@ OUTCOME_TEXT = {
 BASELINE_FOUND_TEXT = ("This baseline ranked groups of regions. It does not test whether a group raises accuracy for "
                        "one class and lowers it for another; read the tables before drawing conclusions.")
 
-_CAPTION_HEIGHT = 14
+_CAPTION_HEIGHT = 32  # two lines of 13 px text
 _PAD = 6
 _BOX_COLOUR = (230, 30, 30)
 
@@ -96,6 +96,23 @@ def _to_rgb(image: np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: float, lines: int = 2) -> str:
+    """``text`` broken at spaces into at most ``lines`` lines of at most ``width`` pixels; an ellipsis ends a cut."""
+    out: list[str] = []
+    words = text.split()
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and draw.textlength(f"{line} {words[0]}", font=font) <= width:
+            line = f"{line} {words.pop(0)}"
+        out.append(line)
+    if words:
+        last = out[-1]
+        while last and draw.textlength(last + " ...", font=font) > width:
+            last = last[:-1]
+        out[-1] = last + " ..."
+    return "\n".join(out)
+
+
 def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int = 3, tile_size: int = 160) -> Path:
     """Writes a PNG grid of tiles: left the whole image (thumbnail) with the box drawn, right the region zoomed.
 
@@ -112,7 +129,7 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     try:
-        font = ImageFont.load_default(size=12)  # Pillow >= 10.1: a scalable font, easier to read
+        font = ImageFont.load_default(size=13)  # Pillow >= 10.1: a scalable font, easier to read
     except TypeError:
         font = ImageFont.load_default()
     cols = min(columns, max(len(tiles), 1))
@@ -142,7 +159,8 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
         zx = ox + 2 * _PAD + tile_size
         canvas.paste(crop, (zx, oy + _PAD))
         draw.rectangle([zx, oy + _PAD, zx + crop.size[0] - 1, oy + _PAD + crop.size[1] - 1], outline=_BOX_COLOUR)
-        draw.text((ox + _PAD, oy + _PAD + tile_size + 2), tile.caption[: 2 * tile_size // 6], fill=(0, 0, 0), font=font)
+        draw.multiline_text((ox + _PAD, oy + _PAD + tile_size + 2), _wrap(tile.caption, draw, font, tile_w - 2 * _PAD),
+                            fill=(0, 0, 0), font=font, spacing=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -204,6 +222,8 @@ h3{margin-top:1.6em} .meta{color:#555;font-size:.9em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:right} th{background:#eee} td.l,th.l{text-align:left} .hurt{color:#b00020} .help{color:#006b2b}
 .muted{color:#777} img.gallery{max-width:100%;border:1px solid #ddd} ul.notes li{margin:.2em 0}
+details{margin:.6em 0;border:1px solid #ddd;padding:.4em .8em} summary{cursor:pointer;font-weight:600}
+dl.glossary dt{font-weight:600;margin-top:.5em} dl.glossary dd{margin-left:1.5em}
 """
 
 
@@ -297,14 +317,14 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
            f"<p><b>Outcome:</b> {_e(method['outcome'])} &mdash; {_e(meaning)}</p>"]
     if method.get("precision_at_k") is not None:
         out.append(f"<p><b>Precision@{k}</b> against the ground truth: {method['precision_at_k']:.2f} "
-                   f"(top-ranked cluster).</p>")
+                   f"(top-ranked cluster; see <a href='#glossary'>Precision@k</a>).</p>")
     if method["notes"]:
         out.append("<ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in method["notes"]) + "</ul>")
     for cluster in method["ranked_clusters"]:
         tied = ("not tied to a class" if cluster["attribute_name"] is None
                 else f"tied to &ldquo;{_e(cluster['attribute_name'])}&rdquo;")
         out.append(f"<h3>{_e(name)} cluster {cluster['rank']}: {tied}</h3>")
-        extras = [f"ranking score {_num(cluster['score'])}", f"sum of |gaps| G {_num(cluster['gap_score'])}",
+        extras = [f"ranking score {_num(cluster['score'])}", f"summed gap G {_num(cluster['gap_score'])}",
                   f"influence {_pct(cluster['influence'])}", f"{cluster['n_regions']} regions",
                   f"{cluster['n_images']} images"]
         if cluster.get("p_adjusted") is not None:
@@ -325,6 +345,48 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
             out.append(f"<img class='gallery' alt='regions of {_e(name)} cluster {cluster['rank']}' "
                        f"src='{_png_data_uri(gallery)}'>")
     return "\n".join(out)
+
+
+def _hit_rule(gt: dict) -> str:
+    """How a region counts as holding the planted feature, in words."""
+    if gt.get("kind") != "mask":
+        return f"A region counts as a hit by the rule: {gt.get('rule')}."
+    if gt.get("rule") == "visible":
+        return (f"A region counts as a hit when a reviewer would see the feature in it (rule visible): the length of "
+                f"the feature inside the box, or the side of the patch it covers, is at least {gt['threshold']:.2f} "
+                "times the box side.")
+    return (f"A region counts as a hit under rule {gt.get('rule')} with threshold {gt.get('threshold')} "
+            "(overlap of the box and the feature's mask).")
+
+
+def _glossary(audit: dict) -> str:
+    """Every symbol and number of the report, in words."""
+    k = audit["config"]["evaluation"]["precision_k"]
+    terms = [
+        ("cluster", "a group of candidate image regions (boxes) that the model embeds alike; numbered by rank, best "
+                    "first, as in clusters.csv and the gallery files."),
+        ("tied to a class", "the class whose accuracy the cluster's feature raises most (largest positive gap)."),
+        ("images with / without feature", "images of a class with at least one region in the cluster / with none."),
+        ("accuracy with / without", "share of those images the model classifies correctly (zero-shot), with a 95% "
+                                    "bootstrap interval."),
+        ("weighted gap", "accuracy with minus accuracy without, times the share of the class's images that have the "
+                         "feature; positive (green): the feature helps the class, negative (red): it hurts it."),
+        ("summed gap G", "the sum over classes of the absolute weighted gaps: how strongly the cluster moves accuracy. "
+                         "RaVL ranks kept clusters by it (ranking score; baselines use their own score)."),
+        ("influence", "of the misclassified images of a hurt class that contain the feature, the share in which this "
+                      "region was the one that most favoured the wrong class. A cluster is kept only with influence "
+                      ">= 25% (as RaVL does)."),
+        ("adjusted p", "the chance of a weighted-gap pattern this strong when which images the model got right is "
+                       "shuffled within each class (9,999 permutations), corrected for the number of clusters tested "
+                       "(Holm). Kept clusters need <= 0.01."),
+        ("stability", "the share of 20 refits on random halves of the images that find a matching cluster again "
+                      "(sharing >= 50% of its regions). Below 50%: unstable."),
+        (f"Precision@{k}", f"phantom or synthetic data only: the share of the cluster's top {k} regions (at most one "
+                           "per image) that hold the planted feature."),
+        ("no gap", "a class with no image in (or none outside) the cluster has no accuracy difference to measure."),
+    ]
+    rows = "".join(f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in terms)
+    return f"<h2 id='glossary'>Glossary</h2><dl class='glossary'>{rows}</dl>"
 
 
 def _summary(audit: dict) -> str:
@@ -350,7 +412,8 @@ def _summary(audit: dict) -> str:
             "with at least one region in the cluster, that the model classifies correctly; <i>without</i> is the same "
             "for images of the class with no such region. A feature that is not part of the disease (a device, a "
             "marker, text, a positioning aid) but raises accuracy for one class and lowers it for another is a "
-            "shortcut: check the galleries to see what it is. The 95% intervals come from a bootstrap; wide "
+            "shortcut: check the galleries to see what it is (every term: <a href='#glossary'>glossary</a>). "
+            "The 95% intervals come from a bootstrap; wide "
             "intervals mean few images.</p>")
     else:
         lines.append("<p>No cluster is reported. The notes below say why.</p>")
@@ -361,7 +424,14 @@ def _summary(audit: dict) -> str:
             f"<td>{_num(m.get('precision_at_k'), 2)}</td></tr>" for n, m in audit["methods"].items())
         lines.append(f"<p>Ground truth ({_e(gt['kind'])}, {gt['n_spurious_regions']} of {data['n_regions']} regions "
                      f"hold the planted feature):</p><table><tr><th class='l'>method</th><th class='l'>outcome</th>"
-                     f"<th>Precision@{gt['k']}</th></tr>{rows}</table>")
+                     f"<th>Precision@{gt['k']}</th></tr>{rows}</table><p class='meta'>{_e(_hit_rule(gt))}</p>")
+        low = primary.get("precision_at_k")
+        if primary["ranked_clusters"] and low is not None and low < 0.5:
+            lines.append(f"<p><b>Why the precision may disagree with the gallery:</b> {_e(primary_name)}'s top "
+                         f"cluster scores Precision@{gt['k']} {low:.2f}. Its first {gt['k']} gallery crops are the "
+                         "regions scored; a crop that shows only a short piece of the feature, or shows it next to "
+                         "the box, counts as a miss under this rule even when the feature is visible nearby. Look at "
+                         "the gallery before concluding that the audit missed it.</p>")
     if audit["notes"]:
         lines.append("<p>Notes:</p><ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in audit["notes"]) + "</ul>")
     return "<div class='summary'><h2 style='margin-top:0;border:0'>Summary</h2>" + "\n".join(lines) + "</div>"
@@ -400,7 +470,14 @@ def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
     """
     model = audit["model"]
     k = audit["config"]["evaluation"]["precision_k"]
-    sections = [_method_section(name, method, galleries, k) for name, method in audit["methods"].items()]
+    primary = audit["primary_method"]
+    sections = [_method_section(primary, audit["methods"][primary], galleries, k)]
+    baselines = [name for name in audit["methods"] if name != primary]
+    if baselines:
+        sections.append("<h2>Baselines</h2><p class='meta'>The same regions ranked by other discovery methods, for "
+                        "comparison; open a method to see its clusters.</p>")
+        sections += [f"<details><summary>{_e(name)} (outcome {_e(audit['methods'][name]['outcome'])})</summary>"
+                     f"{_method_section(name, audit['methods'][name], galleries, k)}</details>" for name in baselines]
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -413,6 +490,7 @@ def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
 {_summary(audit)}
 {''.join(sections)}
 {_next_step(audit)}
+{_glossary(audit)}
 <h2>About this report</h2>
 <p class="meta">Method: RaVL stage 1 (Varma et al., NeurIPS 2024): candidate image regions are embedded with the
 model, clustered, and each cluster is scored by how much it raises accuracy for one class and lowers it for

@@ -419,7 +419,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
             cluster["gallery"] = None
             if cluster["rank"] <= limit and shown:
                 tiles = [GalleryTile(image_of(int(emb.region_image[r])), emb.region_boxes[r] * scale,
-                                     f"{j + 1}. {d['image_key'][:8]} {d['label']} (model: {d['predicted']})")
+                                     f"{j + 1}. {d['image_key'][:8]} label: {d['label']}, model: {d['predicted']}")
                          for j, (r, d) in enumerate(zip(shown, cluster["gallery_regions"]))]
                 path = render_gallery(tiles, out / _gallery_name(name, cluster["rank"], primary),
                                       columns=config.report.gallery_columns, tile_size=config.report.tile_size)
