@@ -205,7 +205,7 @@ class ModelSource(StrictModel):
 class DataSource(StrictModel):
     """Which data: a manifest, its classes in zero-shot output order, prompts and ingestion."""
 
-    #: Manifest CSV (rows whose first label is not among ``classes`` are refused).
+    #: Manifest CSV (rows with a label outside ``classes`` are refused; a row with several labels stops the run).
     manifest: Path | None = None
     #: Class names, in the order of zero-shot outputs.
     classes: list[str] = Field(min_length=1)

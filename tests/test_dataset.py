@@ -48,15 +48,29 @@ def test_split_filter_and_tokens(small_manifest):
     assert ds[1]["tokens"].shape == (32,) and ds[1]["tokens"].dtype == torch.int64
 
 
-def test_empty_report_falls_back_to_a_label_sentence_and_unknown_label_is_minus_one(small_manifest, tmp_path):
+def _relabelled(small_manifest, tmp_path, label: str) -> Manifest:
+    """The small manifest (labels not checked against classes) with row 0 labelled ``label`` and no report."""
     table = pd.read_csv(small_manifest)
     table["path"] = [str(small_manifest.parent / p) for p in table["path"]]
     table.loc[0, "report"] = ""
-    table.loc[0, "label"] = "nodule|cardiomegaly"
-    manifest = Manifest.from_frame(table.astype(str).replace("nan", ""), root=tmp_path)
-    ds = RadiographDataset(manifest, IngestConfig(image_size=64), CLASSES)
+    table.loc[0, "label"] = label
+    return Manifest.from_frame(table.astype(str).replace("nan", ""), root=tmp_path)
+
+
+def test_empty_report_falls_back_to_a_label_sentence_and_unknown_label_is_minus_one(small_manifest, tmp_path):
+    ds = RadiographDataset(_relabelled(small_manifest, tmp_path, "nodule|cardiomegaly"), IngestConfig(image_size=64))
     assert ds.text(0) == label_sentence(["nodule", "cardiomegaly"]) == "a chest x-ray showing nodule and cardiomegaly."
-    assert ds[0]["label"] == -1  # first label not one of the classes
+    ds = RadiographDataset(_relabelled(small_manifest, tmp_path, "nodule"), IngestConfig(image_size=64), CLASSES)
+    assert ds[0]["label"] == -1  # not one of the classes
+
+
+def test_several_labels_are_refused_with_classes_not_reduced_to_the_first(small_manifest, tmp_path):
+    # Regression: the row's first label was taken as its class, silently dropping the others.
+    manifest = _relabelled(small_manifest, tmp_path, "cardiomegaly|pleural effusion")
+    with pytest.raises(IngestError, match=r"split 'train': 1 row\(s\) with several labels, e\.g\. .*: "
+                       r"'cardiomegaly\|pleural effusion';") as caught:
+        RadiographDataset(manifest, IngestConfig(image_size=64), CLASSES, split="train")
+    assert caught.value.reason == "bad_row"
 
 
 def test_collate_stacks_images_and_keeps_regions_as_a_list(small_manifest):

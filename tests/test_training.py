@@ -247,7 +247,8 @@ def test_cli_finetune_smoke_and_errors(phantom_manifest, tmp_path, capsys):
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     table[table["split"] == "val"].to_csv(val_only, index=False)
     assert main(["finetune", "--config", str(config), "--manifest", str(val_only), "--no-progress"]) == 2
-    assert "train split is empty" in capsys.readouterr().err
+    assert "no usable rows in split 'train': the manifest has no labelled row there (rows per split: val" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.slow

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.cli.common import add_tracking_options, apply_overrides, comma_list, tracking_options
+from ravl_med.cli.common import (
+    add_tracking_options,
+    apply_overrides,
+    check_split,
+    comma_list,
+    output_option,
+    tracking_options,
+    writable_dir,
+)
 from ravl_med.config import ConfigError, load_config
 from ravl_med.stages.config import AUDIT_METHODS, AuditConfig
 
@@ -39,19 +47,22 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.stages.audit import run_audit  # torch: imported only when the command runs
-    from ravl_med.tracking.observe import log, stage_run
-
     config = load_config(args.config, AuditConfig)
-    apply_overrides(config, args.config, {"manifest": args.manifest, "checkpoint": args.checkpoint,
-                                          "sha256": args.sha256, "output_dir": args.out,
-                                          "methods": comma_list(args.methods)})
+    apply_overrides(config, {"--manifest": ("manifest", args.manifest), "--checkpoint": ("checkpoint", args.checkpoint),
+                             "--sha256": ("sha256", args.sha256), "--out": ("output_dir", args.out),
+                             "--methods": ("methods", comma_list(args.methods))})
     if args.checkpoint is not None and args.sha256 is None:
         config.sha256 = None  # the config's sha256 belongs to the config's checkpoint
     if config.manifest is None:
         raise ConfigError("manifest: no manifest given (set it or pass --manifest)")
     if not Path(config.manifest).is_file():
         raise ConfigError(f"manifest not found: {config.manifest}")
+    check_split(config.manifest, config.split, config.classes)
+    writable_dir(Path(config.output_dir), output_option(args.out, args.config))
+
+    from ravl_med.stages.audit import run_audit  # torch: imported only once the input is checked
+    from ravl_med.tracking.observe import log, stage_run
+
     tags = {"method": "zero-shot", "spurious_class": args.spurious_class}
     with stage_run(tracking_options(args), command="audit", config=config, manifest=config.manifest,
                    backbone=config.backbone, seed=config.seed, tags=tags) as (tracked, _):

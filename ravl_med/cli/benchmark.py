@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.cli.common import add_tracking_options, apply_overrides, comma_list
+from ravl_med.cli.common import (
+    add_tracking_options,
+    apply_overrides,
+    comma_list,
+    output_option,
+    writable_dir,
+)
 from ravl_med.config import load_config
 from ravl_med.stages.config import BenchmarkConfig
 
@@ -47,11 +53,16 @@ def benchmarks_dir() -> Path:
 
 
 def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
-    """The config named by ``--suite`` / ``--config`` with the command-line overrides applied."""
+    """The config named by ``--suite`` / ``--config`` with the command-line overrides applied.
+
+    Raises:
+        ConfigError: a bad config or override, or an output folder that cannot be written.
+    """
     path = args.config if args.config is not None else benchmarks_dir() / f"{args.suite}.yaml"
     config = load_config(path, BenchmarkConfig)
-    apply_overrides(config, path, {"output_dir": args.out, "settings": comma_list(args.settings or None),
-                                   "mitigation.methods": comma_list(args.methods or None)})
+    apply_overrides(config, {"--out": ("output_dir", args.out), "--settings": ("settings", comma_list(args.settings or None)),
+                             "--methods": ("mitigation.methods", comma_list(args.methods or None))})
+    writable_dir(Path(config.output_dir), output_option(args.out, path))
     return config
 
 

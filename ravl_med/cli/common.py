@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from ravl_med.config import ConfigError, IngestConfig, load_config
-from ravl_med.data.manifest import Manifest
+from ravl_med.data.manifest import Manifest, empty_split_message, require_single_labels
 
 if TYPE_CHECKING:
     from ravl_med.data.scan import ScanResult
@@ -18,11 +21,15 @@ __all__ = [
     "add_ingest_options",
     "add_tracking_options",
     "apply_overrides",
+    "check_split",
     "comma_list",
     "load_ingest_config",
     "open_dataset",
+    "output_option",
     "print_scan_report",
     "tracking_options",
+    "writable_dir",
+    "writable_file",
 ]
 
 
@@ -53,28 +60,120 @@ def comma_list(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
-def apply_overrides(config, source: str | Path | None, values: Mapping[str, Any]) -> None:
-    """Command-line overrides: sets every dotted key of ``values`` whose value is not ``None``.
+def apply_overrides(config, overrides: Mapping[str, tuple[str, Any]]) -> None:
+    """Command-line overrides: sets the config key of every option whose value is not ``None``.
 
     Args:
         config: a pydantic config (it validates assignments).
-        source: the config file, named in the error.
-        values: e.g. ``{"manifest": args.manifest, "finetune.output_dir": args.out}``.
+        overrides: option -> (dotted config key, value), e.g.
+            ``{"--manifest": ("manifest", args.manifest), "--out": ("finetune.output_dir", args.out)}``.
 
     Raises:
-        ConfigError: a value the config refuses, as one line naming ``source``.
+        ConfigError: a value the config refuses, as one line naming the option (not the config file).
     """
-    try:
-        for key, value in values.items():
-            if value is None:
-                continue
-            *parents, name = key.split(".")
-            target = config
-            for parent in parents:
-                target = getattr(target, parent)
+    for option, (key, value) in overrides.items():
+        if value is None:
+            continue
+        *parents, name = key.split(".")
+        target = config
+        for parent in parents:
+            target = getattr(target, parent)
+        try:
             setattr(target, name, value)
-    except ValueError as err:  # pydantic validates assignments
-        raise ConfigError(f"{source}: {' '.join(str(err).split())}") from None
+        except ValidationError as err:  # pydantic validates assignments
+            error = err.errors()[0]
+            if error["type"] == "literal_error":
+                reason = f"unknown value {error['input']!r}; choose from {error['ctx']['expected']}"
+            else:
+                reason = f"got {error['input']!r}; {error['msg'].removeprefix('Value error, ')}"
+            raise ConfigError(f"{option}: {reason}") from None
+
+
+def output_option(out: Path | None, config: str | Path | None, key: str = "output_dir") -> str:
+    """How the user named an output folder, for messages: ``--out`` when given, else ``<config>: <key>``."""
+    return "--out" if out is not None else f"{config}: {key}"
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why no file can be created in the existing ``folder`` (``None``: one can)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def writable_dir(path: Path, option: str) -> Path:
+    """Creates the output folder ``path`` when missing and checks that files can be written in it.
+
+    Commands call it before any work (and before importing torch), so that an unusable output
+    location fails in a second instead of after the start-up or the run.
+
+    Args:
+        path: the output folder.
+        option: how the user named it (``--out``, ``<config>: output_dir``), for the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: one line naming ``option`` and ``path``: it is a file, it cannot be created, or
+            it is not writable (with the system's reason, e.g. "Permission denied").
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot create this folder ({err.strerror or err})") from None
+    reason = _cannot_write_in(path)
+    if reason is not None:
+        raise ConfigError(f"{option} {path}: cannot write in this folder ({reason})")
+    return path
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """Checks, before any work, that the output file ``path`` can be written (its folder is created).
+
+    Args:
+        path: the output file.
+        option: the option that named it (``--quarantine``), for the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: one line naming ``option`` and ``path``: it is a folder, or its folder cannot be
+            created or written in.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; name a file")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot create its folder ({err.strerror or err})") from None
+    reason = _cannot_write_in(folder)
+    if reason is not None:
+        raise ConfigError(f"{option} {path}: cannot write in its folder {folder.absolute()} ({reason})")
+    return path
+
+
+def check_split(manifest: Path, split: str | None, classes: Sequence[str]) -> None:
+    """Checks, before torch loads, that ``split`` of ``manifest`` has rows a single-label model can use.
+
+    Raises:
+        ConfigError: no row of the split is usable with ``classes`` (the message names the labels
+            the split has and the configured classes).
+        IngestError: a row of the split has several labels (see
+            :func:`~ravl_med.data.manifest.require_single_labels`), or the manifest is unreadable.
+    """
+    table = Manifest.read(manifest, classes=classes).table
+    if split is not None:
+        table = table[table["split"] == split]
+    if table.empty:
+        raise ConfigError(empty_split_message(manifest, split, classes))
+    require_single_labels(table, str(manifest) if split is None else f"{manifest}, split {split!r}")
 
 
 def add_ingest_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ravl_med.cli.common import add_tracking_options, apply_overrides, tracking_options
+from ravl_med.cli.common import (
+    add_tracking_options,
+    apply_overrides,
+    check_split,
+    output_option,
+    tracking_options,
+    writable_dir,
+)
 from ravl_med.config import ConfigError, FinetuneConfig, load_config
 
 
@@ -34,13 +41,19 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.models.runtime import process_rank  # torch: imported only when the command runs
-    from ravl_med.stages.finetune import run_finetune
-
     config = load_config(args.config, FinetuneConfig)
-    apply_overrides(config, args.config, {"manifest": args.manifest, "output_dir": args.out, "epochs": args.epochs})
+    apply_overrides(config, {"--manifest": ("manifest", args.manifest), "--out": ("output_dir", args.out),
+                             "--epochs": ("epochs", args.epochs)})
     if config.manifest is None:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
+    if not Path(config.manifest).is_file():
+        raise ConfigError(f"manifest not found: {config.manifest}")
+    check_split(config.manifest, "train", config.classes)
+    writable_dir(Path(config.output_dir), output_option(args.out, args.config))
+
+    from ravl_med.models.runtime import process_rank  # torch: imported only once the input is checked
+    from ravl_med.stages.finetune import run_finetune
+
     if process_rank().rank != 0:  # under torchrun, rank 0 reports (and tracks)
         run_finetune(config, resume=args.resume, progress=not args.no_progress)
         return 0
@@ -63,8 +76,6 @@ def _fit_tracked(args: argparse.Namespace, config: FinetuneConfig):
     from ravl_med.tracking.observe import log, stage_run
 
     method = "label_aware" if config.label_aware else "contrastive"
-    if not Path(config.manifest).is_file():
-        raise ConfigError(f"manifest not found: {config.manifest}")
     with stage_run(tracking_options(args), command="finetune", config=config, manifest=config.manifest,
                    backbone=config.backbone, seed=config.seed, tags={"method": method}) as (run, on_step):
         result = run_finetune(config, resume=args.resume, progress=not args.no_progress, on_step=on_step)

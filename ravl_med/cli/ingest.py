@@ -13,6 +13,7 @@ from ravl_med.cli.common import (
     load_ingest_config,
     open_dataset,
     print_scan_report,
+    writable_dir,
     write_json,
 )
 from ravl_med.data.atomic import atomic_path
@@ -67,13 +68,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.data.scan import (
-        scan_manifest,  # torch/MONAI: imported only when the command runs
-    )
-
     config = load_ingest_config(args)
     manifest = open_dataset(args.path, config)
-    out_dir: Path = args.out
+    out_dir: Path = writable_dir(args.out, "--out")
+
+    from ravl_med.data.scan import scan_manifest  # torch/MONAI: imported once the input and output are checked
+
     result = scan_manifest(
         manifest, config, workers=args.workers, sink=PngSink(out_dir), progress=not args.no_progress,
         description="ingesting",

@@ -7,6 +7,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+from ravl_med.cli.common import writable_file
 from ravl_med.data.atomic import atomic_path
 from ravl_med.data.errors import IngestError
 from ravl_med.data.manifest import ATTRIBUTE_COLUMNS, LABEL_SEPARATOR, Manifest
@@ -103,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         raise IngestError("bad_row", f"the {args.layout} layout does not take {', '.join(unused)}")
 
-    out: Path = args.out
-    if out.is_dir():
-        raise IngestError("bad_row", f"--out {out} is a folder; name the manifest CSV to write")
+    out: Path = writable_file(args.out, "--out")
     result = build_manifest(args.layout, args.root, relative_to=out.parent.resolve(), **options)
     table = result.table
     print(f"read: {', '.join(result.sources)}")

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ravl_med.cli.common import add_tracking_options, apply_overrides, tracking_options
+from ravl_med.cli.common import (
+    add_tracking_options,
+    apply_overrides,
+    check_split,
+    output_option,
+    tracking_options,
+    writable_dir,
+)
 from ravl_med.config import ConfigError, load_config
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.stages.config import MitigateConfig
@@ -46,13 +53,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.models.runtime import process_rank  # torch: imported only when the command runs
-    from ravl_med.stages.mitigate import run_mitigation
-
     config = load_config(args.config, MitigateConfig)
-    apply_overrides(config, args.config, {"method": args.method, "audit_dir": args.audit,
-                                          "stage1_checkpoint": args.stage1, "finetune.output_dir": args.out,
-                                          "evaluation.spurious_class": args.spurious_class})
+    apply_overrides(config, {"--method": ("method", args.method), "--audit": ("audit_dir", args.audit),
+                             "--stage1": ("stage1_checkpoint", args.stage1), "--out": ("finetune.output_dir", args.out),
+                             "--spurious-class": ("evaluation.spurious_class", args.spurious_class)})
     if args.stage1 is not None:
         config.stage1_sha256 = None  # the config's sha256 belongs to the config's stage-1 model
     if args.spurious_class is not None and args.spurious_class not in config.finetune.classes:
@@ -60,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
+    check_split(ft.manifest, "train", ft.classes)
+    writable_dir(Path(ft.output_dir), output_option(args.out, args.config, "finetune.output_dir"))
+
+    from ravl_med.models.runtime import process_rank  # torch: imported only once the input is checked
+    from ravl_med.stages.mitigate import run_mitigation
+
     if process_rank().rank != 0:  # under torchrun, rank 0 evaluates, reports and tracks
         run_mitigation(config, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress,
                        force=args.force)

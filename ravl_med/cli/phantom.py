@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ravl_med.cli.common import writable_dir, writable_file
 from ravl_med.config import ConfigError
 from ravl_med.phantom.artefacts import ARTEFACTS
 from ravl_med.phantom.config import (
@@ -120,9 +121,12 @@ def _settings(args: argparse.Namespace) -> list[PhantomSetting]:
 
 
 def run_write(args: argparse.Namespace) -> int:
-    from ravl_med.phantom.writer import write_setting
+    settings = _settings(args)
+    writable_dir(args.out, "--out")
 
-    for setting in _settings(args):
+    from ravl_med.phantom.writer import write_setting  # torch and MONAI: imported once the options are checked
+
+    for setting in settings:
         summary = write_setting(setting, args.out, workers=args.workers, progress=not args.no_progress)
         v = ", ".join(f"{k}={val:.3f}" for k, val in summary.cramers_v.items())
         print(f"{setting.name}: {summary.images} images, {summary.files_written} files written; "
@@ -132,6 +136,8 @@ def run_write(args: argparse.Namespace) -> int:
 
 
 def run_sheet(args: argparse.Namespace) -> int:
+    writable_file(args.out, "--out")
+
     from ravl_med.phantom.sheet import contact_sheet
 
     print(f"contact sheet: {contact_sheet(args.out, n=args.n, size=args.image_size, seed=args.seed, lungs=args.lungs)}")
@@ -139,6 +145,8 @@ def run_sheet(args: argparse.Namespace) -> int:
 
 
 def run_digits(args: argparse.Namespace) -> int:
+    writable_dir(args.out, "--out")
+
     from ravl_med.phantom.digits import write_digits
 
     manifest = write_digits(args.out, spurious_digit=args.spurious_digit, strength=args.strength, seed=args.seed,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from ravl_med.tracking import DEFAULT_DB
+from ravl_med.config import ConfigError
+from ravl_med.tracking import DEFAULT_DB, local_store_path, resolve_tracking_uri
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +22,8 @@ def add_parser(subparsers) -> None:
         description=(
             "One line per run holding a '<split>/acc/worst_group' metric (best run first within a method), "
             "with its experiment, method, setting and seed tags. Per-group metrics are named "
-            "'<split>/acc/group/<class>/<feature>-<0|1>'."
+            "'<split>/acc/group/<class>/<feature>-<0|1>'. A local store (SQLite file or folder) that does "
+            "not exist is an error: nothing is created."
         ),
     )
     compare.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
@@ -31,14 +34,34 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def existing_store(tracking_uri: str | None) -> str:
+    """The resolved tracking URI, after checking that a local store is there (MLflow would create it).
+
+    Raises:
+        ConfigError: a local store (SQLite file or store folder) that does not exist; nothing is created.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    store = local_store_path(uri)
+    if store is not None and not store.exists():
+        source = ("--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+                  else "the default store")
+        raise ConfigError(f"no tracking store at {store} ({source} {uri}); 'runs' only reads a store and "
+                          "creates none: check the URI or run a tracked command first")
+    return uri
+
+
 def compare_table(tracking_uri: str | None = None, experiments: list[str] | None = None, split: str = "test"):
-    """A DataFrame: experiment, run, method, setting, seed, worst_group, overall, run_id; sorted by method."""
+    """A DataFrame: experiment, run, method, setting, seed, worst_group, overall, run_id; sorted by method.
+
+    Raises:
+        ConfigError: the tracking store is local and does not exist (see :func:`existing_store`).
+    """
+    uri = existing_store(tracking_uri)
+    # Imported after the check, so that a wrong URI fails in a second.
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from ravl_med.tracking import resolve_tracking_uri
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(tracking_uri=uri)
     found = client.search_experiments()
     if experiments:
         found = [e for e in found if e.name in experiments]

@@ -10,6 +10,7 @@ from ravl_med.cli.common import (
     load_ingest_config,
     open_dataset,
     print_scan_report,
+    writable_file,
     write_json,
 )
 from ravl_med.data.manifest import write_problems
@@ -35,19 +36,22 @@ def add_parser(subparsers) -> None:
         "--quarantine",
         type=Path,
         default=Path("quarantine.csv"),
-        help="where the refused files go, CSV or JSON by suffix (default: ./quarantine.csv)",
+        help="where the refused files go, CSV or JSON by suffix (default: ./quarantine.csv; when it cannot be "
+        "written, for example in a read-only folder, validate stops with exit status 2 before reading any image)",
     )
     parser.add_argument("--report", type=Path, help="also write the summary and problems as JSON here")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravl_med.data.scan import (
-        scan_manifest,  # torch/MONAI: imported only when the command runs
-    )
-
     config = load_ingest_config(args)
     manifest = open_dataset(args.path, config)
+    writable_file(args.quarantine, "--quarantine")
+    if args.report:
+        writable_file(args.report, "--report")
+
+    from ravl_med.data.scan import scan_manifest  # torch/MONAI: imported once the input and outputs are checked
+
     result = scan_manifest(manifest, config, workers=args.workers, progress=not args.no_progress)
     print_scan_report(result)
     quarantine = write_problems(result.problems, args.quarantine)

@@ -7,7 +7,9 @@ and comes out as::
      "text": str, "label": int, "key": str}            (+ "tokens": (L,) int64 with a tokenizer)
 
 ``text`` is the report; an empty report falls back to a sentence naming the labels. ``label`` is the
-index of the row's first label in ``classes``, or -1 when it is not one of them.
+index of the row's label in ``classes``, or -1 when it is not one of them. With ``classes`` given,
+rows with several labels are refused (:func:`~ravl_med.data.manifest.require_single_labels`): one
+class per image, never the first of several.
 
 Training data should have been checked with ``ravl-med validate``: a file that fails to load here
 stops the run with an :class:`~ravl_med.data.errors.IngestError` naming the row's key and reason,
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ravl_med.config import IngestConfig
 from ravl_med.data.errors import IngestError
-from ravl_med.data.manifest import Manifest
+from ravl_med.data.manifest import Manifest, require_single_labels
 from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
 
 __all__ = ["RadiographDataset", "collate", "label_sentence"]
@@ -46,13 +48,16 @@ class RadiographDataset(Dataset):
     Args:
         manifest: a :class:`Manifest` or the path of a manifest CSV (read with ``classes``).
         ingest_config: ingestion settings (image size S, intensity mapping, region grid).
-        classes: class names; ``label`` is the index of a row's first label in them.
+        classes: class names; ``label`` is the index of a row's label in them.
         tokenizer: optional strings -> (n, L) int64 token ids; when given each item also holds
             ``tokens`` (L,), so DataLoader workers tokenise in parallel.
         split: keep only rows of this split (``train``/``val``/``test``); ``None`` keeps all.
         text: ``report`` (the row's report, the label sentence when it is empty) or ``labels``
             (always the label sentence).
         cache: keep loaded items in memory (per process; for small sets read many times).
+
+    Raises:
+        IngestError: ``bad_row`` when ``classes`` are given and a row (of ``split``) has several labels.
     """
 
     def __init__(
@@ -76,6 +81,9 @@ class RadiographDataset(Dataset):
         if split is not None:
             table = table[table["split"] == split]
         self.table = table.reset_index(drop=True)
+        if self.classes:
+            where = "every split" if split is None else f"split {split!r}"
+            require_single_labels(self.table, f"manifest in {manifest.root}, {where}")
         self.ingest_config = ingest_config or IngestConfig()
         self.tokenizer = tokenizer
         self.split = split
@@ -89,7 +97,7 @@ class RadiographDataset(Dataset):
 
     @property
     def labels(self) -> torch.Tensor:
-        """(N,) int64 class index per row (first label), -1 when not one of ``classes``."""
+        """(N,) int64 class index per row, -1 when not one of ``classes``."""
         return torch.tensor([self._label(row) for row in self.table["labels"]], dtype=torch.int64)
 
     @property

@@ -6,7 +6,9 @@ Format (UTF-8 CSV with a header row):
 column         required   meaning
 ============== ========== ==============================================================
 path           yes        image file, absolute or relative to the manifest's folder
-label          yes        class name(s); several labels separated by ``|``
+label          yes        class name(s); several labels separated by ``|`` (read and counted here;
+                          one class per row for fine-tuning, the audit and mitigation, see
+                          :func:`require_single_labels`)
 report         no         free-text report paired with the image (for fine-tuning)
 split          no         ``train``, ``val`` or ``test`` (empty: ``train``)
 key            no         opaque per-image key; made from the path when absent
@@ -41,8 +43,10 @@ __all__ = [
     "SPLITS",
     "Manifest",
     "Problem",
+    "empty_split_message",
     "feature_presence",
     "image_key",
+    "require_single_labels",
     "write_problems",
 ]
 
@@ -224,6 +228,49 @@ class Manifest:
         table["path"] = [_relative(p, base) for p in table["path"]]
         table.to_csv(path, index=False)
         return path
+
+
+def require_single_labels(table: pd.DataFrame, source: str) -> None:
+    """Refuses rows with several labels where one class per image is needed (a class index, a group).
+
+    Fine-tuning, the audit and mitigation classify each image into one class; taking the first of
+    several labels would silently change the data, so such rows stop the run instead.
+
+    Args:
+        table: rows of a checked :class:`Manifest` (its ``labels`` and ``path`` columns).
+        source: what the rows are, for the message (e.g. ``"m.csv, split 'test'"``).
+
+    Raises:
+        IngestError: ``bad_row`` naming how many rows carry several labels and one of them.
+    """
+    several = [(path, labels) for path, labels in zip(table["path"], table["labels"]) if len(labels) > 1]
+    if several:
+        path, labels = several[0]
+        raise IngestError("bad_row", f"{source}: {len(several)} row(s) with several labels, e.g. {path}: "
+                          f"{LABEL_SEPARATOR.join(labels)!r}; fine-tuning, the audit and mitigation use one class "
+                          "per image: keep one label per row")
+
+
+def empty_split_message(path: str | Path, split: str | None, classes: Sequence[str]) -> str:
+    """Why ``split`` of the manifest at ``path`` has no row usable with ``classes``, as one line.
+
+    Names the labels the rows of that split carry (with counts) and the configured classes, or,
+    when the split has no rows at all, the rows per split.
+
+    Args:
+        path: the manifest CSV.
+        split: ``train``, ``val``, ``test``, or ``None`` for every row.
+        classes: the configured class names.
+    """
+    table = Manifest.read(path).table  # labels not checked against the classes
+    rows = table if split is None else table[table["split"] == split]
+    head = f"{path}: no usable rows" + ("" if split is None else f" in split {split!r}")
+    if rows.empty:
+        splits = ", ".join(f"{name} {count}" for name, count in table["split"].value_counts().items())
+        return f"{head}: the manifest has no labelled row there (rows per split: {splits or 'none'})"
+    counts = pd.Series([label for labels in rows["labels"] for label in labels]).value_counts()
+    labels = ", ".join(f"{label!r} ({count})" for label, count in counts.items())
+    return f"{head}: its rows there are labelled {labels}; the configured classes are " + ", ".join(map(repr, classes))
 
 
 def feature_presence(manifest: Manifest | str | Path, keys: Iterable[str]) -> tuple[np.ndarray, str] | None:

@@ -22,6 +22,8 @@ Patient-identifying DICOM fields are never copied into the metadata.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import struct
@@ -73,6 +75,23 @@ def _one_line(err: BaseException | str, limit: int = 200) -> str:
     """
     text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
     return " ".join(text.split())[:limit]
+
+
+@contextlib.contextmanager
+def _pydicom_silenced():
+    """No pydicom log record (from ``pydicom`` or its child loggers) for the block.
+
+    When a decoder plugin fails, pydicom logs the failure with its traceback before trying the next
+    plugin, then raises an error that lists every plugin's message. That error becomes the file's
+    quarantine reason; the log would only reach the console.
+    """
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL + 1)  # child loggers inherit it (their own level is unset)
+    try:
+        yield
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -215,7 +234,7 @@ class RadiographDicomReader(ImageReader):
             if not decoder.is_available:
                 raise IngestError("unsupported_transfer_syntax", f"{tsyntax.name}: no decoder plugin installed")
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pydicom_silenced():
             warnings.simplefilter("ignore")  # pydicom warns about minor header quirks it then handles
             pixels = ds.pixel_array
         samples = int(ds.get("SamplesPerPixel", 1) or 1)

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ravl_med.config import ConfigError, FinetuneConfig
 from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset, collate
-from ravl_med.data.manifest import Manifest, feature_presence
+from ravl_med.data.manifest import Manifest, empty_split_message, feature_presence
 from ravl_med.evaluate.groups import worst_group_accuracy
 from ravl_med.models.losses import LabelAwareClipLoss
 from ravl_med.models.optim import (
@@ -76,7 +76,7 @@ from ravl_med.models.training_records import (
     load_training_state,
     save_training_state,
 )
-from ravl_med.models.weights import save_checkpoint
+from ravl_med.models.weights import WeightsError, save_checkpoint
 from ravl_med.models.zeroshot import CXR_TEMPLATES, evaluate_zero_shot
 from ravl_med.reproducibility import provenance
 
@@ -235,7 +235,7 @@ class Trainer:
         train = RadiographDataset(manifest, cfg.ingest, cfg.classes, self.tokenizer_, split="train", text=cfg.text,
                                   cache=cfg.cache_images)
         if len(train) == 0:
-            raise ConfigError(f"{cfg.manifest}: the train split is empty (no usable row with split 'train' or blank)")
+            raise ConfigError(empty_split_message(cfg.manifest, "train", cfg.classes))
         val = RadiographDataset(manifest, cfg.ingest, cfg.classes, split="val", cache=cfg.cache_images)
         return train, (val if len(val) else None)
 
@@ -326,6 +326,8 @@ class Trainer:
             )
         except KeyError as err:
             raise ConfigError(f"backbone: {err.args[0]}") from None
+        except (WeightsError, FileNotFoundError) as err:
+            raise ConfigError(f"checkpoint: {' '.join(str(err).split())}") from None
         if cfg.freeze_text:
             freeze_text_tower(model)
         model.train()

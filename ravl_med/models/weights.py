@@ -164,6 +164,12 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return state
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's unpickling errors run to a page)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def load_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Reads a state dict from a local checkpoint file or folder, on the CPU.
 
@@ -182,14 +188,18 @@ def load_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
         if actual.lower() != sha256.strip().lower():
             raise ChecksumError(f"sha256 mismatch for {file}: expected {sha256.strip().lower()}, got {actual}")
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(file), device="cpu")
+        try:
+            state = load_file(str(file), device="cpu")
+        except SafetensorError as error:  # garbage, a cut file, a damaged header
+            raise WeightsError(f"{file}: not a valid safetensors/torch checkpoint ({_first_line(error)})") from error
     elif file.suffix in CHECKPOINT_SUFFIXES:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as error:  # pickles with code objects, TorchScript archives, corrupt files
-            raise WeightsError(f"cannot read {file} as a tensor state dict: {error}") from error
+            raise WeightsError(f"{file}: not a valid safetensors/torch checkpoint ({_first_line(error)})") from error
     else:
         raise WeightsError(f"unknown checkpoint format {file.suffix!r} for {file}; use one of {CHECKPOINT_SUFFIXES}")
     for key in _WRAPPER_KEYS:

@@ -309,7 +309,7 @@ def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
 def _audited_split(config: AuditConfig, notes: list[str]):
     """The manifest's ``split`` as a dataset; refused rows are counted in ``notes``."""
     from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.manifest import Manifest
+    from ravl_med.data.manifest import Manifest, empty_split_message
 
     manifest = Manifest.read(config.manifest, classes=config.classes)
     if manifest.problems:
@@ -320,7 +320,7 @@ def _audited_split(config: AuditConfig, notes: list[str]):
                      + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ".")
     dataset = RadiographDataset(manifest, config.ingest, config.classes, split=config.split)
     if len(dataset) == 0:
-        raise ConfigError(f"{config.manifest}: no usable rows in split {config.split!r}")
+        raise ConfigError(empty_split_message(config.manifest, config.split, config.classes))
     return dataset
 
 

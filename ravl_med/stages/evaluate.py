@@ -219,13 +219,13 @@ def run_evaluation(backbone: str, checkpoint, manifest: str | Path, ingest, clas
         ValueError: the split is empty, or presence is unknown and no audit was given.
     """
     from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.manifest import Manifest, feature_presence
+    from ravl_med.data.manifest import Manifest, empty_split_message, feature_presence
     from ravl_med.models.registry import create_backbone
 
     table = Manifest.read(manifest, classes=list(classes))
     dataset = RadiographDataset(table, ingest, list(classes), split=split)
     if not len(dataset):
-        raise ValueError(f"{manifest}: split {split!r} has no usable rows")
+        raise ValueError(empty_split_message(manifest, split, classes))
     found = feature_presence(table, dataset.keys)
     if found is not None:
         present, feature, source = found[0], found[1], "ground truth"

@@ -208,6 +208,7 @@ def _stage1_region_labels(config: MitigateConfig, *, force: bool) -> tuple[dict[
     from ravl_med.mitigate.methods import stage1_groups
     from ravl_med.models.registry import create_backbone
     from ravl_med.models.runtime import resolve_device
+    from ravl_med.models.weights import WeightsError
 
     ft = config.finetune
     medoids, source = _medoids(config, force=force)
@@ -215,8 +216,11 @@ def _stage1_region_labels(config: MitigateConfig, *, force: bool) -> tuple[dict[
     if config.stage1_checkpoint is None:
         raise ConfigError(f"stage1_checkpoint: method {config.method!r} labels the training regions with the audited "
                           "stage-1 model; give its weights (set it or pass --stage1)")
-    model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
-                                           sha256=config.stage1_sha256, device=device)
+    try:
+        model, preprocess, _ = create_backbone(ft.backbone, checkpoint=config.stage1_checkpoint,
+                                               sha256=config.stage1_sha256, device=device)
+    except (WeightsError, FileNotFoundError) as err:
+        raise ConfigError(f"stage1_checkpoint: {' '.join(str(err).split())}") from None
     manifest = Manifest.read(ft.manifest, classes=ft.classes)
     train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
     region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,

@@ -32,6 +32,7 @@ from ravl_med.tracking.store import (
     code_version,
     flatten,
     image_embedder_class,
+    local_store_path,
     optional_tracker,
     resolve_tracking_uri,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "code_version",
     "flatten",
     "group_metric_name",
+    "local_store_path",
     "metric_key",
     "optional_tracker",
     "resolve_tracking_uri",

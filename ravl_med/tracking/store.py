@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "Tracker",
     "code_version",
     "flatten",
+    "local_store_path",
     "optional_tracker",
     "resolve_tracking_uri",
 ]
@@ -87,6 +89,21 @@ def _local_uri(local_dir: str | Path | None) -> str:
     folder = Path(local_dir or Path.cwd()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / DEFAULT_DB}"
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The database file (``sqlite:///...``) or folder (a path or ``file:`` URI) of a local store.
+
+    ``None`` for any other scheme (a tracking server, a database server): nothing local to check.
+    Relative paths are relative to the working folder, as MLflow reads them.
+    """
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
+    if uri.startswith("file:"):
+        return Path(urllib.parse.urlparse(uri).path).absolute()
+    if "://" not in uri:
+        return Path(uri).absolute()
+    return None
 
 
 def _is_remote(uri: str) -> bool:
