@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ravl_med.cli.common import comma_list
+from ravl_med.cli.common import comma_list, writable_dir
 from ravl_med.config import ConfigError
 
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.audit_dir.is_dir():
         raise ConfigError(f"{args.audit_dir}: no such folder; give the output folder of 'ravl-med audit'")
+    writable_dir(args.audit_dir, "AUDIT_DIR")  # review.yaml is written there
     spurious = [] if args.none else None if args.spurious is None else _ranks(args.spurious)
     review = run_review(args.audit_dir, spurious)
     print(f"audit: {review.method}, outcome {review.outcome}, {len(review.clusters)} cluster(s) kept")
