@@ -269,6 +269,24 @@ def _write_yaml(path, data) -> str:
     return str(path)
 
 
+def test_a_manifest_without_splits_is_audited_whole(phantom, checkpoint, tmp_path, capsys):
+    """'ravl-med manifest dicom' writes no split column; the default split 'test' must not empty the audit."""
+    import pandas as pd
+
+    table = pd.read_csv(phantom, dtype=str, keep_default_na=False).query("split == 'test'")
+    table = table.drop(columns=["split", *[c for c in table.columns if c.startswith(("mask_", "artefact"))]])
+    table["path"] = [str(phantom.parent / p) for p in table["path"]]
+    table.to_csv(tmp_path / "no-splits.csv", index=False)
+    data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(tmp_path / "no-splits.csv"),
+            "classes": CLASSES, "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),
+            "batch_size": 8, "device": "cpu", "discovery": {"n_boot": 50, "n_stability": 0}}
+    assert main(["audit", "--config", _write_yaml(tmp_path / "audit.yaml", data), "--no-progress",
+                 "--no-tracking"]) == 0
+    audit = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert audit["dataset"]["split"] is None and audit["dataset"]["n_images"] == N_TEST
+    assert "the manifest defines no splits: every row is audited (split 'test' not applied)." in audit["notes"]
+
+
 def test_cli_single_class_exits_0_with_a_note(phantom, checkpoint, tmp_path, capsys):
     data = {"checkpoint": str(checkpoint[0]), "sha256": checkpoint[1], "manifest": str(phantom),
             "classes": ["no finding"], "ingest": {"image_size": IMAGE_SIZE}, "output_dir": str(tmp_path / "out"),

@@ -168,7 +168,8 @@ def check_split(manifest: Path, split: str | None, classes: Sequence[str]) -> No
         IngestError: a row of the split has several labels (see
             :func:`~ravl_med.data.manifest.require_single_labels`), or the manifest is unreadable.
     """
-    table = Manifest.read(manifest, classes=classes).table
+    checked = Manifest.read(manifest, classes=classes)
+    table, split = checked.table, checked.evaluated_split(split)
     if split is not None:
         table = table[table["split"] == split]
     if table.empty:

@@ -119,12 +119,19 @@ class Manifest:
         root: folder that relative paths are resolved against.
         problems: rows that were refused, with reasons.
         classes: the class names labels were checked against (empty: not checked).
+        defines_splits: some row names its split (otherwise every row counts as ``train``).
     """
 
     table: pd.DataFrame
     root: Path
     problems: list[Problem] = field(default_factory=list)
     classes: tuple[str, ...] = ()
+    defines_splits: bool = True
+
+    def evaluated_split(self, split: str | None) -> str | None:
+        """The split an evaluation of ``split`` reads: ``split``, or ``None`` (every row) when the
+        manifest defines no splits (e.g. ``ravl-med manifest dicom`` of a hospital's folder)."""
+        return split if self.defines_splits else None
 
     @property
     def attribute_columns(self) -> list[str]:
@@ -199,7 +206,9 @@ class Manifest:
             keep.append(index)
             rows.append({**row, "key": key, "path": str(resolved), "labels": labels, "split": split})
         columns = [*CORE_COLUMNS, "labels", *[c for c in table.columns if c not in CORE_COLUMNS]]
-        return cls(table=pd.DataFrame(rows, columns=columns), root=root, problems=problems, classes=allowed)
+        defines_splits = bool(table["split"].str.strip().ne("").any())
+        return cls(table=pd.DataFrame(rows, columns=columns), root=root, problems=problems, classes=allowed,
+                   defines_splits=defines_splits)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Manifest:

@@ -318,9 +318,12 @@ def _audited_split(config: AuditConfig, notes: list[str]):
             reasons[problem.reason] = reasons.get(problem.reason, 0) + 1
         notes.append(f"{len(manifest.problems)} manifest row(s) refused and not audited: "
                      + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ".")
-    dataset = RadiographDataset(manifest, config.ingest, config.classes, split=config.split)
+    split = manifest.evaluated_split(config.split)
+    if split != config.split:
+        notes.append(f"the manifest defines no splits: every row is audited (split {config.split!r} not applied).")
+    dataset = RadiographDataset(manifest, config.ingest, config.classes, split=split)
     if len(dataset) == 0:
-        raise ConfigError(empty_split_message(config.manifest, config.split, config.classes))
+        raise ConfigError(empty_split_message(config.manifest, split, config.classes))
     return dataset
 
 
@@ -441,7 +444,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
         "too_little_data": inconclusive,
         "notes": notes + [f"{primary}: {n}" for n in result.discoverers[primary].notes_],
         "dataset": {
-            "split": config.split, "n_images": len(labels), "n_regions": len(emb.region_image),
+            "split": dataset.split, "n_images": len(labels), "n_regions": len(emb.region_image),
             "classes": classes, "images_per_class": {c: int(counts[y]) for y, c in enumerate(classes)},
             "image_keys": [str(k_) for k_ in emb.keys],
         },
