@@ -121,7 +121,14 @@ def test_outputs_written(audited):
     n_clusters = sum(len(m["ranked_clusters"]) for m in audit["methods"].values())
     assert len(rows) == 1 + n_clusters * len(CLASSES)
     assert rows[0].startswith("method,rank,attribute,")  # one numbering: ranks, not internal cluster ids
+    # Known subgroup attributes of the phantom manifest, never its ground-truth columns.
+    by_value = audit["attributes"]["by_value"]
+    assert {r["attribute"] for r in by_value} <= {"site", "device", "view_position", "sex", "age_band"}
+    assert {r["attribute"] for r in by_value} & {"site", "sex"}
+    for name in {r["attribute"] for r in by_value}:
+        assert sum(r["count"] for r in by_value if r["attribute"] == name) == N_TEST
     report = (out / "report.html").read_text()
+    assert "<h2 id='attributes'>Known attributes</h2>" in report
     step = "ravl-med review AUDIT_DIR --spurious" if ravl.ranked_clusters_ else "nothing to mitigate"
     assert step in report[report.index("<h2>Next step"):]
 

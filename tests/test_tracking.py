@@ -204,6 +204,8 @@ def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkey
     assert groups and all(k.rsplit("-", 1)[1] in ("0", "1") for k in groups)
     assert "test/acc/group/pneumothorax/chest_drain-1" in groups
     assert min(groups.values()) == metrics["test/acc/worst_group"]
+    sites = {k: v for k, v in metrics.items() if k.startswith("test/acc/attribute/site/")}
+    assert sites and all(0.0 <= v <= 1.0 for v in sites.values())  # known subgroup attributes
     assert audit.data.tags["artefact"] == "chest_drain" and audit.data.tags["spurious_class"] == "pneumothorax"
     names = {a.path for a in client.list_artifacts(audit.info.run_id, "audit")}
     assert {"audit/audit.json", "audit/report.html", "audit/clusters.csv"} <= names

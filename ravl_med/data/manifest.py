@@ -43,7 +43,9 @@ __all__ = [
     "SPLITS",
     "Manifest",
     "Problem",
+    "GROUND_TRUTH_COLUMNS",
     "empty_split_message",
+    "known_attributes",
     "feature_presence",
     "image_key",
     "require_single_labels",
@@ -280,6 +282,27 @@ def empty_split_message(path: str | Path, split: str | None, classes: Sequence[s
     counts = pd.Series([label for labels in rows["labels"] for label in labels]).value_counts()
     labels = ", ".join(f"{label!r} ({count})" for label, count in counts.items())
     return f"{head}: its rows there are labelled {labels}; the configured classes are " + ", ".join(map(repr, classes))
+
+
+#: Ground truth of the synthetic datasets (phantom, digits): where the planted feature is. Audits and
+#: mitigation methods never read these; only the benchmark's scoring does.
+GROUND_TRUTH_COLUMNS = ("artefact", "artefact_present", "square_quadrant", "digit_quadrant", "regions", "lung_mask")
+GROUND_TRUTH_PREFIXES = ("mask_",)
+
+
+def known_attributes(table: pd.DataFrame, max_values: int = 20) -> list[str]:
+    """The subgroup attribute columns of a manifest table worth an accuracy per value (site, device, view, ...).
+
+    Args:
+        table: :attr:`Manifest.table`, or the rows of one split of it.
+        max_values: columns with more distinct values are identifiers or free text, not subgroups.
+
+    Left out: the core columns, the synthetic datasets' ground truth (:data:`GROUND_TRUTH_COLUMNS`,
+    ``mask_*``), and columns with a single value.
+    """
+    return [c for c in table.columns
+            if c not in (*CORE_COLUMNS, "labels") and c not in GROUND_TRUTH_COLUMNS and not c.startswith(GROUND_TRUTH_PREFIXES)
+            and 1 < table[c].astype(str).str.strip().nunique() <= max_values]
 
 
 def feature_presence(manifest: Manifest | str | Path, keys: Iterable[str]) -> tuple[np.ndarray, str] | None:

@@ -347,6 +347,36 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
     return "\n".join(out)
 
 
+def _attributes_section(audit: dict) -> str:
+    """Accuracy per value of each known subgroup attribute of the manifest (site, device, view, ...)."""
+    info = audit.get("attributes") or {}
+    rows = info.get("by_value") or []
+    if not rows:
+        return ""
+    spread = {r["attribute"]: r for r in info.get("spread") or []}
+    out = ["<h2 id='attributes'>Known attributes</h2>",
+           "<p>Zero-shot accuracy for each value of the subgroup columns the manifest carries. A value with much "
+           "lower accuracy than another may point to a shortcut tied to it (a site's text marker, a device's "
+           "look). Values with fewer than " f"{info.get('min_count', 20)} images are shown but not compared.</p>"]
+    for name in dict.fromkeys(r["attribute"] for r in rows):
+        body = "".join(f"<tr><td class='l'>{_e(r['value'])}</td><td>{r['count']}</td>"
+                       f"<td>{_pct_ci(r['accuracy'], None if r['ci_low'] is None else (r['ci_low'], r['ci_high']))}"
+                       "</td></tr>" for r in rows if r["attribute"] == name)
+        out.append(f"<h3>{_e(name)}</h3><table><tr><th class='l'>value</th><th>images</th>"
+                   f"<th>accuracy (95% CI)</th></tr>{body}</table>")
+        if name in spread:
+            out.append(f"<p class='meta'>{_e(_spread_sentence(spread[name]))}</p>")
+    return "\n".join(out)
+
+
+def _spread_sentence(row: dict) -> str:
+    verdict = ("the 95% intervals do not overlap: a real difference" if row["separated"]
+               else "the 95% intervals overlap: no clear difference")
+    return (f"{row['attribute']}: accuracy {_pct(row['best_accuracy'])} for {row['best_value']} ({row['best_count']} "
+            f"images) vs {_pct(row['worst_accuracy'])} for {row['worst_value']} ({row['worst_count']} images); "
+            f"{verdict}.")
+
+
 def _hit_rule(gt: dict) -> str:
     """How a region counts as holding the planted feature, in words."""
     if gt.get("kind") != "mask":
@@ -432,6 +462,10 @@ def _summary(audit: dict) -> str:
                          "regions scored; a crop that shows only a short piece of the feature, or shows it next to "
                          "the box, counts as a miss under this rule even when the feature is visible nearby. Look at "
                          "the gallery before concluding that the audit missed it.</p>")
+    separated = [r for r in (audit.get("attributes") or {}).get("spread") or [] if r["separated"]]
+    for row in separated:
+        lines.append(f"<p><b>Known attribute:</b> {_e(_spread_sentence(row))} See "
+                     "<a href='#attributes'>Known attributes</a>.</p>")
     if audit["notes"]:
         lines.append("<p>Notes:</p><ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in audit["notes"]) + "</ul>")
     return "<div class='summary'><h2 style='margin-top:0;border:0'>Summary</h2>" + "\n".join(lines) + "</div>"
@@ -471,7 +505,7 @@ def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
     model = audit["model"]
     k = audit["config"]["evaluation"]["precision_k"]
     primary = audit["primary_method"]
-    sections = [_method_section(primary, audit["methods"][primary], galleries, k)]
+    sections = [_method_section(primary, audit["methods"][primary], galleries, k), _attributes_section(audit)]
     baselines = [name for name in audit["methods"] if name != primary]
     if baselines:
         sections.append("<h2>Baselines</h2><p class='meta'>The same regions ranked by other discovery methods, for "

@@ -380,6 +380,28 @@ def _discover(config: AuditConfig, embeddings, image_scores, region_scores) -> d
 # Outputs
 
 
+def _known_attributes(config: AuditConfig, dataset, keys, labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """Zero-shot accuracy per value of each known subgroup attribute of the manifest, and each one's spread.
+
+    ``{"by_value": [rows of attribute_accuracy], "spread": [rows of attribute_spread], "min_count": n}``;
+    no ground-truth column of synthetic data is read (:func:`~ravl_med.data.manifest.known_attributes`).
+    """
+    from ravl_med.data.manifest import known_attributes
+    from ravl_med.evaluate.attributes import attribute_accuracy, attribute_spread
+
+    table = dataset.table.set_index("key").loc[[str(k) for k in keys]]  # the embeddings' image order
+    columns = known_attributes(dataset.table)
+    by_value = attribute_accuracy(labels, predicted, {c: table[c].tolist() for c in columns},
+                                  n_boot=config.discovery.n_boot, seed=config.seed)
+    spread = attribute_spread(by_value, min_count=config.min_images_per_class)
+
+    def records(frame):
+        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                for row in frame.to_dict("records")]
+
+    return {"by_value": records(by_value), "spread": records(spread), "min_count": config.min_images_per_class}
+
+
 def _gallery_name(method: str, rank: int, primary: str) -> str:
     return f"gallery-cluster-{rank}.png" if method == primary else f"gallery-{method}-cluster-{rank}.png"
 
@@ -454,6 +476,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
                       "accuracy": overall if np.isfinite(overall) else None,
                       "accuracy_per_class": per_class_acc},
         "ground_truth": truth_info,
+        "attributes": _known_attributes(config, dataset, emb.keys, labels, predicted),
         "methods": methods,
         "provenance": run_info,
     }

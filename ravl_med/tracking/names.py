@@ -26,6 +26,7 @@ __all__ = [
     "TRAIN_SECONDS",
     "TRAIN_STEPS",
     "accuracy",
+    "attribute_metric_name",
     "component",
     "group_metric_name",
     "metric_key",
@@ -77,6 +78,11 @@ def group_metric_name(split: str, class_name: str, feature: str, present: bool) 
     ``"test/acc/group/pneumothorax/chest_drain-1"``.
     """
     return f"{component(split)}/acc/group/{component(class_name)}/{component(feature)}-{int(bool(present))}"
+
+
+def attribute_metric_name(split: str, attribute: str, value: str) -> str:
+    """``{split}/acc/attribute/{attribute}/{value}``: zero-shot accuracy of one value of a known attribute."""
+    return f"{component(split)}/acc/attribute/{component(attribute)}/{component(value)}"
 
 
 def precision_at(k: int) -> str:

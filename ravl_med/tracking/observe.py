@@ -203,6 +203,8 @@ def _log_audit(run: TrackedRun, result, *, spurious_class: str | None = None, me
         frame = GroupAccuracy(labels=labels, predictions=predictions, feature_present=flags, classes=config.classes,
                               spurious_class=spurious, n_boot=config.discovery.n_boot, seed=config.seed)
         run.log_group_table(frame.by_group, split=split, feature=feature)
+    attributes = (result.audit.get("attributes") or {}).get("by_value") or []
+    run.log_metrics({names.attribute_metric_name(split, r["attribute"], r["value"]): r["accuracy"] for r in attributes})
     run.log_artifacts(result.output_dir, "audit")
     for method, discoverer in result.discoverers.items():
         tags = {**(method_tags or {}), "method": method, "outcome": discoverer.outcome_}
