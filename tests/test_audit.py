@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from ravl_med.cli import main
-from ravl_med.config import IngestConfig, RegionConfig
+from ravl_med.config import ConfigError, IngestConfig, RegionConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.discover.registry import build_discoverer
@@ -274,6 +274,25 @@ def test_too_little_data_to_conclude(audited, tmp_path, capsys):
 def _write_yaml(path, data) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def test_the_sha256_recorded_by_finetune_is_checked(audited, checkpoint, tmp_path):
+    """A fine-tuning output folder carries its weights' sha256 (metrics.json): the audit verifies against it."""
+    import shutil
+
+    folder = tmp_path / "finetuned"
+    folder.mkdir()
+    shutil.copy(checkpoint[0] / "model.safetensors", folder / "model.safetensors")
+    (folder / "metrics.json").write_text(json.dumps({"sha256": checkpoint[1]}))
+    config = audited.config.model_copy(update={"output_dir": tmp_path / "out", "methods": ["random"],
+                                               "checkpoint": folder, "sha256": None,
+                                               "cache_dir": audited.config.resolved_cache_dir})
+    notes = run_audit(config, progress=False).audit["notes"]
+    assert any("verified against the sha256 that 'ravl-med finetune' recorded" in n for n in notes)
+    assert not any("no sha256 given" in n for n in notes)
+    (folder / "metrics.json").write_text(json.dumps({"sha256": "0" * 64}))  # weights changed since training
+    with pytest.raises(ConfigError, match="sha256"):
+        run_audit(config, progress=False)
 
 
 def test_a_manifest_without_splits_is_audited_whole(phantom, checkpoint, tmp_path, capsys):

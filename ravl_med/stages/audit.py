@@ -146,10 +146,16 @@ def _load_model(config: AuditConfig, device: str):
     from ravl_med.models.weights import WeightsError, file_sha256, resolve_checkpoint
 
     notes = []
-    digest = config.sha256
+    expected = config.sha256  # checked by create_backbone when known
+    digest = expected
     try:
         if config.checkpoint is not None:
             path = resolve_checkpoint(config.checkpoint)
+            if expected is None:
+                expected = digest = _recorded_sha256(path)
+                if expected is not None:
+                    notes.append(f"checkpoint verified against the sha256 that 'ravl-med finetune' recorded in "
+                                 f"{path.parent / 'metrics.json'}.")
             if digest is None:
                 digest = file_sha256(path)
                 notes.append("no sha256 given for the checkpoint: its weights were not checked against an expected "
@@ -157,11 +163,23 @@ def _load_model(config: AuditConfig, device: str):
         else:
             notes.append("no checkpoint given: the backbone's initial weights were audited.")
         model, preprocess, tokenizer = create_backbone(config.backbone, checkpoint=config.checkpoint,
-                                                       sha256=config.sha256, device=device)
+                                                       sha256=expected, device=device)
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as err:
         message = " ".join(str(err).split())
         raise ConfigError(f"checkpoint/backbone: {message}") from None
     return model, preprocess, tokenizer, digest, notes
+
+
+def _recorded_sha256(checkpoint: Path) -> str | None:
+    """The sha256 'ravl-med finetune' recorded beside its ``model.safetensors`` (``metrics.json``), if any."""
+    record = checkpoint.parent / "metrics.json"
+    if checkpoint.name != "model.safetensors" or not record.is_file():
+        return None
+    try:
+        digest = json.loads(record.read_text()).get("sha256")
+    except (ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
 
 
 def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: int) -> tuple[np.ndarray | None, dict | None]:
