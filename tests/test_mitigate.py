@@ -252,6 +252,23 @@ def test_mitigation_reads_the_review(stage1, tmp_path):
     assert any("--spurious-class 'no finding'" in note and "'cardiomegaly'" in note for note in result.notes)
 
 
+def test_a_recipe_unlike_stage_ones_is_named(stage1, tmp_path):
+    """Stage 2 should train with the stage-1 recipe (recorded by finetune in metrics.json): differences are named."""
+    import shutil
+
+    folder = tmp_path / "stage1"
+    folder.mkdir()
+    shutil.copy(stage1.checkpoint, folder / "model.safetensors")
+    config = _config(stage1, tmp_path / "out", "vl_erm", stage1_checkpoint=folder)
+    recipe = config.finetune.model_dump(mode="json") | {"lr": 0.01, "output_dir": "elsewhere"}
+    (folder / "metrics.json").write_text(json.dumps({"sha256": stage1.sha, "config": recipe}))
+    notes = run_mitigation(config, max_steps=1, progress=False).notes
+    assert [n for n in notes if "recipe" in n] == [
+        f"warning: the mitigation recipe differs from the stage-1 model's ({(folder / 'metrics.json').as_posix()}): "
+        "lr 0.01 in stage 1, 0.001 here. RaVL compares methods trained with the stage-1 recipe; set the same values "
+        "in finetune."]
+
+
 def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
     config = _config(stage1, tmp_path / "ignored", "ravl").model_dump(mode="json")
     path = tmp_path / "mitigate.yaml"

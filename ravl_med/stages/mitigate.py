@@ -175,7 +175,7 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
     start = time.perf_counter()
     labelled = MITIGATION_METHODS[config.method].reads_region_labels
-    region_labels, stats = _stage1_region_labels(config, force=force) if labelled else ({}, {})
+    region_labels, stats = _stage1_region_labels(config, force=force, progress=progress) if labelled else ({}, {})
     fit = _train(config, region_labels, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
     out = Path(ft.output_dir) / config.method
     result = MitigationResult(method=config.method, config=config, region_labels=stats, fit=fit, evaluation=None,
@@ -187,7 +187,39 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
     evaluation, notes = _evaluate(config, fit)
     if evaluation is not None:
         evaluation.write(out)
-    return dataclasses.replace(result, evaluation=evaluation, notes=_class_mismatch(config, stats) + notes)
+    return dataclasses.replace(result, evaluation=evaluation,
+                               notes=_recipe_differences(config) + _class_mismatch(config, stats) + notes)
+
+
+#: Fine-tuning keys that do not change what is learned (bookkeeping, where it runs).
+_NOT_RECIPE = {"manifest", "checkpoint", "sha256", "output_dir", "checkpoint_every", "keep_checkpoints", "workers",
+               "cache_images", "device"}
+
+
+def _recipe_differences(config: MitigateConfig) -> tuple[str, ...]:
+    """A warning when stage 2's recipe differs from the one the stage-1 model was trained with.
+
+    The paper's protocol fine-tunes stage 2 with stage 1's recipe (only the objective changes); the
+    stage-1 recipe is read from the ``metrics.json`` that ``ravl-med finetune`` writes beside its weights.
+    """
+    if config.stage1_checkpoint is None:
+        return ()
+    record = Path(config.stage1_checkpoint)
+    record = (record if record.is_dir() else record.parent) / "metrics.json"
+    try:
+        stage1 = json.loads(record.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    mine = config.finetune.model_dump(mode="json")
+    differ = {k: (stage1[k], mine[k]) for k in sorted(mine) if k not in _NOT_RECIPE and k in stage1
+              and stage1[k] != mine[k]}
+    if not differ:
+        return ()
+    note = ("warning: the mitigation recipe differs from the stage-1 model's (" + record.as_posix() + "): "
+            + "; ".join(f"{k} {a!r} in stage 1, {b!r} here" for k, (a, b) in differ.items())
+            + ". RaVL compares methods trained with the stage-1 recipe; set the same values in finetune.")
+    log.warning(note)
+    return (note,)
 
 
 def _class_mismatch(config: MitigateConfig, stats: dict[str, Any]) -> tuple[str, ...]:
@@ -201,7 +233,8 @@ def _class_mismatch(config: MitigateConfig, stats: dict[str, Any]) -> tuple[str,
     return (note,)
 
 
-def _stage1_region_labels(config: MitigateConfig, *, force: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _stage1_region_labels(config: MitigateConfig, *, force: bool,
+                          progress: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every training region labelled by its nearest stage-1 medoid, and the statistics of the labels."""
     from ravl_med.data.dataset import RadiographDataset
     from ravl_med.data.manifest import Manifest, feature_presence
@@ -224,7 +257,7 @@ def _stage1_region_labels(config: MitigateConfig, *, force: bool) -> tuple[dict[
     manifest = Manifest.read(ft.manifest, classes=ft.classes)
     train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
     region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
-                                           device=device, precision=ft.precision)
+                                           device=device, precision=ft.precision, progress=progress)
     del model
     flags = np.concatenate(list(region_labels.values())) if region_labels else np.zeros(0, dtype=bool)
     groups = stage1_groups(train.labels.numpy(), train.keys, region_labels)
