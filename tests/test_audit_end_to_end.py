@@ -61,3 +61,53 @@ def test_ravl_finds_the_chest_drain_in_the_phantom_setting(phantom_shortcut, tmp
     # ("visible"). With a single 3 x 3 grid this model's top cluster was the cell next to the drain
     # (P@10 0.1): its one-pass embedding sees the drain, the crop does not.
     _check(_audit(phantom_shortcut, tmp_path / "audit"), phantom_shortcut.spurious_class)
+
+
+def test_the_hospital_flow_without_ground_truth(phantom_shortcut, tmp_path, capsys):
+    """validate -> audit -> review (rank 1) -> mitigate -> evaluation from the audit's groups, all through the
+    CLI, on a manifest stripped of every ground-truth column (as a hospital's manifest is)."""
+    import pandas as pd
+    import yaml
+
+    from ravl_med.cli import main
+
+    run = phantom_shortcut
+    table = pd.read_csv(run.config.manifest, dtype=str, keep_default_na=False)
+    table = table.drop(columns=[c for c in table.columns if c.startswith(("artefact", "mask_", "lung_mask"))])
+    table["path"] = [str(run.config.manifest.parent / p) for p in table["path"]]
+    manifest = tmp_path / "hospital.csv"
+    table.to_csv(manifest, index=False)
+    regions = {"grid_sizes": [3], "overlap": 0.5, "within": "content"}  # the demo's, a quarter of the default's cost
+    ingest = run.config.ingest.model_dump(mode="json") | {"regions": regions}
+    common = {"backbone": run.config.backbone, "manifest": str(manifest), "classes": list(run.config.classes),
+              "templates": list(run.templates), "ingest": ingest, "device": "cpu"}
+
+    def cli(*argv) -> str:
+        code = main([*argv, "--no-tracking"] if argv[0] in ("audit", "mitigate") else list(argv))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    cli("validate", str(manifest), "--quarantine", str(tmp_path / "quarantine.csv"))
+    audit_dir = tmp_path / "audit"
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(common | {
+        "checkpoint": str(run.result.checkpoint), "sha256": run.result.sha256, "split": "test", "methods": ["ravl"],
+        "discovery": {"n_boot": 200, "n_stability": 0}, "output_dir": str(audit_dir), "batch_size": 64,
+        "precision": "fp32"}))
+    printed = cli("audit", "--config", str(tmp_path / "audit.yaml"), "--no-progress")
+    audit = json.loads((audit_dir / "audit.json").read_text())
+    assert audit["outcome"] == "found" and audit["ground_truth"] is None, audit["notes"]
+    assert "ravl-med review" in printed
+    assert "cluster 1: tied to 'pneumothorax'" in cli("review", str(audit_dir), "--spurious", "1")
+
+    recipe = {k: v for k, v in run.config.model_dump(mode="json").items() if k not in common}
+    (tmp_path / "mitigate.yaml").write_text(yaml.safe_dump({
+        "finetune": recipe | common | {"checkpoint": None, "output_dir": str(tmp_path / "mitigate")},
+        "audit_dir": str(audit_dir), "stage1_checkpoint": str(run.result.checkpoint),
+        "stage1_sha256": run.result.sha256, "method": "ravl", "evaluation": {"n_boot": 100}}))
+    printed = cli("mitigate", "--config", str(tmp_path / "mitigate.yaml"), "--max-steps", "2", "--no-progress")
+    assert "spurious clusters (report ranks): [1], from review.yaml" in printed
+    assert "groups from audit" in printed  # no ground truth: the groups come from the audit's cluster
+    result = json.loads((tmp_path / "mitigate" / "ravl" / "mitigate.json").read_text())
+    assert result["region_labels"]["spurious_ranks"] == [1] and "ground_truth" not in result["region_labels"]
+    assert (tmp_path / "mitigate" / "ravl" / "evaluation.json").is_file()
