@@ -276,6 +276,31 @@ def _write_yaml(path, data) -> str:
     return str(path)
 
 
+def test_burned_in_annotations_are_warned_about_or_kept_out(audited, phantom, tmp_path):
+    """Gallery thumbnails of images whose header says BurnedInAnnotation YES: a warning, or crops only."""
+    import shutil
+
+    import pydicom
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom.parent, data)
+    for path in data.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.BurnedInAnnotation = "YES"
+        ds.save_as(path)
+    config = audited.config.model_copy(update={"output_dir": tmp_path / "out", "methods": ["random"],
+                                               "manifest": data / phantom.name})
+    audit = run_audit(config, progress=False).audit
+    assert audit["burned_in_annotation"] == {"gallery_images": 12, "crops_only": False}
+    assert "Warning: burned-in text." in (tmp_path / "out" / "report.html").read_text()
+    config.report = config.report.model_copy(update={"crops_only": True})
+    config.output_dir = tmp_path / "crops"
+    audit = run_audit(config, progress=False).audit
+    assert "Warning: burned-in text." not in (tmp_path / "crops" / "report.html").read_text()
+    with Image.open(tmp_path / "crops" / audit["methods"]["random"]["ranked_clusters"][0]["gallery"]) as png:
+        assert png.size == gallery_size(12, 3, 160, crops_only=True)
+
+
 def test_the_sha256_recorded_by_finetune_is_checked(audited, checkpoint, tmp_path):
     """A fine-tuning output folder carries its weights' sha256 (metrics.json): the audit verifies against it."""
     import shutil

@@ -124,6 +124,20 @@ def test_validate_lists_each_broken_file_with_its_reason_and_no_good_one(tmp_pat
     assert summary["photometric_interpretations"] == {"MONOCHROME2": 2, "MONOCHROME1": 1}
 
 
+def test_validate_warns_about_burned_in_annotations(tmp_path, capsys):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    write_cr_dicom(folder / "plain.dcm", chest_like(120, 100, seed=1))
+    write_cr_dicom(folder / "burned.dcm", chest_like(120, 100, seed=2), BurnedInAnnotation="YES")
+    code = main(["validate", str(folder), "--quarantine", str(tmp_path / "q.csv"), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "usable images: 2    refused: 0    warnings: 1" in printed
+    assert "burned-in annotation (DICOM): YES=1, (none)=1" in printed
+    assert f"{folder / 'burned.dcm'}: burned_in_annotation: the DICOM header says the pixels hold burned-in text" \
+        in printed
+
+
 def test_validate_exits_1_with_a_clear_message_when_nothing_is_usable(tmp_path, capsys):
     folder = tmp_path / "dataset"
     folder.mkdir()

@@ -217,6 +217,7 @@ def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
         ("photometric interpretations", "photometric_interpretations"),
         ("transfer syntaxes", "transfer_syntaxes"),
         ("intensity mapping", "voi_applied"),
+        ("burned-in annotation (DICOM)", "burned_in_annotation"),
         ("refused, by reason", "refused_by_reason"),
     ):
         if summary[key]:

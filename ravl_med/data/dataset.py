@@ -4,7 +4,10 @@ Each item goes through the ingestion ``Compose`` (:func:`~ravl_med.data.pipeline
 and comes out as::
 
     {"image": (1, S, S) float32 in [0, 1], "regions": (R, 4) float32 boxes (x0, y0, x1, y1, pixels),
-     "text": str, "label": int, "key": str}            (+ "tokens": (L,) int64 with a tokenizer)
+     "text": str, "label": int, "key": str,
+     "burned_in_annotation": bool}                     (+ "tokens": (L,) int64 with a tokenizer)
+
+``burned_in_annotation``: the DICOM header says the pixels hold burned-in text (BurnedInAnnotation YES).
 
 ``text`` is the report; an empty report falls back to a sentence naming the labels. ``label`` is the
 index of the row's label in ``classes``, or -1 when it is not one of them. With ``classes`` given,
@@ -126,9 +129,10 @@ class RadiographDataset(Dataset):
                 f"row key {row['key']} ({row['path']}): {err.detail}; check the manifest with 'ravl-med validate' "
                 "and remove or fix the refused rows before training",
             ) from err
+        burned = sample["image"].meta.get("burned_in_annotation") == "YES"
         image = convert_to_tensor(sample["image"], dtype=torch.float32, track_meta=False)
         regions = convert_to_tensor(sample["regions"], dtype=torch.float32, track_meta=False)
-        return {"image": image, "regions": regions}
+        return {"image": image, "regions": regions, "burned_in_annotation": burned}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0 or index >= len(self):
@@ -145,6 +149,7 @@ class RadiographDataset(Dataset):
             "text": self.text(index),
             "label": self._label(row["labels"]),
             "key": str(row["key"]),
+            "burned_in_annotation": loaded["burned_in_annotation"],
         }
         if self.tokenizer is not None:
             item["tokens"] = self.tokenizer([item["text"]])[0]

@@ -34,6 +34,8 @@ REASONS: dict[str, str] = {
 #: Codes for usable images that deserve a look; they are reported, not quarantined.
 WARNINGS: dict[str, str] = {
     "unexpected_modality": "the DICOM modality is not one expected for chest radiographs",
+    "burned_in_annotation": "the DICOM header says the pixels hold burned-in text (BurnedInAnnotation YES): names or "
+                            "dates may show in gallery thumbnails; audit with report.crops_only: true",
 }
 
 

@@ -137,6 +137,8 @@ def _base_meta(shape: tuple[int, ...], spacing: tuple[float, float], source_form
         "view_position": "",
         "patient_orientation": "",
         "transfer_syntax": "",
+        # DICOM BurnedInAnnotation: "YES" when the pixels may hold text (names, dates) burned in.
+        "burned_in_annotation": "",
     }
 
 
@@ -273,6 +275,7 @@ class RadiographDicomReader(ImageReader):
             patient_orientation="\\".join(str(v) for v in ensure_tuple(ds.get("PatientOrientation", "") or "")),
             transfer_syntax=tsyntax.name if tsyntax is not None else "",
             bits_stored=bits_stored,
+            burned_in_annotation=str(ds.get("BurnedInAnnotation", "") or "").strip().upper(),
         )
         meta.update(self._voi_module(ds))
         return data, meta

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ravl_med.config import IngestConfig
-from ravl_med.data.errors import IngestError
+from ravl_med.data.errors import WARNINGS, IngestError
 from ravl_med.data.manifest import Manifest, Problem
 from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
 
@@ -42,6 +42,7 @@ RECORD_FIELDS = (
     "pixel_spacing_row_mm",
     "pixel_spacing_col_mm",
     "voi_applied",
+    "burned_in_annotation",
 )
 
 SampleSink = Callable[[dict, dict], dict]
@@ -97,6 +98,7 @@ def _record(meta: dict, row: dict) -> dict:
         "pixel_spacing_row_mm": float(spacing[0]),
         "pixel_spacing_col_mm": float(spacing[1]),
         "voi_applied": str(meta.get("voi_applied", "")),
+        "burned_in_annotation": str(meta.get("burned_in_annotation", "")),
     }
 
 
@@ -150,6 +152,7 @@ class ScanResult:
             "photometric_interpretations": counts("photometric_interpretation"),
             "transfer_syntaxes": counts("transfer_syntax"),
             "voi_applied": counts("voi_applied"),
+            "burned_in_annotation": counts("burned_in_annotation"),
             "image_sizes": sizes,
         }
 
@@ -200,6 +203,9 @@ def scan_manifest(
                         detail=f"modality {item['modality'] or '(empty)'} is not one of {sorted(expected)}",
                     )
                 )
+            if item["burned_in_annotation"] == "YES":
+                warnings.append(Problem(path=item["path"], key=item["key"], reason="burned_in_annotation",
+                                        detail=WARNINGS["burned_in_annotation"]))
     columns = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS))
     return ScanResult(records=pd.DataFrame(records, columns=columns), problems=problems, warnings=warnings)
 

@@ -75,14 +75,19 @@ class GalleryTile:
     caption: str
 
 
-def gallery_size(n_tiles: int, columns: int = 3, tile_size: int = 160) -> tuple[int, int]:
+def gallery_size(n_tiles: int, columns: int = 3, tile_size: int = 160, crops_only: bool = False) -> tuple[int, int]:
     """(width, height) in pixels of a gallery of ``n_tiles`` tiles (see :func:`render_gallery`)."""
     n_tiles = max(int(n_tiles), 1)
     cols = min(columns, n_tiles)
     rows = math.ceil(n_tiles / cols)
-    tile_w = 2 * tile_size + 3 * _PAD
+    tile_w = _tile_width(tile_size, crops_only)
     tile_h = tile_size + _CAPTION_HEIGHT + 2 * _PAD
     return cols * tile_w, rows * tile_h
+
+
+def _tile_width(tile_size: int, crops_only: bool) -> int:
+    """A tile: the whole image and the enlarged region side by side, or the region alone (crops only)."""
+    return tile_size + 2 * _PAD if crops_only else 2 * tile_size + 3 * _PAD
 
 
 def _to_rgb(image: np.ndarray) -> Image.Image:
@@ -113,7 +118,8 @@ def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: float, lines: int =
     return "\n".join(out)
 
 
-def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int = 3, tile_size: int = 160) -> Path:
+def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int = 3, tile_size: int = 160,
+                   crops_only: bool = False) -> Path:
     """Writes a PNG grid of tiles: left the whole image (thumbnail) with the box drawn, right the region zoomed.
 
     Args:
@@ -121,11 +127,12 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
         path: destination PNG (written atomically).
         columns: tiles per row.
         tile_size: side of each panel, pixels.
+        crops_only: show only the zoomed regions (no pixel outside a box reaches the gallery).
 
     Returns:
-        the path. Its size is :func:`gallery_size` ``(len(tiles), columns, tile_size)``.
+        the path. Its size is :func:`gallery_size` ``(len(tiles), columns, tile_size, crops_only)``.
     """
-    width, height = gallery_size(len(tiles), columns, tile_size)
+    width, height = gallery_size(len(tiles), columns, tile_size, crops_only)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     try:
@@ -133,7 +140,7 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
     except TypeError:
         font = ImageFont.load_default()
     cols = min(columns, max(len(tiles), 1))
-    tile_w = 2 * tile_size + 3 * _PAD
+    tile_w = _tile_width(tile_size, crops_only)
     tile_h = tile_size + _CAPTION_HEIGHT + 2 * _PAD
     for i, tile in enumerate(tiles):
         ox, oy = (i % cols) * tile_w, (i // cols) * tile_h
@@ -142,13 +149,14 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
         x0, y0, x1, y1 = (float(v) for v in tile.box)
         x0, x1 = max(0.0, min(x0, w)), max(0.0, min(x1, w))
         y0, y1 = max(0.0, min(y0, h)), max(0.0, min(y1, h))
-        # Thumbnail: the whole image scaled to the panel, box drawn at the thumbnail's scale.
-        scale = tile_size / max(w, h)
-        thumb = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
-        canvas.paste(thumb, (ox + _PAD, oy + _PAD))
-        draw.rectangle([ox + _PAD + x0 * scale, oy + _PAD + y0 * scale,
-                        ox + _PAD + max(x0 * scale, x1 * scale - 1), oy + _PAD + max(y0 * scale, y1 * scale - 1)],
-                       outline=_BOX_COLOUR, width=2)
+        if not crops_only:
+            # Thumbnail: the whole image scaled to the panel, box drawn at the thumbnail's scale.
+            scale = tile_size / max(w, h)
+            thumb = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+            canvas.paste(thumb, (ox + _PAD, oy + _PAD))
+            draw.rectangle([ox + _PAD + x0 * scale, oy + _PAD + y0 * scale,
+                            ox + _PAD + max(x0 * scale, x1 * scale - 1), oy + _PAD + max(y0 * scale, y1 * scale - 1)],
+                           outline=_BOX_COLOUR, width=2)
         # Zoom: the region itself, nearest-neighbour so that small features keep their edges.
         crop_box = (math.floor(x0), math.floor(y0), max(math.ceil(x1), math.floor(x0) + 1),
                     max(math.ceil(y1), math.floor(y0) + 1))
@@ -156,7 +164,7 @@ def render_gallery(tiles: Sequence[GalleryTile], path: str | Path, columns: int 
         cw, ch = crop.size
         zoom = tile_size / max(cw, ch)
         crop = crop.resize((max(1, round(cw * zoom)), max(1, round(ch * zoom))), Image.Resampling.NEAREST)
-        zx = ox + 2 * _PAD + tile_size
+        zx = ox + _PAD if crops_only else ox + 2 * _PAD + tile_size
         canvas.paste(crop, (zx, oy + _PAD))
         draw.rectangle([zx, oy + _PAD, zx + crop.size[0] - 1, oy + _PAD + crop.size[1] - 1], outline=_BOX_COLOUR)
         draw.multiline_text((ox + _PAD, oy + _PAD + tile_size + 2), _wrap(tile.caption, draw, font, tile_w - 2 * _PAD),
@@ -218,6 +226,7 @@ padding:0 1em;color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 h3{margin-top:1.6em} .meta{color:#555;font-size:.9em}
 .summary{background:#f4f7fb;border-left:4px solid #2d6cdf;padding:.8em 1.2em;margin:1em 0}
+.warning{background:#fdecea;border-left:4px solid #b00020;padding:.6em 1.2em}
 .finding{background:#fff6f0;border-left:4px solid #e06c1e;padding:.6em 1.2em;margin:.8em 0}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:right} th{background:#eee} td.l,th.l{text-align:left} .hurt{color:#b00020} .help{color:#006b2b}
@@ -423,7 +432,14 @@ def _summary(audit: dict) -> str:
     primary_name = audit["primary_method"]
     primary = audit["methods"][primary_name]
     data = audit["dataset"]
-    lines = [(f"<p>{data['n_images']} images of the <b>{_e(data['split'] or 'whole')}</b> split were audited "
+    lines = []
+    burned = audit.get("burned_in_annotation") or {}
+    if burned.get("gallery_images") and not burned.get("crops_only"):
+        lines.append(f"<p class='warning'><b>Warning: burned-in text.</b> {burned['gallery_images']} image(s) shown "
+                     "in the galleries declare burned-in annotations (DICOM BurnedInAnnotation YES): names or dates "
+                     "may be visible in their thumbnails. Do not share this report outside the care team, or audit "
+                     "again with <code>report: {crops_only: true}</code>, which shows only the regions.</p>")
+    lines += [(f"<p>{data['n_images']} images of the <b>{_e(data['split'] or 'whole')}</b> split were audited "
              f"({', '.join(f'{_e(c)}: {n}' for c, n in data['images_per_class'].items())}), "
              f"{data['n_regions']} candidate regions in all. Zero-shot accuracy of the model on them: "
              f"{_pct(audit['zero_shot']['accuracy'])}.</p>")]

@@ -434,9 +434,14 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
     scale = config.ingest.image_size / float(model_side)
     images: dict[int, np.ndarray] = {}
 
+    burned: set[int] = set()  # gallery images whose DICOM header says BurnedInAnnotation YES
+
     def image_of(i: int) -> np.ndarray:
         if i not in images:
-            images[i] = np.asarray(dataset[i]["image"], dtype=np.float32)[0]
+            item = dataset[i]
+            if item["burned_in_annotation"]:
+                burned.add(i)
+            images[i] = np.asarray(item["image"], dtype=np.float32)[0]
         return images[i]
 
     k = config.evaluation.precision_k
@@ -465,7 +470,8 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
                                      f"{j + 1}. {d['image_key'][:8]} label: {d['label']}, model: {d['predicted']}")
                          for j, (r, d) in enumerate(zip(shown, cluster["gallery_regions"]))]
                 path = render_gallery(tiles, out / _gallery_name(name, cluster["rank"], primary),
-                                      columns=config.report.gallery_columns, tile_size=config.report.tile_size)
+                                      columns=config.report.gallery_columns, tile_size=config.report.tile_size,
+                                      crops_only=config.report.crops_only)
                 cluster["gallery"] = path.name
                 galleries[(name, cluster["rank"])] = path
         methods[name] = entry
@@ -495,6 +501,7 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
                       "accuracy_per_class": per_class_acc},
         "ground_truth": truth_info,
         "attributes": _known_attributes(config, dataset, emb.keys, labels, predicted),
+        "burned_in_annotation": {"gallery_images": len(burned), "crops_only": config.report.crops_only},
         "methods": methods,
         "provenance": run_info,
     }

@@ -74,6 +74,10 @@ class ReportConfig(StrictModel):
     tile_size: Annotated[int, Field(ge=48, le=512)] = 160
     #: Galleries per baseline method (RaVL always gets one per kept cluster); 0: none.
     baseline_galleries: Annotated[int, Field(ge=0)] = 1
+    #: Galleries show only the enlarged regions, not the whole image: for images that may hold
+    #: burned-in text (names, dates) outside the region. The report warns when a gallery image's DICOM
+    #: header says BurnedInAnnotation YES and this is off.
+    crops_only: bool = False
 
 
 class AuditSettings(StrictModel):
