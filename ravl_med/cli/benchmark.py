@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ravl_med.cli.common import (
+    add_device_option,
     add_tracking_options,
     apply_overrides,
     comma_list,
@@ -41,6 +42,7 @@ def add_parser(subparsers) -> None:
                         "'*-v0.90-*' (default: the config's 'settings', else every setting of the suite)")
     parser.add_argument("--methods", help="comma-separated mitigation methods (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(parser)
     add_tracking_options(parser, local="<OUT>", experiment="ravl-med/benchmark/<suite>")
     parser.set_defaults(func=run)
 
@@ -62,6 +64,9 @@ def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
     config = load_config(path, BenchmarkConfig)
     apply_overrides(config, {"--out": ("output_dir", args.out), "--settings": ("settings", comma_list(args.settings or None)),
                              "--methods": ("mitigation.methods", comma_list(args.methods or None))})
+    # Stage 1, the mitigations and their evaluations run on finetune.device, the audit on audit.device.
+    for key in ("finetune.device", "audit.device"):
+        apply_overrides(config, {"--device": (key, args.device)})
     writable_dir(Path(config.output_dir), output_option(args.out, path))
     return config
 
