@@ -191,8 +191,13 @@ def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkey
         "groups/val_groups.csv", "groups/val_groups.json"}
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(fit.info.run_id, "model")}, \
         [a.path for a in client.list_artifacts(fit.info.run_id)]
+    # The pt2 format (a torch.export graph), not a pickle: MLflow warns when saving a pickle, and the
+    # model loads with pickle deserialization disallowed.
+    assert [a.path for a in client.list_artifacts(fit.info.run_id, "model/data")] == ["model/data/model.pt2"]
     (tmp_path / "dl").mkdir()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pytorch.load_model(client.download_artifacts(fit.info.run_id, "model", str(tmp_path / "dl")))
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
     with torch.no_grad():
         embedded = model(torch.rand(3, 1, 128, 128))
     assert embedded.shape[0] == 3 and torch.allclose(embedded.norm(dim=1), torch.ones(3), atol=1e-4)

@@ -53,8 +53,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Logged models pickle their module class by reference as ravl_med.tracking.ImageEmbedderModule;
-    # it is built on first use because it needs torch (the CLI imports this package without torch).
+    # Models logged before the pt2 format pickled their module class by reference as
+    # ravl_med.tracking.ImageEmbedderModule; loading them needs it here. It is built on first use
+    # because it needs torch (the CLI imports this package without torch).
     if name == "ImageEmbedderModule":
         return image_embedder_class()
     raise AttributeError(name)
