@@ -16,6 +16,9 @@ from ravl_med.cli.common import (
 from ravl_med.config import load_config
 from ravl_med.stages.config import BenchmarkConfig
 
+#: Where ``mlflow ui`` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -76,7 +79,7 @@ def run_tracked(config: BenchmarkConfig, args: argparse.Namespace, run_name: str
     from ravl_med.phantom import find_suite
     from ravl_med.stages.benchmark import run_benchmark
     from ravl_med.tracking import optional_tracker
-    from ravl_med.tracking.observe import TrackingObserver
+    from ravl_med.tracking.observe import TrackingObserver, log_benchmark_summary
 
     suite = find_suite(config.suite)
     settings = suite.select(config.settings)
@@ -91,9 +94,15 @@ def run_tracked(config: BenchmarkConfig, args: argparse.Namespace, run_name: str
         observer = None if tracker is None else TrackingObserver(tracker)
         results, files = run_benchmark(config, observer=observer, progress=not args.no_progress)
         if tracker is not None:
+            # One column per method in the parent run: the runs table compares methods without expanding it.
+            log_benchmark_summary(tracker, results, precision_k=config.audit.evaluation.precision_k)
             tracker.log_artifacts(out / "tables", "tables")
             print(f"tracking: {tracker.store} store {tracker.tracking_uri}, experiment {experiment!r}, "
                   f"run {tracker.run_id}")
+            # The address opens the runs table (model-training view), not MLflow's GenAI view.
+            link = tracker.ui_url() or (f"{tracker.ui_url(LOCAL_UI)} after 'mlflow ui --backend-store-uri "
+                                        f"{tracker.tracking_uri}'")
+            print(f"tracking: runs table at {link}")
     print(f"tables: {', '.join(str(p) for p in files.values())}")
     return results
 
