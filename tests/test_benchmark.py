@@ -127,6 +127,15 @@ def test_tracked_as_parent_and_children(finished):
     assert any(k.startswith("test/acc/group/pneumothorax/chest_drain-") for k in ravl.data.metrics)
     found = client.search_runs([experiment.experiment_id], "tags.method = 'ravl' and tags.stage = 'discovery'")
     assert len(found) == 1 and "precision_at_10" in found[0].data.metrics
+    # The parent's per-method columns (one valid setting: its own values).
+    summary = parents[0].data.metrics
+    for method in ("ravl", "standard", "vl_gdro"):
+        assert summary[f"test/acc/worst_group/{method}"] == row["mitigation"][method]["image_worst_group"]
+        assert summary[f"test/acc/overall/{method}"] == row["mitigation"][method]["image_accuracy"]
+    for method in ("ravl", "random"):
+        assert summary[f"discovery/precision_at_10/{method}"] == row["discovery"][method]
+    assert parents[0].data.params["summary.valid_settings"] == "1"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_rerun_reuses_finished_settings(finished, capsys):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from ravl_med import __version__
@@ -113,3 +114,55 @@ def test_validate_exit_codes(tmp_path, small_dataset, capsys):
     (empty / "x.dcm").write_text("nothing")
     assert main(["validate", str(empty), "--quarantine", str(tmp_path / "q2.csv"), "--no-progress"]) == 1
     assert "none of the 1 entries" in capsys.readouterr().out
+
+
+class _Reached(Exception):
+    """Raised by a stubbed stage runner with the config the command built (nothing is computed)."""
+
+    def __init__(self, config) -> None:
+        super().__init__("stage runner reached")
+        self.config = config
+
+
+def _stop(config, *args, **kwargs):
+    raise _Reached(config)
+
+
+@pytest.mark.parametrize("command", ["finetune", "audit", "mitigate", "benchmark", "demo"])
+def test_device_option_reaches_every_device_field_of_the_config(command, tmp_path, monkeypatch):
+    import ravl_med.cli.benchmark
+    import ravl_med.stages.audit
+    import ravl_med.stages.finetune
+    import ravl_med.stages.mitigate
+
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame([{"path": f"{split}.dcm", "label": "no finding", "report": "", "split": split}
+                  for split in ("train", "val", "test")]).to_csv(manifest, index=False)
+    model = {"manifest": str(manifest), "classes": ["no finding", "pneumothorax"], "device": "cuda"}
+    config = tmp_path / "config.yaml"
+    if command == "mitigate":
+        model = {"finetune": model, "stage1_checkpoint": str(tmp_path / "stage1"), "audit_dir": str(tmp_path)}
+    config.write_text(yaml.safe_dump(model))
+    for module, runner in ((ravl_med.stages.finetune, "run_finetune"), (ravl_med.stages.audit, "run_audit"),
+                           (ravl_med.stages.mitigate, "run_mitigation"), (ravl_med.cli.benchmark, "run_tracked")):
+        monkeypatch.setattr(module, runner, _stop)
+    source = {"benchmark": ["--suite", "smoke"], "demo": []}.get(command, ["--config", str(config)])
+
+    with pytest.raises(_Reached) as reached:
+        main([command, *source, "--device", "cpu", "--no-tracking", "--no-progress"])
+    built = reached.value.config
+    # Every device field the command's stages read: the benchmark's stage 1, mitigations and
+    # evaluations run on finetune.device, its audit on audit.device.
+    fields = {"finetune": ["device"], "audit": ["device"], "mitigate": ["finetune.device"],
+              "benchmark": ["finetune.device", "audit.device"], "demo": ["finetune.device", "audit.device"]}
+    for field in fields[command]:
+        value = built
+        for part in field.split("."):
+            value = getattr(value, part)
+        assert value == "cpu", field
+
+
+def test_device_option_refuses_other_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["audit", "--config", "x.yaml", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err

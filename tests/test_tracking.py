@@ -8,8 +8,8 @@ phantom set (one DICOM carries patient identifiers) log to it; everything is rea
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -191,8 +191,13 @@ def test_finetune_and_audit_logged_to_a_server(server, phantom, tmp_path, monkey
         "groups/val_groups.csv", "groups/val_groups.json"}
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(fit.info.run_id, "model")}, \
         [a.path for a in client.list_artifacts(fit.info.run_id)]
+    # The pt2 format (a torch.export graph), not a pickle: MLflow warns when saving a pickle, and the
+    # model loads with pickle deserialization disallowed.
+    assert [a.path for a in client.list_artifacts(fit.info.run_id, "model/data")] == ["model/data/model.pt2"]
     (tmp_path / "dl").mkdir()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pytorch.load_model(client.download_artifacts(fit.info.run_id, "model", str(tmp_path / "dl")))
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
     with torch.no_grad():
         embedded = model(torch.rand(3, 1, 128, 128))
     assert embedded.shape[0] == 3 and torch.allclose(embedded.norm(dim=1), torch.ones(3), atol=1e-4)
@@ -262,38 +267,113 @@ def test_lost_server_falls_back_to_the_local_store(server, tmp_path, recwarn):
     assert len(kids) == 1 and kids[0].data.metrics["test/acc/worst_group"] == 0.5
 
 
+# ----------------------------------------------------------------------------- experiments and parent runs
+
+
+def test_experiments_are_tagged_model_training(tmp_path):
+    """New experiments and ones made before (without the tag) get MLflow's model-training kind; a kind
+    set by a person stays."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("ravl-med/old")
+    client.create_experiment("ravl-med/chosen", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("ravl-med/new", "ravl-med/old", "ravl-med/chosen"):
+        with Tracker(name, "t", tracking_uri=uri, local_dir=tmp_path):
+            pass
+    kinds = {name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+             for name in ("ravl-med/new", "ravl-med/old", "ravl-med/chosen")}
+    assert kinds == {"ravl-med/new": "custom_model_development", "ravl-med/old": "custom_model_development",
+                     "ravl-med/chosen": "genai_development"}
+
+
+def _setting_row(name: str, valid: bool, worst: dict[str, float], precision: dict[str, float]):
+    """A benchmark setting's row: per mitigation method worst-group ``worst[m]``, overall ``worst[m] + 0.25``."""
+    from ravl_med.stages.benchmark import SettingResult
+
+    return SettingResult(
+        setting=name, artefact="chest_drain", spurious_class="pneumothorax", strength=0.9, seed=0, device="cpu",
+        valid=valid, shortcut_gap=0.5 if valid else 0.0, stage1={}, discovery=precision, top_cluster=None,
+        audit_outcome="finding", paths={},
+        mitigation={m: {"image_accuracy": w + 0.25, "image_worst_group": w, "region_accuracy": None,
+                        "region_worst_group": None, "train_s": 1.0} for m, w in worst.items()})
+
+
+def test_benchmark_parent_run_has_a_column_per_method(tmp_path):
+    """Means over the valid settings only; a method missing from a setting, or not measured (None), is
+    left out of that mean rather than counted as 0."""
+    from ravl_med.tracking.observe import log_benchmark_summary
+
+    rows = [_setting_row("a", True, {"ravl": 0.5, "standard": 0.0}, {"ravl": 1.0, "random": 0.25}),
+            _setting_row("b", True, {"ravl": 0.25}, {"ravl": 0.5, "random": float("nan")}),
+            _setting_row("c", False, {}, {"ravl": 0.0, "random": 0.0})]
+    with Tracker("ravl-med/benchmark/t", "benchmark", local_dir=tmp_path) as run:
+        logged = log_benchmark_summary(run, rows, precision_k=10)
+    client = MlflowClient(run.tracking_uri)
+    got = client.get_run(run.run_id).data
+    assert got.metrics == logged == {
+        "test/acc/worst_group/ravl": 0.375, "test/acc/overall/ravl": 0.625,
+        "test/acc/worst_group/standard": 0.0, "test/acc/overall/standard": 0.25,
+        "discovery/precision_at_10/ravl": 0.75, "discovery/precision_at_10/random": 0.25}
+    assert got.params["summary.over"] == "mean over valid settings" and got.params["summary.valid_settings"] == "2"
+    # The experiment's saved runs-table view: those columns, worst group first; the UI link opens it.
+    view = json.loads(client.get_experiment(run.experiment_id).tags["mlflow.sharedViewState.ravl-med-methods"])
+    assert view["name"].startswith("ravl-med: methods") and isinstance(view["createdAt"], int)
+    assert json.loads(view["state"])["selectedColumns"] == [
+        "metrics.`test/acc/worst_group/ravl`", "metrics.`test/acc/worst_group/standard`",
+        "metrics.`test/acc/overall/ravl`", "metrics.`test/acc/overall/standard`",
+        "metrics.`discovery/precision_at_10/ravl`", "metrics.`discovery/precision_at_10/random`"]
+    assert run.ui_url("http://127.0.0.1:5000") == (f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs"
+                                                   "?workflowType=machine_learning&viewStateShareKey=ravl-med-methods")
+
+
 # ----------------------------------------------------------------------------- the UI in a browser
 
 
-def test_mlflow_ui_shows_the_worst_group_metric(server, tmp_path):
-    """Headless Chromium (``/usr/bin/chromium`` + Selenium) opens the run page; skipped without them."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_bin = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (Path(chromium).exists() and Path(driver_bin).exists()):
-        pytest.skip("chromium / chromium-driver not installed")
+def _shows(chromium, text: str, seconds: float = 60) -> bool:
+    """Whether ``text`` appears in the page within ``seconds`` (the UI renders after its API calls)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in chromium.page_source:
+            return True
+        time.sleep(1)
+    return text in chromium.page_source
+
+
+def test_mlflow_ui_shows_the_worst_group_metric(chromium, server, tmp_path):
     with Tracker("ravl-med/ui", "audit", tags={"method": "ravl"}, tracking_uri=server.uri,
                  local_dir=tmp_path) as run:
         run.log_metrics({"test/acc/worst_group": 0.375})
-    from selenium.webdriver.chrome.service import Service
+    experiment = MlflowClient(server.uri).get_experiment_by_name("ravl-med/ui").experiment_id
+    chromium.get(f"{server.uri}/#/experiments/{experiment}/runs/{run.run_id}")
+    found = _shows(chromium, "worst_group")
+    chromium.save_screenshot(str(tmp_path / "mlflow-run.png"))
+    assert found
+    assert (tmp_path / "mlflow-run.png").stat().st_size > 1000
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
-    try:
-        experiment = MlflowClient(server.uri).get_experiment_by_name("ravl-med/ui").experiment_id
-        browser.get(f"{server.uri}/#/experiments/{experiment}/runs/{run.run_id}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "worst_group" not in browser.page_source:
-            time.sleep(1)
-        browser.save_screenshot(str(tmp_path / "mlflow-run.png"))
-        assert "worst_group" in browser.page_source
-        assert (tmp_path / "mlflow-run.png").stat().st_size > 1000
-    finally:
-        browser.quit()
+
+def test_mlflow_ui_runs_table_has_a_column_per_method(chromium, server, tmp_path):
+    """The benchmark's parent run, opened at :meth:`Tracker.ui_url`: the model-training view's runs
+    table with the per-method summary columns, not MLflow's GenAI view (traces, no metric columns)."""
+    from ravl_med.tracking.observe import log_benchmark_summary
+
+    rows = [_setting_row("s0", True, {"ravl": 0.5, "standard": 0.125}, {"ravl": 1.0, "random": 0.25}),
+            _setting_row("s1", False, {}, {"ravl": 0.0})]
+    with Tracker("ravl-med/benchmark/ui", "benchmark", tags={"command": "benchmark"}, tracking_uri=server.uri,
+                 local_dir=tmp_path) as run:
+        for method in ("ravl", "standard"):
+            with run.child(f"s0/mitigate/{method}", tags={"method": method}) as child:
+                child.log_metrics({"test/acc/worst_group": rows[0].mitigation[method]["image_worst_group"]})
+        log_benchmark_summary(run, rows, precision_k=10)
+    chromium.set_window_size(2400, 800)  # the table draws only the columns in sight
+    chromium.get(run.ui_url())
+    found = _shows(chromium, "test/acc/worst_group/ravl")
+    chromium.save_screenshot(str(tmp_path / "mlflow-runs.png"))
+    assert found, chromium.current_url
+    page = chromium.page_source
+    assert "discovery/precision_at_10/ravl" in page and "test/acc/worst_group/standard" in page
+    # The model-training view: the runs tab, not the GenAI view's traces / overview pages.
+    assert f"/experiments/{run.experiment_id}/runs" in chromium.current_url, chromium.current_url
+    assert "/traces" not in chromium.current_url and "/overview" not in chromium.current_url
 
 
 _OPEN_AT = """

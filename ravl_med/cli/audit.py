@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ravl_med.cli.common import (
+    add_device_option,
     add_tracking_options,
     apply_overrides,
     check_split,
@@ -42,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--spurious-class", help="the class the planted feature is tied to (a tag; with a manifest "
                         "column 'artefact_present', the per-group table reports its pull on other classes)")
+    add_device_option(parser)
     add_tracking_options(parser)
     parser.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, AuditConfig)
     apply_overrides(config, {"--manifest": ("manifest", args.manifest), "--checkpoint": ("checkpoint", args.checkpoint),
                              "--sha256": ("sha256", args.sha256), "--out": ("output_dir", args.out),
-                             "--methods": ("methods", comma_list(args.methods))})
+                             "--methods": ("methods", comma_list(args.methods)), "--device": ("device", args.device)})
     if args.checkpoint is not None and args.sha256 is None:
         config.sha256 = None  # the config's sha256 belongs to the config's checkpoint
     if config.manifest is None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ravl_med.cli.common import (
+    add_device_option,
     add_tracking_options,
     apply_overrides,
     comma_list,
@@ -14,6 +15,9 @@ from ravl_med.cli.common import (
 )
 from ravl_med.config import load_config
 from ravl_med.stages.config import BenchmarkConfig
+
+#: Where ``mlflow ui`` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def add_parser(subparsers) -> None:
@@ -41,6 +45,7 @@ def add_parser(subparsers) -> None:
                         "'*-v0.90-*' (default: the config's 'settings', else every setting of the suite)")
     parser.add_argument("--methods", help="comma-separated mitigation methods (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(parser)
     add_tracking_options(parser, local="<OUT>", experiment="ravl-med/benchmark/<suite>")
     parser.set_defaults(func=run)
 
@@ -62,6 +67,9 @@ def load_benchmark(args: argparse.Namespace) -> BenchmarkConfig:
     config = load_config(path, BenchmarkConfig)
     apply_overrides(config, {"--out": ("output_dir", args.out), "--settings": ("settings", comma_list(args.settings or None)),
                              "--methods": ("mitigation.methods", comma_list(args.methods or None))})
+    # Stage 1, the mitigations and their evaluations run on finetune.device, the audit on audit.device.
+    for key in ("finetune.device", "audit.device"):
+        apply_overrides(config, {"--device": (key, args.device)})
     writable_dir(Path(config.output_dir), output_option(args.out, path))
     return config
 
@@ -71,7 +79,7 @@ def run_tracked(config: BenchmarkConfig, args: argparse.Namespace, run_name: str
     from ravl_med.phantom import find_suite
     from ravl_med.stages.benchmark import run_benchmark
     from ravl_med.tracking import optional_tracker
-    from ravl_med.tracking.observe import TrackingObserver
+    from ravl_med.tracking.observe import TrackingObserver, log_benchmark_summary
 
     suite = find_suite(config.suite)
     settings = suite.select(config.settings)
@@ -86,9 +94,15 @@ def run_tracked(config: BenchmarkConfig, args: argparse.Namespace, run_name: str
         observer = None if tracker is None else TrackingObserver(tracker)
         results, files = run_benchmark(config, observer=observer, progress=not args.no_progress)
         if tracker is not None:
+            # One column per method in the parent run: the runs table compares methods without expanding it.
+            log_benchmark_summary(tracker, results, precision_k=config.audit.evaluation.precision_k)
             tracker.log_artifacts(out / "tables", "tables")
             print(f"tracking: {tracker.store} store {tracker.tracking_uri}, experiment {experiment!r}, "
                   f"run {tracker.run_id}")
+            # The address opens the runs table (model-training view), not MLflow's GenAI view.
+            link = tracker.ui_url() or (f"{tracker.ui_url(LOCAL_UI)} after 'mlflow ui --backend-store-uri "
+                                        f"{tracker.tracking_uri}'")
+            print(f"tracking: runs table at {link}")
     print(f"tables: {', '.join(str(p) for p in files.values())}")
     return results
 

@@ -7,17 +7,19 @@ import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
-from ravl_med.config import ConfigError, IngestConfig, load_config
+from ravl_med.config import ConfigError, FinetuneRecipe, IngestConfig, load_config
 from ravl_med.data.manifest import Manifest, empty_split_message, require_single_labels
 
 if TYPE_CHECKING:
     from ravl_med.data.scan import ScanResult
 
 __all__ = [
+    "DEVICES",
+    "add_device_option",
     "add_ingest_options",
     "add_tracking_options",
     "apply_overrides",
@@ -46,6 +48,21 @@ def add_tracking_options(parser, local: str = "<cwd>", experiment: str = "ravl-m
                         f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR})")
     parser.add_argument("--experiment", help=f"MLflow experiment name (default: {experiment})")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
+
+
+#: The values of the configs' ``device`` field (``auto``: CUDA when available, else the CPU).
+DEVICES: tuple[str, ...] = get_args(FinetuneRecipe.model_fields["device"].annotation)
+
+
+def add_device_option(parser) -> None:
+    """``--device`` (one of :data:`DEVICES`) on a computing command's parser; default ``None``.
+
+    The command passes ``args.device`` to :func:`apply_overrides` under each of its configs' ``device``
+    keys (``None`` keeps the YAML's value).
+    """
+    parser.add_argument("--device", choices=DEVICES,
+                        help="where to compute: auto (CUDA when available, else the CPU), cpu or cuda "
+                             "(overrides the config's device)")
 
 
 def tracking_options(args: argparse.Namespace):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ravl_med.cli.common import add_tracking_options
+from ravl_med.cli.common import add_device_option, add_tracking_options
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
                         help="a benchmark YAML for a larger demo (default: datasets/benchmarks/demo.yaml)")
     parser.add_argument("--out", type=Path, help="output folder (default: the config's output_dir, outputs/demo)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(parser)
     add_tracking_options(parser, local="<OUT>", experiment="ravl-med/benchmark/demo")
     parser.set_defaults(func=run, suite="demo", settings=None, methods=None)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ravl_med.cli.common import (
+    add_device_option,
     add_tracking_options,
     apply_overrides,
     check_split,
@@ -36,6 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest training state in the output folder")
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the config)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(parser)
     add_tracking_options(parser)
     parser.set_defaults(func=run)
 
@@ -43,7 +45,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, FinetuneConfig)
     apply_overrides(config, {"--manifest": ("manifest", args.manifest), "--out": ("output_dir", args.out),
-                             "--epochs": ("epochs", args.epochs)})
+                             "--epochs": ("epochs", args.epochs), "--device": ("device", args.device)})
     if config.manifest is None:
         raise ConfigError(f"{args.config}: manifest: no manifest given (set it or pass --manifest)")
     if not Path(config.manifest).is_file():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ravl_med.cli.common import (
+    add_device_option,
     add_tracking_options,
     apply_overrides,
     check_split,
@@ -48,6 +49,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest training state")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(parser)
     add_tracking_options(parser)
     parser.set_defaults(func=run)
 
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, MitigateConfig)
     apply_overrides(config, {"--method": ("method", args.method), "--audit": ("audit_dir", args.audit),
                              "--stage1": ("stage1_checkpoint", args.stage1), "--out": ("finetune.output_dir", args.out),
-                             "--spurious-class": ("evaluation.spurious_class", args.spurious_class)})
+                             "--spurious-class": ("evaluation.spurious_class", args.spurious_class),
+                             "--device": ("finetune.device", args.device)})
     if args.stage1 is not None:
         config.stage1_sha256 = None  # the config's sha256 belongs to the config's stage-1 model
     if args.spurious_class is not None and args.spurious_class not in config.finetune.classes:

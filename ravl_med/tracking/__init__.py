@@ -11,7 +11,16 @@ Where it logs (first that applies): the ``tracking_uri`` argument (``--tracking-
 ``MLFLOW_TRACKING_URI`` variable, else a local SQLite store ``sqlite:///<cwd>/mlruns.db`` with
 artifacts under ``<cwd>/mlartifacts`` (no server needed).
 
-Metric names: :mod:`ravl_med.tracking.names` (every name the package logs, defined once).
+Metric names: :mod:`ravl_med.tracking.names` (every name the package logs, defined once). The parent
+run of a benchmark or demo has one column per method (``test/acc/worst_group/<method>``, ...), so the
+runs table compares methods without expanding it.
+
+The UI. Every experiment the tracker creates or uses is tagged ``mlflow.experimentKind =
+custom_model_development`` (a model-training experiment, not a GenAI one). MLflow 3.x UIs with the
+"GenAI / Machine learning" switch (3.17) choose the view from the page address instead, and show a
+metric column only once someone picks it: :meth:`Tracker.ui_url` adds ``?workflowType=machine_learning``
+and, after :func:`~ravl_med.tracking.observe.log_benchmark_summary`, the key of a saved view of the runs
+table (:meth:`Tracker.save_runs_view`) that picks the per-method columns.
 
 Server loss. When a remote server stops answering mid-run, the tracker does not raise: it warns
 once, opens the same runs in the local SQLite store, replays everything already logged to them
@@ -27,6 +36,9 @@ from ravl_med.tracking.names import group_metric_name, metric_key
 from ravl_med.tracking.store import (
     DEFAULT_ARTIFACT_DIR,
     DEFAULT_DB,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    MODEL_TRAINING_VIEW_QUERY,
     TrackedRun,
     Tracker,
     code_version,
@@ -40,6 +52,9 @@ from ravl_med.tracking.store import (
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_DB",
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
+    "MODEL_TRAINING_VIEW_QUERY",
     "TrackedRun",
     "Tracker",
     "code_version",
@@ -53,8 +68,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Logged models pickle their module class by reference as ravl_med.tracking.ImageEmbedderModule;
-    # it is built on first use because it needs torch (the CLI imports this package without torch).
+    # Models logged before the pt2 format pickled their module class by reference as
+    # ravl_med.tracking.ImageEmbedderModule; loading them needs it here. It is built on first use
+    # because it needs torch (the CLI imports this package without torch).
     if name == "ImageEmbedderModule":
         return image_embedder_class()
     raise AttributeError(name)

@@ -10,6 +10,13 @@ so a per-group name such as ``test/acc/group=pneumothorax|drain=1`` is not legal
 
 where ``class`` and ``feature`` have every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``
 and ``1`` means the feature is present.
+
+The parent run of a benchmark or demo also carries one column per method, so the runs table compares
+methods without expanding the child runs (values: the mean over the valid settings, see
+:data:`SUMMARY_OVER`)::
+
+    {split}/acc/overall|worst_group/{method}       image-level, per mitigation method (and ``stage1``)
+    discovery/precision_at_{k}/{method}            per discovery method, where the setting has ground truth
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ __all__ = [
     "TRAIN_LOSS",
     "TRAIN_SECONDS",
     "TRAIN_STEPS",
+    "SUMMARY_OVER",
+    "SUMMARY_VALID_SETTINGS",
     "accuracy",
     "attribute_metric_name",
     "component",
+    "discovery_precision",
     "group_metric_name",
+    "method_accuracy",
     "metric_key",
     "precision_at",
     "region_accuracy",
@@ -46,6 +57,9 @@ STEP_METRICS = {"loss": "train/loss_step", "lr": "train/lr"}
 SHORTCUT_GAP = "test/shortcut_gap"
 #: Clusters a discovery method kept.
 CLUSTERS_KEPT = "clusters_kept"
+#: Params of a benchmark's parent run saying what its per-method columns are: the statistic over the
+#: settings (``"mean over valid settings"``) and how many settings entered it.
+SUMMARY_OVER, SUMMARY_VALID_SETTINGS = "summary.over", "summary.valid_settings"
 #: Params recording how a result was computed: ``provenance.threads``, ``provenance.versions.torch``, ...
 PROVENANCE_PREFIX = "provenance"
 
@@ -88,3 +102,16 @@ def attribute_metric_name(split: str, attribute: str, value: str) -> str:
 def precision_at(k: int) -> str:
     """``precision_at_{k}``: Precision@k of a discovery method's top cluster."""
     return f"precision_at_{k}"
+
+
+def method_accuracy(split: str, which: str, method: str) -> str:
+    """``{split}/acc/{which}/{method}``: a method's image-level accuracy in a benchmark's parent run.
+
+    ``method_accuracy("test", "worst_group", "ravl")`` is ``"test/acc/worst_group/ravl"``.
+    """
+    return f"{accuracy(split, which)}/{component(method)}"
+
+
+def discovery_precision(k: int, method: str) -> str:
+    """``discovery/precision_at_{k}/{method}``: a discovery method's Precision@k in a benchmark's parent run."""
+    return f"discovery/{precision_at(k)}/{component(method)}"

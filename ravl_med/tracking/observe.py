@@ -12,13 +12,15 @@ logged by the same function, with the names of :mod:`ravl_med.tracking.names`.
 | :class:`~ravl_med.stages.audit.AuditResult` | zero-shot ``{split}/acc/overall`` and, when the manifest marks the feature, the group table; the audit folder under ``audit/``; a child run per method with ``clusters_kept`` and ``precision_at_{k}`` |
 | :class:`~ravl_med.stages.mitigate.MitigationResult` | its FitResult, ``train/seconds``, ``mitigate.json``/``evaluation.json``/``groups.csv``, its EvaluationResult |
 | :class:`~ravl_med.stages.benchmark.Stage1Result` | its FitResult, EvaluationResult, ``test/shortcut_gap``, ``train/seconds`` |
+| the :class:`~ravl_med.stages.benchmark.SettingResult` rows of a benchmark or demo (:func:`log_benchmark_summary`, parent run) | per mitigation method ``test/acc/overall/<method>`` and ``test/acc/worst_group/<method>``, per discovery method ``discovery/precision_at_{k}/<method>``: means over the valid settings; params ``summary.over``, ``summary.valid_settings`` |
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from typing import Any
 from ravl_med.tracking import names
 from ravl_med.tracking.store import TrackedRun, Tracker, flatten, optional_tracker
 
-__all__ = ["TrackingObserver", "TrackingOptions", "dataset_name", "log", "manifest_summary", "stage_run"]
+__all__ = ["TrackingObserver", "TrackingOptions", "dataset_name", "log", "log_benchmark_summary", "manifest_summary",
+           "stage_run"]
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,54 @@ def _log_stage1(run: TrackedRun, result, **_: Any) -> None:
     _log_fit(run, result.fit)
     _log_evaluation(run, result.evaluation)
     run.log_metrics({names.SHORTCUT_GAP: result.shortcut_gap, names.TRAIN_SECONDS: result.train_seconds})
+
+
+#: The key of the runs-table view with the per-method columns (:meth:`Tracker.save_runs_view`).
+METHODS_VIEW = "ravl-med-methods"
+
+
+def log_benchmark_summary(run: TrackedRun, rows: Sequence[Any], *, precision_k: int,
+                          split: str = "test") -> dict[str, float]:
+    """One column per method in a benchmark's (or the demo's) parent run, so the runs table compares
+    methods without expanding the child runs.
+
+    Each value is the mean over the valid settings (the model learned the shortcut) that have it, as
+    in the benchmark's tables: image-level accuracy and worst-group accuracy of each mitigation method
+    (from its :class:`~ravl_med.stages.evaluate.EvaluationResult`, kept in ``SettingResult.mitigation``)
+    and Precision@k of each discovery method (only settings with ground-truth masks have one). With one
+    setting the mean is that setting's value; params ``summary.over`` and ``summary.valid_settings``
+    say so in the run. The experiment gets a saved runs-table view (:data:`METHODS_VIEW`) with these
+    columns, which :meth:`Tracker.ui_url` opens.
+
+    Args:
+        run: the parent run; rows: the :class:`~ravl_med.stages.benchmark.SettingResult` of every setting.
+        precision_k: the ``k`` of the audits' Precision@k; split: the split the mitigations were evaluated on.
+
+    Returns:
+        the logged metrics (name -> mean); empty when no setting is valid.
+    """
+    valid = [row for row in rows if row.valid]
+    mitigations = list(dict.fromkeys(method for row in valid for method in row.mitigation))
+    discoveries = list(dict.fromkeys(method for row in valid for method in row.discovery))
+    # Column order in the UI's view: worst group of every method first, then overall, then discovery.
+    columns = {(which, method): names.method_accuracy(split, which, method)
+               for which in ("worst_group", "overall") for method in mitigations}
+    columns |= {("precision", method): names.discovery_precision(precision_k, method) for method in discoveries}
+    values: dict[str, list[float | None]] = {name: [] for name in columns.values()}
+    for row in valid:
+        for method, metrics in row.mitigation.items():
+            values[columns["worst_group", method]].append(metrics.get("image_worst_group"))
+            values[columns["overall", method]].append(metrics.get("image_accuracy"))
+        for method, precision in row.discovery.items():
+            values[columns["precision", method]].append(precision)
+    # None / NaN: not measured, left out of the mean rather than counted as 0.
+    measured = {name: [float(v) for v in vs if v is not None and math.isfinite(v)] for name, vs in values.items()}
+    summary = {name: sum(vs) / len(vs) for name, vs in measured.items() if vs}
+    run.log_params({names.SUMMARY_OVER: "mean over valid settings", names.SUMMARY_VALID_SETTINGS: len(valid)})
+    run.log_metrics(summary)
+    if summary:  # the UI shows no metric column until one is picked: a saved view picks these
+        run.tracker.save_runs_view(METHODS_VIEW, "ravl-med: methods (mean over valid settings)", list(summary))
+    return summary
 
 
 class TrackingObserver:

@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +27,10 @@ from ravl_med.tracking.names import group_metric_name, metric_key
 __all__ = [
     "DEFAULT_ARTIFACT_DIR",
     "DEFAULT_DB",
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
+    "MODEL_TRAINING_VIEW_QUERY",
+    "SAVED_VIEW_TAG_PREFIX",
     "TrackedRun",
     "Tracker",
     "code_version",
@@ -41,6 +46,18 @@ DEFAULT_DB = "mlruns.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 #: Param values longer than this go to ``params/long_params.json`` (MLflow's limit is 6000).
 MAX_PARAM_LENGTH = 500
+#: The experiment tag MLflow 3.x keeps an experiment's kind in (what the UI's kind selector writes), and
+#: the kind of a model-training experiment (runs table with metric columns, not the GenAI view).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+#: Query of an experiment page URL that opens the model-training view. MLflow 3.x UIs with a
+#: "GenAI / Machine learning" switch (3.17: the sidebar) take the view from the URL, else from the
+#: browser's last choice (default GenAI), not from the experiment's tag.
+MODEL_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+#: Experiment tags ``<prefix><id>`` hold the MLflow UI's saved views of the runs table (3.17: the "Views"
+#: menu; ``viewStateShareKey=<id>`` in the page address opens one). The value is the UI's own envelope
+#: ``{"name", "createdAt", "updatedAt" (ms), "state": <JSON text of the table state>}``; a UI that reads
+#: another format ignores it and shows its default columns.
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -260,23 +277,28 @@ class TrackedRun:
     def log_model(self, model, preprocess, name: str = "model") -> None:
         """The image tower as an MLflow PyTorch model with a signature, at artifact path ``name``.
 
-        Load it back with ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``: a module mapping
-        (B, 1, S, S) float32 images in [0, 1] to (B, D) unit-norm embeddings.
+        Saved in MLflow's ``pt2`` format (a ``torch.export`` graph and its weights): loading it runs no
+        pickled code and needs neither ravl_med nor the model's classes, and MLflow does not warn about
+        pickle. Load it back with ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``: a module
+        mapping (B, 1, S, S) float32 images in [0, 1] to (B, D) unit-norm embeddings, any B, S the
+        tower's input size (``preprocess.image_size``).
         """
         import mlflow.pytorch
-        import numpy as np
         import torch
         from mlflow.models import infer_signature
 
         module = image_embedder_class()(model, preprocess).cpu().eval()
         side = int(getattr(preprocess, "image_size", 224))
-        example = np.zeros((1, 1, side, side), dtype=np.float32)
+        # Two images: torch.export keeps a dimension of size 1 static, so a batch of one would fix B = 1.
+        example = torch.zeros(2, 1, side, side)
         with torch.no_grad():
-            output = module(torch.from_numpy(example)).numpy()
-        signature = infer_signature(example, output)
+            output = module(example).numpy()
+        signature = infer_signature(example.numpy(), output)
         target = self.tracker._staging_dir() / name
-        mlflow.pytorch.save_model(module, str(target), signature=signature,
-                                  pip_requirements=["torch", "ravl-med"], serialization_format="pickle")
+        # The example traces the graph; as a tensor (not an array) MLflow does not also store it as
+        # JSON (input_example.json and serving_input_example.json: 0.66 MB at S = 128, about 2 MB at 224).
+        mlflow.pytorch.save_model(module, str(target), signature=signature, input_example=example,
+                                  pip_requirements=["torch"], serialization_format="pt2")
         self.tracker._do(self, "artifacts", str(target), name)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -330,6 +352,8 @@ class Tracker(TrackedRun):
         self._experiment_id = ""
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._n_staged = 0
+        #: The key of the runs-table view saved by :meth:`save_runs_view` (``None``: none).
+        self.runs_view: str | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -339,6 +363,46 @@ class Tracker(TrackedRun):
         if self.fallback_from:
             return "local-fallback"
         return "remote" if _is_remote(self.tracking_uri) else "local"
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id in the store in use (``""`` before the run opens)."""
+        return self._experiment_id
+
+    def ui_url(self, ui: str | None = None) -> str | None:
+        """The experiment's runs table in the MLflow UI: the model-training view, opened at the view
+        saved last by :meth:`save_runs_view` (if any).
+
+        Args:
+            ui: the UI's address (e.g. ``http://127.0.0.1:5000`` of ``mlflow ui``); default the
+                tracking server's own, ``None`` for a local store without one.
+        """
+        base = ui or (self.tracking_uri if _is_remote(self.tracking_uri) else None)
+        if base is None or not self._experiment_id:
+            return None
+        view = f"&viewStateShareKey={self.runs_view}" if self.runs_view else ""
+        return f"{base.rstrip('/')}/#/experiments/{self._experiment_id}/runs?{MODEL_TRAINING_VIEW_QUERY}{view}"
+
+    def save_runs_view(self, view_id: str, name: str, metrics: Sequence[str]) -> None:
+        """A saved view of the experiment's runs table whose metric columns are ``metrics``, in this order.
+
+        The UI shows only the metric columns a person picked (none by default); this view picks them,
+        wide enough for their names, right after the run name and start time (MLflow 3.17 puts the
+        other default columns, such as Duration, after them). It is listed under "Views" by ``name``
+        and opened by :meth:`ui_url`. Saving ``view_id`` again replaces it.
+
+        Args:
+            view_id: the view's key (letters, digits, ``_ - .``); name: its title in the UI.
+            metrics: metric names, e.g. ``["test/acc/worst_group/ravl", ...]``.
+        """
+        columns = [f"metrics.`{key}`" for key in metrics]
+        # Wide enough for the whole name (about 7 px a character in the header), within reason.
+        widths = {column: min(320, 40 + 7 * len(key)) for column, key in zip(columns, metrics, strict=True)}
+        state = json.dumps({"selectedColumns": columns, "columnOrder": columns, "columnWidths": widths})
+        now = int(time.time() * 1000)
+        envelope = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": state})
+        self._do(self, "experiment_tag", f"{SAVED_VIEW_TAG_PREFIX}{view_id}", envelope)
+        self.runs_view = view_id
 
     def child(self, name: str, tags: Mapping[str, Any] | None = None) -> TrackedRun:
         """A nested run under this one (a context manager, ended on exit)."""
@@ -391,15 +455,21 @@ class Tracker(TrackedRun):
         with _store_lock(database):
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(self.experiment)
+            # Every experiment used is tagged a model-training one: MLflow 3.x UIs that read the tag may
+            # otherwise open it in the GenAI view (no metric columns). 3.17 reads the page address
+            # instead (ui_url). A kind already set (by a person, in the UI) is left as it is.
             if experiment is None:
                 location = None
                 if database is not None:  # artifacts beside the database they belong to
                     location = (database.parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
                 elif not _is_remote(uri):
                     location = (self.local_dir / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
-                experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+                experiment_id = client.create_experiment(self.experiment, artifact_location=location,
+                                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
             else:
                 experiment_id = experiment.experiment_id
+                if EXPERIMENT_KIND_TAG not in experiment.tags:
+                    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         self._client, self._experiment_id = client, experiment_id
 
     def _open(self, run: TrackedRun) -> None:
@@ -426,8 +496,6 @@ class Tracker(TrackedRun):
         elif op == "params":
             client.log_batch(run.run_id, params=[Param(k, v) for k, v in args[0].items()])
         elif op == "metrics":
-            import time
-
             now = int(time.time() * 1000)
             client.log_batch(run.run_id, metrics=[Metric(k, v, now, args[1]) for k, v in args[0].items()])
         elif op == "tags":
@@ -436,6 +504,8 @@ class Tracker(TrackedRun):
             client.log_artifact(run.run_id, args[0], args[1])
         elif op == "artifacts":
             client.log_artifacts(run.run_id, args[0], args[1])
+        elif op == "experiment_tag":
+            client.set_experiment_tag(self._experiment_id, args[0], args[1])
         elif op == "end":
             client.set_terminated(run.run_id, args[0])
         else:  # pragma: no cover
