@@ -269,6 +269,30 @@ def test_a_recipe_unlike_stage_ones_is_named(stage1, tmp_path):
         "in finetune."]
 
 
+def test_standard_with_the_stage_one_recipe_is_the_stage_one_model(stage1, tmp_path):
+    """Same recipe, starting weights, data and seed as stage 1: 'standard' reuses the stage-1 model, not retrained."""
+    import shutil
+
+    folder = tmp_path / "stage1"
+    folder.mkdir()
+    shutil.copy(stage1.checkpoint, folder / "model.safetensors")
+    config = _config(stage1, tmp_path / "out", "standard", stage1_checkpoint=folder)
+    history = [{"epoch": 0, "train_loss": 1.5, "val_accuracy": None, "images_per_s": 10.0, "steps": 2}]
+    record = {"sha256": stage1.sha, "steps": 2, "step_losses": [1.6, 1.4], "history": history,
+              "config": config.finetune.model_dump(mode="json") | {"output_dir": "stage1-run"}}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    result = run_mitigation(config, progress=False)
+    assert result.fit.checkpoint == folder / "model.safetensors" and result.fit.steps == 2
+    assert result.notes[0].startswith("standard: the stage-1 model itself")
+    assert not (tmp_path / "out" / "standard" / "model.safetensors").exists()  # nothing trained
+    assert json.loads((tmp_path / "out" / "standard" / "mitigate.json").read_text())["result"]["sha256"] == stage1.sha
+    record["config"]["seed"] = 1  # another seed: another model, trained
+    (folder / "metrics.json").write_text(json.dumps(record))
+    result = run_mitigation(config.model_copy(update={"finetune": config.finetune.model_copy(
+        update={"output_dir": tmp_path / "other", "epochs": 1})}), progress=False)
+    assert result.fit.checkpoint == tmp_path / "other" / "standard" / "model.safetensors"
+
+
 def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
     config = _config(stage1, tmp_path / "ignored", "ravl").model_dump(mode="json")
     path = tmp_path / "mitigate.yaml"

@@ -27,7 +27,7 @@ from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models.runtime import fixed_threads, process_rank
-from ravl_med.models.training_records import FitResult
+from ravl_med.models.training_records import EpochMetrics, FitResult
 from ravl_med.stages.audit import TOO_LITTLE_DATA
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
@@ -176,7 +176,12 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
     start = time.perf_counter()
     labelled = MITIGATION_METHODS[config.method].reads_region_labels
     region_labels, stats = _stage1_region_labels(config, force=force, progress=progress) if labelled else ({}, {})
-    fit = _train(config, region_labels, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
+    fit = _stage1_as_standard(config) if max_steps is None else None
+    reused = () if fit is None else (
+        f"standard: the stage-1 model itself ({fit.checkpoint}): standard fine-tuning with the same recipe, starting "
+        "weights, data and seed trains the same model, so it was not trained again.",)
+    if fit is None:
+        fit = _train(config, region_labels, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step)
     out = Path(ft.output_dir) / config.method
     result = MitigationResult(method=config.method, config=config, region_labels=stats, fit=fit, evaluation=None,
                               output_dir=out, train_seconds=time.perf_counter() - start)
@@ -188,12 +193,58 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
     if evaluation is not None:
         evaluation.write(out)
     return dataclasses.replace(result, evaluation=evaluation,
-                               notes=_recipe_differences(config) + _class_mismatch(config, stats) + notes)
+                               notes=reused + _recipe_differences(config) + _class_mismatch(config, stats) + notes)
 
 
 #: Fine-tuning keys that do not change what is learned (bookkeeping, where it runs).
 _NOT_RECIPE = {"manifest", "checkpoint", "sha256", "output_dir", "checkpoint_every", "keep_checkpoints", "workers",
                "cache_images", "device"}
+
+
+def _stage1_record(config: MitigateConfig) -> tuple[Path, dict] | None:
+    """``metrics.json`` that ``ravl-med finetune`` wrote beside the stage-1 weights (its path and content)."""
+    if config.stage1_checkpoint is None:
+        return None
+    record = Path(config.stage1_checkpoint)
+    record = (record if record.is_dir() else record.parent) / "metrics.json"
+    try:
+        content = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return (record, content) if isinstance(content, dict) and isinstance(content.get("config"), dict) else None
+
+
+def _recipe_diff(config: MitigateConfig, stage1: dict) -> dict[str, tuple]:
+    """Recipe keys whose value differs between the stage-1 run's config and ``config.finetune``."""
+    mine = config.finetune.model_dump(mode="json")
+    return {k: (stage1[k], mine[k]) for k in sorted(mine) if k not in _NOT_RECIPE and k in stage1
+            and stage1[k] != mine[k]}
+
+
+def _stage1_as_standard(config: MitigateConfig) -> FitResult | None:
+    """Method ``standard`` with the stage-1 recipe, starting weights, data and seed is the stage-1 model.
+
+    Returns its :class:`FitResult` (from the stage-1 ``metrics.json``), or ``None`` when anything differs
+    (then it is trained).
+    """
+    from ravl_med.models.weights import resolve_checkpoint
+
+    found = _stage1_record(config) if config.method == "standard" else None
+    if found is None:
+        return None
+    _, record = found
+    stage1, mine = record["config"], config.finetune
+
+    def same_file(a, b) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
+
+    if _recipe_diff(config, stage1) or not (same_file(stage1.get("checkpoint"), mine.checkpoint)
+                                            and same_file(stage1.get("manifest"), mine.manifest)):
+        return None
+    return FitResult(history=[EpochMetrics(**epoch) for epoch in record["history"]],
+                     step_losses=list(record["step_losses"]), checkpoint=resolve_checkpoint(config.stage1_checkpoint),
+                     sha256=record["sha256"], steps=int(record["steps"]), chance=1.0 / len(mine.classes),
+                     feature=record.get("feature"), provenance=record.get("provenance", {}))
 
 
 def _recipe_differences(config: MitigateConfig) -> tuple[str, ...]:
@@ -202,17 +253,11 @@ def _recipe_differences(config: MitigateConfig) -> tuple[str, ...]:
     The paper's protocol fine-tunes stage 2 with stage 1's recipe (only the objective changes); the
     stage-1 recipe is read from the ``metrics.json`` that ``ravl-med finetune`` writes beside its weights.
     """
-    if config.stage1_checkpoint is None:
+    found = _stage1_record(config)
+    if found is None:
         return ()
-    record = Path(config.stage1_checkpoint)
-    record = (record if record.is_dir() else record.parent) / "metrics.json"
-    try:
-        stage1 = json.loads(record.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return ()
-    mine = config.finetune.model_dump(mode="json")
-    differ = {k: (stage1[k], mine[k]) for k in sorted(mine) if k not in _NOT_RECIPE and k in stage1
-              and stage1[k] != mine[k]}
+    record, content = found
+    differ = _recipe_diff(config, content["config"])
     if not differ:
         return ()
     note = ("warning: the mitigation recipe differs from the stage-1 model's (" + record.as_posix() + "): "
