@@ -7,8 +7,6 @@ Two settings, each written into a temporary folder and fine-tuned on the CPU wit
   a square in another, tied to one digit at Cramer's V 0.95), recipe ``configs/shortcut-digits.yaml``;
 * ``phantom``: phantom chest radiographs, ``chest_drain`` tied to ``pneumothorax`` at V 0.9,
   recipe ``configs/shortcut-phantom.yaml``;
-* ``phantom_cardiomegaly``: the same recipe with ``chest_drain`` tied to ``cardiomegaly`` at V 0.9 (a
-  class whose own finding the tiny model learns, which mitigation needs; BENCHMARKS.md, mitigation).
 
 Use them from a test module with::
 
@@ -25,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -207,13 +204,6 @@ def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
     return _timed_run(tmp_path_factory.mktemp("shortcut-phantom"), write_phantom_pairs, PHANTOM_RECIPE,
                       PHANTOM_DATA["spurious_class"])
-
-
-@pytest.fixture(scope="session")
-def phantom_cardiomegaly_shortcut(tmp_path_factory) -> ShortcutRun:
-    """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` with the drain tied to cardiomegaly."""
-    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom-cardiomegaly"),
-                      partial(write_phantom_pairs, spurious_class="cardiomegaly"), PHANTOM_RECIPE, "cardiomegaly")
 
 
 @pytest.fixture(scope="session")
