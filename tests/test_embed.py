@@ -20,6 +20,7 @@ from ravl_med.models import embed as embed_module
 from ravl_med.models.embed import (
     EmbeddingSet,
     embed_dataset,
+    embed_share,
     embedding_fingerprint,
     weights_fingerprint,
 )
@@ -165,6 +166,34 @@ def test_killed_run_resumes_with_only_the_missing_shards(backbone, dataset, refe
     assert resumed.calls == [keys[6:9], keys[9:10]]
     _assert_same(result, uninterrupted)
     _assert_same(result, reference, atol=1e-5)  # batch size does not change the numbers beyond rounding
+
+
+def test_shares_of_two_processes_fill_the_cache_and_give_the_single_process_set(
+        backbone, dataset, reference, tmp_path, monkeypatch):
+    # What each torchrun process does, here one after the other: 10 images in batches of 3 -> batches
+    # 0..3; process 1 takes 1 and 3, process 0 takes 0 and 2 (one already in the cache: resumed).
+    model, preprocess = backbone
+    keys = dataset.keys
+    counter = CountingBatches(monkeypatch)
+    assert embed_share(model, preprocess, dataset, rank=1, world_size=2, cache_dir=tmp_path, batch_size=3,
+                       progress=False) == 2
+    assert counter.calls == [keys[3:6], keys[9:10]]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.glob("shard-*.npz")) == ["shard-000001.npz", "shard-000003.npz"]
+
+    embed_share(model, preprocess, dataset, rank=0, world_size=3, cache_dir=tmp_path, batch_size=3, progress=False)
+    counter = CountingBatches(monkeypatch)
+    assert embed_share(model, preprocess, dataset, rank=0, world_size=2, cache_dir=tmp_path, batch_size=3,
+                       progress=False) == 1
+    assert counter.calls == [keys[6:9]]
+
+    counter = CountingBatches(monkeypatch)
+    merged = embed_dataset(model, preprocess, dataset, batch_size=3, cache_dir=tmp_path, progress=False)
+    assert counter.calls == []  # rank 0 after the barrier: everything is read from the cache
+    _assert_same(merged, embed_dataset(model, preprocess, dataset, batch_size=3, progress=False), atol=0)
+    assert merged.fingerprint == folder.name
+    with pytest.raises(ValueError, match="rank must be in"):
+        embed_share(model, preprocess, dataset, rank=2, world_size=2, cache_dir=tmp_path)
 
 
 def test_fingerprint_changes_with_ingest_config_and_weights(backbone, dataset, manifest):

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
             "and report the clusters that raise zero-shot accuracy for one class and lower it for another "
             "(RaVL stage 1), with per-class tables, bootstrap 95% intervals and galleries. Writes OUT/audit.json, "
             "OUT/report.html (self-contained), OUT/clusters.csv and OUT/gallery-*.png. Embeddings are cached: "
-            "an interrupted audit restarted with the same command continues where it stopped. Baselines "
+            "an interrupted audit restarted with the same command continues where it stopped. Multi-GPU: run the "
+            "same command under torchrun (the processes share the embedding; rank 0 discovers and writes). Baselines "
             "(random, distilling_failures, george, domino) give the same outputs; with a phantom or digits "
             "manifest, Precision@k against the planted feature is reported for each method."
         ),
@@ -62,9 +63,13 @@ def run(args: argparse.Namespace) -> int:
     check_split(config.manifest, config.split, config.classes)
     writable_dir(Path(config.output_dir), output_option(args.out, args.config))
 
-    from ravl_med.stages.audit import run_audit  # torch: imported only once the input is checked
+    from ravl_med.models.runtime import process_rank  # torch: imported only once the input is checked
+    from ravl_med.stages.audit import run_audit
     from ravl_med.tracking.observe import log, stage_run
 
+    if process_rank().rank != 0:  # under torchrun, the other ranks embed their share; rank 0 reports (and tracks)
+        run_audit(config, progress=not args.no_progress)
+        return 0
     tags = {"method": "zero-shot", "spurious_class": args.spurious_class}
     with stage_run(tracking_options(args), command="audit", config=config, manifest=config.manifest,
                    backbone=config.backbone, seed=config.seed, tags=tags) as (tracked, _):

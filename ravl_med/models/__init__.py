@@ -1,6 +1,6 @@
 """Vision-language backbones: registry, offline weights, zero-shot scoring and region embeddings."""
 
-from ravl_med.models.embed import EmbeddingSet, embed_dataset
+from ravl_med.models.embed import EmbeddingSet, embed_dataset, embed_share
 from ravl_med.models.hybrid import HybridCLIP
 from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
@@ -41,6 +41,7 @@ __all__ = [
     "class_text_embeddings",
     "create_backbone",
     "embed_dataset",
+    "embed_share",
     "file_sha256",
     "get_backbone_spec",
     "list_backbones",

@@ -21,6 +21,15 @@ computes only the missing batches. Temporary files left by a killed run (``.shar
 ignored. The cache assumes that the file behind a key does not change; use a new key (or a new
 ``cache_dir``) when images are replaced.
 
+Several processes (``torchrun``): :func:`embed_share` embeds one process's share of the batches
+into the cache, batch ``b`` going to process ``b % world_size``, and writes nothing else. Once every
+process has returned (the caller's barrier), :func:`embed_dataset` with the same arguments reads all
+the shards and computes none. A shard depends only on its batch's images (the batches are fixed by
+``batch_size``, whichever process computes them), so the result is the :class:`EmbeddingSet` a
+single process computes, on the same kind of device and with the same thread count. A batch whose
+shard did not reach the reading process (a cache folder that is not shared between machines) is
+computed there, as when resuming.
+
 In ``one_pass`` mode with a CNN tower (open_clip ``ModifiedResNet``, hybrid ``CNNImageTower``)
 the image embedding is taken from the same forward pass as the regions: the whole image is added as
 one more box, which reproduces ``encode_image`` (see :mod:`ravl_med.models.regions`). Other towers
@@ -34,7 +43,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +61,14 @@ from ravl_med.models.preprocess import RadiographPreprocess
 from ravl_med.models.regions import RegionEmbedder
 from ravl_med.models.runtime import resolve_precision
 
-__all__ = ["CACHE_VERSION", "EmbeddingSet", "embed_dataset", "embedding_fingerprint", "weights_fingerprint"]
+__all__ = [
+    "CACHE_VERSION",
+    "EmbeddingSet",
+    "embed_dataset",
+    "embed_share",
+    "embedding_fingerprint",
+    "weights_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +375,54 @@ def _embed_batch(
     }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What an embedding call works through: the embedder, the batches and where their shards live."""
+
+    embedder: RegionEmbedder
+    keys: list[str]
+    batches: list[list[int]]  #: row indices of each batch
+    device: torch.device
+    precision: str  #: resolved: "fp32" or "bf16"
+    folder: Path | None  #: cache_dir/<fingerprint>, None without a cache
+    digest: str  #: the fingerprint ("" without a cache)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _plan(
+    model: nn.Module, preprocess: RadiographPreprocess, dataset, *, mode: str, batch_size: int,
+    device: str | torch.device, cache_dir: str | Path | None, precision: str, fingerprint: str | None,
+    embedder_options: Mapping[str, Any] | None,
+) -> _Plan:
+    """The :class:`_Plan` of a call; with a cache, its folder exists afterwards with ``fingerprint.json``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    resolved = resolve_precision(precision, device)
+    options = dict(embedder_options or {})
+    embedder = RegionEmbedder(model, mode=mode, **options)  # type: ignore[arg-type]
+    keys = _dataset_keys(dataset)
+    n = len(keys)
+    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    folder: Path | None = None
+    digest = ""
+    if cache_dir is not None:
+        digest, parts = embedding_fingerprint(
+            model, preprocess, dataset, mode=mode, embedder_options=options, batch_size=batch_size,
+            precision=resolved, fingerprint=fingerprint, keys=keys,
+        )
+        folder = Path(cache_dir) / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "fingerprint.json").is_file():
+            with atomic_path(folder / "fingerprint.json") as tmp:  # a unique temporary name: processes may race
+                tmp.write_text(json.dumps(parts, indent=2, sort_keys=True, default=str) + "\n")
+    return _Plan(embedder, keys, batches, device, resolved, folder, digest)
+
+
 def embed_dataset(
     model: nn.Module,
     preprocess: RadiographPreprocess,
@@ -401,83 +465,110 @@ def embed_dataset(
         the :class:`EmbeddingSet`, images in dataset order; ``labels`` from ``dataset.labels`` when
         the dataset has it (so a class list change needs no recompute), else from the items.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    resolved = resolve_precision(precision, device)
-    options = dict(embedder_options or {})
-    embedder = RegionEmbedder(model, mode=mode, **options)  # type: ignore[arg-type]
-    keys = _dataset_keys(dataset)
-    n = len(keys)
-    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
-
-    folder: Path | None = None
-    digest = ""
-    shards: dict[int, dict[str, np.ndarray]] = {}
-    if cache_dir is not None:
-        digest, parts = embedding_fingerprint(
-            model, preprocess, dataset, mode=mode, embedder_options=options, batch_size=batch_size,
-            precision=resolved, fingerprint=fingerprint, keys=keys,
-        )
-        folder = Path(cache_dir) / digest
-        shards = _open_cache(folder, parts, [[keys[i] for i in rows] for rows in batches])
-    missing = [b for b in range(len(batches)) if b not in shards]
+    plan = _plan(model, preprocess, dataset, mode=mode, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                 precision=precision, fingerprint=fingerprint, embedder_options=embedder_options)
+    every = range(len(plan.batches))
+    shards = _read_cache(plan, every)
+    missing = [b for b in every if b not in shards]
     if missing:
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if resolved == "bf16" else contextlib.nullcontext()
-        )
-        _compute_shards(model, preprocess, embedder, dataset, batches, missing, keys, shards, device=device,
-                        autocast=autocast, folder=folder, workers=workers, progress=progress)
-    return _assemble(dataset, keys, [shards[b] for b in range(len(batches))], embedder, digest)
+        _compute_shards(model, preprocess, dataset, plan, missing, len(plan.batches), shards, workers=workers,
+                        progress=progress)
+    return _assemble(dataset, plan.keys, [shards[b] for b in every], plan.embedder, plan.digest)
 
 
-def _open_cache(folder: Path, parts: dict[str, Any], batch_keys: list[list[str]]) -> dict[int, dict[str, np.ndarray]]:
-    """Creates ``folder`` (``cache_dir/<fingerprint>``) with ``fingerprint.json`` (``parts``, for people) once.
+def embed_share(
+    model: nn.Module,
+    preprocess: RadiographPreprocess,
+    dataset,
+    *,
+    rank: int,
+    world_size: int,
+    cache_dir: str | Path,
+    mode: str = "one_pass",
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+    precision: str = "auto",
+    fingerprint: str | None = None,
+    embedder_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Embeds one process's share of the batches into the cache (see the module docstring).
+
+    Batch ``b`` (rows ``[b * batch_size, (b + 1) * batch_size)``) is this process's when
+    ``b % world_size == rank``; those whose shard is not in the cache yet are computed and written,
+    nothing is kept in memory. No process group is needed here: the caller waits for every process
+    (``torch.distributed.barrier()``) and then reads the set with :func:`embed_dataset` and the same
+    arguments.
+
+    Args:
+        rank, world_size: this process's rank and the number of processes (``0 <= rank < world_size``).
+        cache_dir: the cache folder every process writes to and the reading process reads.
+        model, preprocess, dataset, mode, batch_size, device, workers, progress, precision,
+            fingerprint, embedder_options: as for :func:`embed_dataset`.
 
     Returns:
-        batch index -> shard arrays of the valid shards already there (``batch_keys``: each batch's keys).
+        the number of batches this call computed (0 when the cache already held its share).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "fingerprint.json").is_file():
-        with atomic_path(folder / "fingerprint.json") as tmp:
-            tmp.write_text(json.dumps(parts, indent=2, sort_keys=True, default=str) + "\n")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    plan = _plan(model, preprocess, dataset, mode=mode, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                 precision=precision, fingerprint=fingerprint, embedder_options=embedder_options)
+    mine = range(rank, len(plan.batches), world_size)
+    missing = [b for b in mine if _read_shard(_shard_path(plan.folder, b), _batch_keys(plan, b)) is None]
+    if missing:
+        _compute_shards(model, preprocess, dataset, plan, missing, len(mine), None, workers=workers,
+                        progress=progress)
+    return len(missing)
+
+
+def _batch_keys(plan: _Plan, b: int) -> list[str]:
+    return [plan.keys[i] for i in plan.batches[b]]
+
+
+def _read_cache(plan: _Plan, batches: Iterable[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Batch index -> shard arrays of the valid shards of ``batches`` in the cache (none without a cache)."""
+    if plan.folder is None:
+        return {}
     shards = {}
-    for b, expected in enumerate(batch_keys):
-        shard = _read_shard(_shard_path(folder, b), expected)
+    for b in batches:
+        shard = _read_shard(_shard_path(plan.folder, b), _batch_keys(plan, b))
         if shard is not None:
             shards[b] = shard
     return shards
 
 
 def _compute_shards(
-    model: nn.Module, preprocess: RadiographPreprocess, embedder: RegionEmbedder, dataset,
-    batches: list[list[int]], missing: list[int], keys: list[str], shards: dict[int, dict[str, np.ndarray]], *,
-    device: torch.device, autocast: contextlib.AbstractContextManager, folder: Path | None, workers: int,
-    progress: bool,
+    model: nn.Module, preprocess: RadiographPreprocess, dataset, plan: _Plan, missing: list[int], total: int,
+    shards: dict[int, dict[str, np.ndarray]] | None, *, workers: int, progress: bool,
 ) -> None:
-    """Embeds the ``missing`` batches (indices into ``batches``) into ``shards`` and the cache ``folder``.
+    """Embeds the ``missing`` batches (indices into ``plan.batches``) into the cache folder and ``shards``.
 
-    The model runs on ``device`` in eval mode; its train/eval mode is restored afterwards.
+    Args:
+        total: batches the progress bar counts (of which ``total - len(missing)`` are done already).
+        shards: where to keep the computed shards in memory; ``None`` keeps none (the cache has them).
+
+    The model runs on ``plan.device`` in eval mode; its train/eval mode is restored afterwards.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415 - only needed when there is work to do
 
     loader = DataLoader(
-        dataset, batch_sampler=[batches[b] for b in missing], collate_fn=_collate, num_workers=workers,
+        dataset, batch_sampler=[plan.batches[b] for b in missing], collate_fn=_collate, num_workers=workers,
     )
     was_training = model.training
-    model.to(device).eval()
-    preprocess.to(device)
-    bar = tqdm(total=len(batches), initial=len(shards), unit="batch", desc="embed", disable=not progress)
+    model.to(plan.device).eval()
+    preprocess.to(plan.device)
+    bar = tqdm(total=total, initial=total - len(missing), unit="batch", desc="embed", disable=not progress)
     try:
         with torch.inference_mode():
             for b, batch in zip(missing, loader, strict=True):
-                if batch["key"] != [keys[i] for i in batches[b]]:
+                if batch["key"] != _batch_keys(plan, b):
                     raise RuntimeError(f"batch {b}: the dataset's item keys differ from its keys list")
-                shard = _embed_batch(model, preprocess, embedder, batch, device, autocast)
-                if folder is not None:
-                    _write_shard(_shard_path(folder, b), shard)
-                shards[b] = shard
+                shard = _embed_batch(model, preprocess, plan.embedder, batch, plan.device, plan.autocast())
+                if plan.folder is not None:
+                    _write_shard(_shard_path(plan.folder, b), shard)
+                if shards is not None:
+                    shards[b] = shard
                 bar.update()
     finally:
         bar.close()

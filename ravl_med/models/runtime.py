@@ -8,8 +8,8 @@ The one home of these choices, so that embedding, fine-tuning and mitigation res
 * :func:`resolve_precision`: ``auto`` is bf16 on a CUDA device that supports it, else fp32;
 * :func:`process_rank`: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as ``torchrun`` sets them (0, 1, 0
   when run alone);
-* :func:`start_processes`: all three for a fine-tuning run, plus TF32 matmuls on CUDA and the process
-  group under ``torchrun``, as a :class:`DistributedContext`;
+* :func:`start_processes`: all three for a fine-tuning run or an audit, plus TF32 matmuls on CUDA
+  (fine-tuning) and the process group under ``torchrun``, as a :class:`DistributedContext`;
 * :func:`fixed_threads`: the config's ``threads`` for torch and the BLAS libraries while a stage runs
   (results depend on the thread count, so it is a setting, never the machine's core count).
 """
@@ -143,14 +143,18 @@ class DistributedContext:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-def start_processes(device: str, precision: str) -> tuple[DistributedContext, bool]:
+def start_processes(device: str, precision: str, *, tf32: bool = True) -> tuple[DistributedContext, bool]:
     """Resolves device and precision and joins the process group under ``torchrun``.
 
     On CUDA, each process takes the device of its local rank (the current device when alone) and
-    TF32 matmuls are switched on; the process group uses nccl on CUDA, gloo on CPU.
+    TF32 matmuls are switched on (unless ``tf32`` is false); the process group uses nccl on CUDA,
+    gloo on CPU.
 
     Args:
         device, precision: the config values (see :func:`resolve_device`, :func:`resolve_precision`).
+        tf32: switch TF32 matmuls and convolutions on (fine-tuning). The audit passes ``False``: its
+            embeddings are cached under a fingerprint that does not record TF32, so it leaves torch's
+            settings as they are, whether it runs alone or under ``torchrun``.
 
     Returns:
         the context, and whether this call started the process group (and must end it with
@@ -164,8 +168,9 @@ def start_processes(device: str, precision: str) -> tuple[DistributedContext, bo
     if use_cuda:
         where = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(where)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
     else:
         where = torch.device("cpu")
     autocast_dtype = torch.bfloat16 if resolve_precision(precision, where) == "bf16" else None

@@ -22,6 +22,13 @@ Digits manifests (column ``square_quadrant``) mark the region whose centre lies 
 quadrant (:func:`~ravl_med.discover.quadrant_is_spurious`; the images are square, so the letterbox is
 the identity).
 
+Under ``torchrun`` (one process per GPU, or several CPU processes) the embedding is split: each
+process loads the model and the split, embeds batches ``rank, rank + world_size, ...`` into the cache
+(:func:`~ravl_med.models.embed.embed_share`) and waits at a barrier; rank 0 then reads every shard
+(the same :class:`~ravl_med.models.embed.EmbeddingSet` as one process) and runs the zero-shot scores,
+discovery and outputs alone, while the other processes return ``None`` without writing any output.
+The cache folder must be one that every process sees (always so on one machine).
+
 No output holds a file path of an image or a DICOM header field: images are named by their manifest
 keys (opaque hashes unless the manifest sets its own).
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +79,9 @@ class AuditResult:
         region_is_spurious: (M,) ground truth per region, ``None`` without ground truth.
         precision: Precision@k of each method's top cluster (empty without ground truth).
         batches_computed, batches_reused: embedding batches computed in this run / read from the cache.
+        processes: processes that embedded the images (``torchrun``'s world size; 1 alone).
+        embedding_s: wall time of the embedding in seconds (under ``torchrun``: rank 0's, from the first
+            barrier until every shard is read, so it includes waiting for the other processes).
         audit: the dict written to ``audit.json``.
         files: output files by role (``json``, ``html``, ``csv``, ``galleries``).
     """
@@ -88,6 +99,8 @@ class AuditResult:
     batches_reused: int
     audit: dict
     files: dict
+    processes: int = 1
+    embedding_s: float = 0.0
 
     def to_json(self) -> dict:
         """The content of ``audit.json``."""
@@ -261,15 +274,16 @@ def _shards(cache_dir: Path) -> set[Path]:
     return set(cache_dir.glob("*/shard-*.npz")) if cache_dir.is_dir() else set()
 
 
-def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
+def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult | None:
     """Runs a shortcut audit and writes its outputs (see the module docstring).
 
     Args:
         config: the audit config (``manifest`` must be set).
-        progress: show progress bars.
+        progress: show progress bars (rank 0's only under ``torchrun``).
 
     Returns:
-        the :class:`AuditResult`.
+        the :class:`AuditResult`; ``None`` on the processes other than rank 0 under ``torchrun``
+        (they only embed their share of the images).
 
     Raises:
         ConfigError: unusable input (no manifest, bad checkpoint, empty split, missing masks).
@@ -281,22 +295,37 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         return _run_audit(config, progress)
 
 
-def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
-    import torch
+def _run_audit(config: AuditConfig, progress: bool) -> AuditResult | None:
+    import torch.distributed as dist
 
-    from ravl_med.models.runtime import resolve_device
+    from ravl_med.models.runtime import start_processes
 
     if config.manifest is None:
         raise ConfigError("manifest: no manifest given (set it or pass --manifest)")
     if not Path(config.manifest).is_file():
         raise ConfigError(f"manifest not found: {config.manifest}")
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    ctx, started_group = start_processes(config.device, config.precision, tf32=False)
+    try:
+        return _audit(config, ctx, progress)
+    finally:
+        if started_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _audit(config: AuditConfig, ctx, progress: bool) -> AuditResult | None:
+    """The audit in one process (``ctx``: its :class:`~ravl_med.models.runtime.DistributedContext`)."""
+    import torch
+
+    device = str(ctx.device)  # "cuda:<local rank>" under torchrun
     torch.manual_seed(config.seed)
     model, preprocess, tokenizer, digest, notes = _load_model(config, device)
     dataset = _audited_split(config, notes)
-    embeddings, computed = _embed(config, model, preprocess, dataset, device, digest, progress)
+    embedded = _embed(config, model, preprocess, dataset, ctx, digest, progress)
+    if embedded is None:  # not rank 0: its share is in the cache
+        return None
+    embeddings, computed, seconds = embedded
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     text, image_scores, region_scores = _zero_shot(config, model, tokenizer, embeddings, device)
 
     truth, truth_info = ground_truth_regions(config, dataset, embeddings, preprocess.image_size)
@@ -317,8 +346,9 @@ def _run_audit(config: AuditConfig, progress: bool) -> AuditResult:
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
                          image_scores=image_scores, region_scores=region_scores, discoverers=discoverers,
                          region_is_spurious=truth, precision=precision, batches_computed=computed,
-                         batches_reused=n_batches - computed, audit={}, files={})
-    run_info = provenance(threads=config.threads, seed=config.seed, device=device)
+                         batches_reused=n_batches - computed, audit={}, files={}, processes=ctx.world_size,
+                         embedding_s=seconds)
+    run_info = provenance(threads=config.threads, seed=config.seed, device=ctx.device.type)
     audit, files = _write_outputs(result, dataset, preprocess.image_size, digest, notes, truth_info, run_info,
                                   inconclusive)
     return dataclasses.replace(result, audit=audit, files=files)
@@ -345,17 +375,36 @@ def _audited_split(config: AuditConfig, notes: list[str]):
     return dataset
 
 
-def _embed(config: AuditConfig, model, preprocess, dataset, device: str, digest: str | None, progress: bool):
-    """(EmbeddingSet, batches computed in this run): the split embedded through the resumable cache."""
-    from ravl_med.models.embed import embed_dataset
+def _embed(config: AuditConfig, model, preprocess, dataset, ctx, digest: str | None, progress: bool):
+    """(EmbeddingSet, batches computed in this run, seconds): the split embedded through the resumable cache.
+
+    Under ``torchrun`` every process embeds its share of the batches into the cache first; after the
+    barrier rank 0 reads them all and the other processes return ``None``.
+    """
+    import torch.distributed as dist
+
+    from ravl_med.models.embed import embed_dataset, embed_share
 
     cache_dir = config.resolved_cache_dir
+    options = {"mode": config.region_mode, "batch_size": config.batch_size, "device": ctx.device,
+               "cache_dir": cache_dir, "precision": config.precision, "fingerprint": digest}
     before = _shards(cache_dir)
-    embeddings = embed_dataset(model, preprocess, dataset, mode=config.region_mode, batch_size=config.batch_size,
-                               device=device, cache_dir=cache_dir, progress=progress, precision=config.precision,
-                               fingerprint=digest)
-    computed = len({p for p in _shards(cache_dir) if p.parent.name == embeddings.fingerprint} - before)
-    return embeddings, computed
+    if ctx.distributed:
+        dist.barrier()  # rank 0 has listed the cache before any process writes to it (the computed count)
+    start = time.perf_counter()
+    if ctx.distributed:
+        embed_share(model, preprocess, dataset, rank=ctx.rank, world_size=ctx.world_size,
+                    progress=progress and ctx.is_main, **options)
+        dist.barrier()  # every share is in the cache
+        if not ctx.is_main:
+            return None
+    shared = _shards(cache_dir)
+    embeddings = embed_dataset(model, preprocess, dataset, progress=progress, **options)
+    written = {p for p in _shards(cache_dir) if p.parent.name == embeddings.fingerprint}
+    if ctx.distributed and written - shared:
+        logger.warning("rank 0 embedded %d batch(es) again that the other processes had embedded: is the cache "
+                       "folder %s on a filesystem every process sees?", len(written - shared), cache_dir)
+    return embeddings, len(written - before), time.perf_counter() - start
 
 
 def _zero_shot(config: AuditConfig, model, tokenizer, embeddings, device: str):
@@ -495,7 +544,9 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
             "image_keys": [str(k_) for k_ in emb.keys],
         },
         "embedding": {"fingerprint": emb.fingerprint, "batches_computed": result.batches_computed,
-                      "batches_reused": result.batches_reused, "cache_dir": str(config.resolved_cache_dir)},
+                      "batches_reused": result.batches_reused, "processes": result.processes,
+                      "time_s": round(result.embedding_s, 3),
+                      "cache_dir": str(config.resolved_cache_dir)},
         "zero_shot": {"temperature": config.discovery.temperature,
                       "accuracy": overall if np.isfinite(overall) else None,
                       "accuracy_per_class": per_class_acc},
