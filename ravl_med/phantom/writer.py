@@ -221,7 +221,7 @@ def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0,
     carried = [c for _, _, c in results if c is not None]
     visibility = visibility_summary([c["visibility"] for c in carried])
     failed = [c for c in carried if c["placement_issue"]]
-    rule = get_artefact(setting.artefact, placement=setting.placement).placement
+    rule = get_artefact(setting.artefact, placement=setting.placement, scale=setting.scale, level=setting.level).placement
     placement = {"rule": rule, "failed": len(failed), "of": len(carried),
                  "examples": [{"id": c["id"], "issue": c["placement_issue"]} for c in failed[:PLACEMENT_EXAMPLES]]}
     if failed:
