@@ -10,17 +10,16 @@ size) or an :class:`IngestError` with a known one-line reason; any other excepti
   windows and rescales, degenerate VOI LUTs).
 
 Example counts are sized for about 30 s in all on two cores; ``derandomize`` makes CI runs repeat.
+``benchmarks/ingest_fuzz.py`` runs the byte mutations over 10,000 seeded cases.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -31,17 +30,16 @@ from pydicom.sequence import Sequence
 from ravl_med.config import IngestConfig
 from ravl_med.data.errors import REASONS, IngestError
 from ravl_med.data.pipeline import load_radiograph
+from ravl_med.data.readers import RadiographReader
 from tests.factories import chest_like, write_cr_dicom
+from tests.fuzz_inputs import MAX_MUTATIONS, MUTATIONS, fuzz_bases, multi_chunk_png, mutate, png_fields
 
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 FUZZ_SETTINGS = settings(
     derandomize=True,
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-# Explicit VR encodings whose value length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2).
-LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
 
 def assert_valid_outcome(path: Path, config: IngestConfig | None = None) -> str:
@@ -59,55 +57,7 @@ def assert_valid_outcome(path: Path, config: IngestConfig | None = None) -> str:
     return "ok"
 
 
-# --- byte mutations of valid files ----------------------------------------------------------------
-
-
-def _small_cr() -> bytes:
-    """A 96 x 80 MONOCHROME1 CR, 12 bits stored, with rescale and window (written with pydicom)."""
-    buffer = io.BytesIO()
-    write_cr_dicom(
-        buffer,
-        4095 - chest_like(96, 80, seed=7),
-        PhotometricInterpretation="MONOCHROME1",
-        RescaleSlope=1,
-        RescaleIntercept=0,
-        WindowCenter=2048,
-        WindowWidth=4096,
-        PatientOrientation=["L", "F"],
-    )
-    return buffer.getvalue()
-
-
-@functools.cache
-def fuzz_bases() -> tuple[tuple[str, bytes, tuple[tuple[int, int, int], ...]], ...]:
-    """(name, bytes, element fields) of each valid starting file.
-
-    Element fields are (tag offset, value-length offset, value-length size) of each top-level and
-    file-meta element pydicom reports an offset for.
-    """
-    raws = {
-        "CT_small.dcm": (PYDICOM_FILES / "CT_small.dcm").read_bytes(),  # uncompressed, signed 16-bit
-        "JPGExtended.dcm": (PYDICOM_FILES / "JPGExtended.dcm").read_bytes(),  # JPEG Extended, 12-bit
-        "small_cr.dcm": _small_cr(),
-    }
-    bases = []
-    for name, raw in raws.items():
-        ds = pydicom.dcmread(io.BytesIO(raw))
-        fields = []
-        for group in (ds.file_meta, ds):
-            for tag in group.keys():
-                element = group.get_item(tag)
-                tell = getattr(element, "value_tell", None)
-                if tell is None:
-                    continue  # converted while reading: no offset kept
-                if element.is_implicit_VR:
-                    fields.append((tell - 8, tell - 4, 4))
-                elif element.VR in LONG_LENGTH_VRS:
-                    fields.append((tell - 12, tell - 4, 4))
-                else:
-                    fields.append((tell - 8, tell - 2, 2))
-        bases.append((name, raw, tuple(fields)))
-    return tuple(bases)
+# --- byte mutations of valid files (inputs: tests/fuzz_inputs.py) -------------------------------
 
 
 def test_fuzz_bases_are_valid_radiographs(tmp_path):
@@ -118,45 +68,9 @@ def test_fuzz_bases_are_valid_radiographs(tmp_path):
         assert len(fields) > 10
 
 
-unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
-MUTATIONS = st.one_of(
-    st.tuples(st.just("truncate"), unit),
-    st.tuples(st.just("flip"), unit, st.integers(0, 7)),
-    st.tuples(st.just("tag"), st.integers(0, 10_000), st.binary(min_size=4, max_size=4)),
-    st.tuples(
-        st.just("length"),
-        st.integers(0, 10_000),
-        st.one_of(st.sampled_from([0, 1, 2, 3, 0xFFFF, 0xFFFFFFFF, 0x7FFFFFFF]), st.integers(0, 2**32 - 1)),
-    ),
-    st.tuples(st.just("bytes"), unit, st.binary(min_size=1, max_size=16)),
-)
-
-
-def mutate(raw: bytes, fields: tuple[tuple[int, int, int], ...], mutations) -> bytes:
-    data = bytearray(raw)
-    for mutation in mutations:
-        kind = mutation[0]
-        if not data:
-            break
-        if kind == "truncate":
-            del data[int(mutation[1] * len(data)) :]
-        elif kind == "flip":
-            data[min(int(mutation[1] * len(data)), len(data) - 1)] ^= 1 << mutation[2]
-        elif kind == "tag":
-            start = fields[mutation[1] % len(fields)][0]
-            data[start : start + 4] = mutation[2]
-        elif kind == "length":
-            _, vl_at, size = fields[mutation[1] % len(fields)]
-            data[vl_at : vl_at + size] = struct.pack("<I" if size == 4 else "<H", mutation[2] % (1 << (8 * size)))
-        else:
-            at = min(int(mutation[1] * len(data)), len(data) - 1)
-            data[at : at + len(mutation[2])] = mutation[2]
-    return bytes(data)
-
-
 @pytest.mark.filterwarnings("ignore")
 @settings(FUZZ_SETTINGS, max_examples=300)
-@given(base=st.integers(0, 2), mutations=st.lists(MUTATIONS, min_size=1, max_size=4))
+@given(base=st.integers(0, 2), mutations=st.lists(MUTATIONS, min_size=1, max_size=MAX_MUTATIONS))
 def test_mutated_dicom_is_a_valid_sample_or_an_ingest_error(tmp_path, base, mutations):
     name, raw, fields = fuzz_bases()[base]
     path = tmp_path / f"mutated_{name}"
@@ -287,3 +201,40 @@ def test_voi_lut_data_stored_as_ow_is_used(tmp_path):
         assert images[as_ow].meta["voi_applied"] == "VOI LUT"
     np.testing.assert_allclose(images[True].numpy(), images[False].numpy(), atol=0)
     np.testing.assert_allclose(images[True][0].numpy(), ramp[stored] / 65535.0, atol=1e-6)
+
+
+# --- what benchmarks/ingest_fuzz.py found (10,000 cases), kept as plain regression tests ------------
+
+
+def _reader_outcome(path: Path) -> IngestError:
+    """The IngestError the radiograph reader itself raises for ``path`` (not the pipeline's catch-all)."""
+    reader = RadiographReader()
+    with pytest.raises(IngestError) as caught:
+        reader.get_data(reader.read(str(path)))
+    return caught.value
+
+
+def test_png_with_a_damaged_chunk_type_inside_its_image_data_is_refused_by_the_reader(tmp_path):
+    # Seed 0, cases 76, 168, ... (191 of 10,000): a garbled chunk type between IDAT chunks of a real
+    # PNG. Pillow raises SyntaxError("broken PNG file") while decoding, which left the PIL reader
+    # and was only turned into an IngestError by the pipeline's per-file boundary.
+    raw = multi_chunk_png()
+    fields = png_fields(raw)
+    second_idat = [at for at, _, _ in fields if raw[at : at + 4] == b"IDAT"][1]
+    path = tmp_path / "broken.png"
+    path.write_bytes(mutate(raw, fields, [("tag", fields.index((second_idat, second_idat - 4, 4)), b"\xbc\xa8R\xc8")]))
+    error = _reader_outcome(path)
+    assert error.reason == "undecodable" and "broken PNG file" in str(error)
+    assert assert_valid_outcome(path) == "undecodable"
+
+
+def test_png_header_beyond_pillows_pixel_limit_is_bad_size(tmp_path):
+    # Found beside the fuzz (not by it): Pillow's DecompressionBombError is neither OSError nor
+    # ValueError, so it also left the PIL reader; it is a size refusal.
+    raw = bytearray(multi_chunk_png())
+    raw[16:24] = struct.pack(">II", 30_000, 30_000)  # IHDR width, height: 9e8 pixels
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))  # the IHDR's CRC, so Pillow reads it
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(raw))
+    assert _reader_outcome(path).reason == "bad_size"
+    assert assert_valid_outcome(path) == "bad_size"

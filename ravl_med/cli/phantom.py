@@ -48,7 +48,9 @@ def add_parser(subparsers) -> None:
     write.add_argument("--suite", help="suite name (datasets/phantom/NAME.yaml) or YAML path")
     write.add_argument("--setting", help="setting name within the suite (see 'ravl-med phantom list')")
     write.add_argument("--all", action="store_true", help="write every setting of the suite")
-    write.add_argument("--artefact", choices=list(ARTEFACTS), help="inline setting: the artefact")
+    write.add_argument("--artefact", metavar="NAME",
+                       help=(f"inline setting: the artefact: built-in ({', '.join(ARTEFACTS)}), a registered name, "
+                             "or an import string package.module:attribute (see datasets/README.md)"))
     write.add_argument("--spurious-class", choices=list(CLASSES), help="inline setting: the class tied to it")
     write.add_argument("--strength", type=float, help="inline setting: target Cramer's V in the fine-tuning split")
     write.add_argument("--seed", type=int, default=0, help="inline setting: seed (default 0)")
@@ -58,6 +60,9 @@ def add_parser(subparsers) -> None:
     write.add_argument("--image-size", type=int, default=256, help="inline setting: image side, 64-1024 (default 256)")
     write.add_argument("--placement", choices=["outside_lungs", "overlap_lungs", "any"],
                        help="inline setting: where the artefact may go (default: the artefact's own rule)")
+    write.add_argument("--scale", type=float, default=1.0, help="inline setting: artefact size multiplier (default 1)")
+    write.add_argument("--level", type=float,
+                       help="inline setting: artefact brightness in [0, 1] (default: the artefact's own)")
     write.add_argument("--mask-format", choices=["png", "nifti"], default="png", help="mask files (default png)")
     write.add_argument("--workers", type=int, default=0, help="rendering processes (default 0: in-process)")
     write.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -115,7 +120,8 @@ def _settings(args: argparse.Namespace) -> list[PhantomSetting]:
         "name": setting_name(args.artefact, args.spurious_class, args.strength, args.seed),
         "artefact": args.artefact, "spurious_class": args.spurious_class, "strength": args.strength,
         "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test,
-        "image_size": args.image_size, "placement": args.placement, "mask_format": args.mask_format,
+        "image_size": args.image_size, "placement": args.placement, "scale": args.scale, "level": args.level,
+        "mask_format": args.mask_format,
     }
     return [parse_config(data, PhantomSetting, "command line")]
 
@@ -131,6 +137,15 @@ def run_write(args: argparse.Namespace) -> int:
         v = ", ".join(f"{k}={val:.3f}" for k, val in summary.cramers_v.items())
         print(f"{setting.name}: {summary.images} images, {summary.files_written} files written; "
               f"Cramer's V (target {setting.strength}): {v}")
+        seen = summary.visibility
+        if seen["n_images"]:
+            print(f"  artefact visibility (contrast / image std, {seen['n_images']} images): mean {seen['mean']:+.2f}, "
+                  f"range {seen['min']:+.2f} .. {seen['max']:+.2f}")
+        placed = summary.placement
+        if placed["failed"]:
+            first = placed["examples"][0]
+            print(f"  WARNING: placement failed in {placed['failed']} of {placed['of']} images "
+                  f"(e.g. {first['id']}: {first['issue']})")
         print(f"  manifest: {summary.manifest}\n  metadata: {summary.metadata}")
     return 0
 

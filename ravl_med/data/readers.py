@@ -334,13 +334,17 @@ class RadiographPILReader(PILReader):
         path = _single_path(data)
         try:
             return super().read(path, **kwargs)
+        except Image.DecompressionBombError as err:  # a header claiming over twice Pillow's pixel limit
+            raise IngestError("bad_size", _one_line(err)) from err
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise IngestError("undecodable", _one_line(err)) from err
 
     def get_data(self, img: Image.Image) -> tuple[np.ndarray, dict]:
         try:
             data, header = super().get_data(img)
-        except OSError as err:  # Pillow decodes lazily: a cut file fails here
+        except (OSError, SyntaxError) as err:
+            # Pillow decodes lazily: a cut file fails here (OSError), and a damaged chunk met while
+            # decoding (e.g. a garbled IDAT type in a multi-chunk PNG) raises SyntaxError.
             reason = "truncated" if "truncated" in str(err) else "undecodable"
             raise IngestError(reason, _one_line(err)) from err
         meta = _base_meta(data.shape, (float("nan"), float("nan")), str(img.format or "image"))

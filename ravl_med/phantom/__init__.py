@@ -2,10 +2,11 @@
 
 The medical counterpart of the RaVL evaluation framework: a known spurious feature (artefact),
 at a known location (pixel mask), tied to a class at a chosen Cramer's V. Modules, in pipeline
-order: ``anatomy`` (patient and detector), ``findings`` (classes), ``artefacts`` (shortcuts),
-``inject`` (the ``InjectArtefact(d)`` MONAI transforms), ``render`` (one image), ``reports``,
-``dicom``, ``settings`` (sampling to a target V), ``config`` (suite YAML), ``writer`` (a setting on
-disk), ``sheet``, ``digits`` (the paper's synthetic digits setting).
+order: ``anatomy`` (patient and detector), ``findings`` (classes), ``artefacts`` (shortcuts, and a
+site's own: ``CustomArtefact``, ``register_artefact``, ``package.module:attribute`` import strings),
+``inject`` (the ``InjectArtefact(d)`` MONAI transforms), ``render`` (one image), ``reports``, ``dicom``,
+``settings`` (sampling to a target V), ``config`` (suite YAML), ``writer`` (a setting on disk),
+``sheet``, ``digits`` (the paper's synthetic digits setting).
 
 The names below are imported from their modules on first use, so that ``import
 ravl_med.phantom.config`` (the command line's suite listing) does not load torch and MONAI.
@@ -23,7 +24,12 @@ _EXPORTS: dict[str, str] = {
     "Artefact": "artefacts",
     "CustomArtefact": "artefacts",
     "Layout": "artefacts",
+    "artefact_label": "artefacts",
+    "artefact_names": "artefacts",
+    "artefact_visibility": "artefacts",
     "get_artefact": "artefacts",
+    "register_artefact": "artefacts",
+    "unregister_artefact": "artefacts",
     "InjectArtefact": "inject",
     "InjectArtefactd": "inject",
     "PhantomSetting": "config",

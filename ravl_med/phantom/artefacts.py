@@ -11,14 +11,25 @@ Where an artefact may go is its ``placement``:
 * ``any``: no rule.
 
 Placement needs a :class:`Layout` (lung fields, body outline); without one every artefact is
-placed by ``any`` rules. The MONAI-style array and dictionary transforms that paint them into an
-image are :class:`~ravl_med.phantom.inject.InjectArtefact` / ``InjectArtefactd`` (this module
-imports neither torch nor MONAI, so listing the artefacts stays cheap); a user-supplied artefact
-(a small image, or a callable) goes through :class:`CustomArtefact`.
+placed by ``any`` rules. A drawing that breaks its rule (or is empty, or a placed patch cut by the
+image border) is not an error: the result says why in ``details["placement_issue"]``
+(:func:`placement_issue`) and the setting writer counts and warns about it.
+
+The MONAI-style array and dictionary transforms that paint them into an image are
+:class:`~ravl_med.phantom.inject.InjectArtefact` / ``InjectArtefactd`` (this module imports neither
+torch nor MONAI, so listing the artefacts stays cheap). A site's own artefact (a small image, or a
+callable) goes through :class:`CustomArtefact`; :func:`register_artefact` gives it a name, and
+settings may also name one by an import string ``module:attribute`` (:func:`get_artefact`).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import inspect
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,14 +39,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from ravl_med.config import ConfigError
+
 __all__ = [
     "ARTEFACTS",
+    "ENTRY_POINT_GROUP",
     "Artefact",
     "ArtefactResult",
     "CustomArtefact",
     "Layout",
+    "artefact_label",
+    "artefact_names",
+    "artefact_visibility",
+    "check_artefact",
     "composite",
     "get_artefact",
+    "placement_issue",
+    "register_artefact",
+    "unregister_artefact",
 ]
 
 Placement = Literal["outside_lungs", "overlap_lungs", "any"]
@@ -171,18 +192,40 @@ def _satisfies(mask: np.ndarray, layout: Layout, placement: Placement) -> bool:
     return inside >= 0.3 * mask.sum()
 
 
-def place_patch(
+def placement_issue(mask: np.ndarray, layout: Layout, placement: Placement) -> str | None:
+    """Why a drawn artefact mask (bool (H, W)) breaks its placement rule, or ``None`` when it does not.
+
+    Broken: an empty mask (nothing of the artefact is in the image); ``outside_lungs`` and the mask
+    touches a lung field; ``overlap_lungs`` and it touches none. Lung rules are checked only when
+    ``layout.lungs`` is known. (Looser than :func:`place_patch`'s choice of a position, which asks
+    30% of an ``overlap_lungs`` patch to lie over a lung: drawn artefacts such as a pacemaker's leads
+    only cross the lungs.)
+    """
+    if not mask.any():
+        return "the artefact is not in the image (empty mask)"
+    if layout.lungs is None or placement == "any":
+        return None
+    touching = int((mask & layout.lungs).sum())
+    if placement == "outside_lungs" and touching:
+        return f"{touching} of its {int(mask.sum())} mask pixels lie on a lung field (rule outside_lungs)"
+    if placement == "overlap_lungs" and not touching:
+        return "it does not overlap a lung field (rule overlap_lungs)"
+    return None
+
+
+def fit_patch(
     patch: np.ndarray, shape: tuple[int, int], layout: Layout, placement: Placement, rng: np.random.Generator,
     tries: int = 60,
-) -> np.ndarray:
-    """Puts ``patch`` (alpha (h, w)) at a random position that satisfies ``placement``; alpha (H, W).
+) -> tuple[np.ndarray, str | None]:
+    """:func:`place_patch` that also says when the placement failed: ``(alpha (H, W), issue or None)``.
 
-    Candidates are drawn uniformly; for ``outside_lungs`` the corners and edges are favoured (where
-    markers and tokens sit on real films). Falls back to the last candidate after ``tries``.
+    Failed: no candidate position satisfied ``placement`` (the last one is kept), or more than 5% of
+    the patch's opacity falls outside the image (a patch larger than the image, or one centred on a
+    lung pixel near the border).
     """
     h, w = patch.shape
     height, width = shape
-    out = None
+    out, fitted = None, False
     for attempt in range(tries):
         if placement == "outside_lungs" and attempt % 2 == 0:
             r = int(rng.choice([rng.integers(0, max(1, height // 8)), rng.integers(height * 3 // 4, max(height * 3 // 4 + 1, height - h))]))
@@ -195,8 +238,60 @@ def place_patch(
             r, c = int(rng.integers(0, max(1, height - h))), int(rng.integers(0, max(1, width - w)))
         out = _blit(patch, (r, c), shape)
         if _satisfies(out >= MASK_THRESHOLD, layout, placement):
-            return out
-    return out if out is not None else np.zeros(shape, dtype=np.float32)
+            fitted = True
+            break
+    if out is None:
+        return np.zeros(shape, dtype=np.float32), "no position was tried"
+    total = float(patch.sum())
+    cut = 1.0 - float(out.sum()) / total if total > 0 else 0.0
+    if cut > 0.05:
+        return out, f"{cut:.0%} of it falls outside the image (patch {h} x {w} px, image {height} x {width} px)"
+    if not fitted:
+        return out, f"no position out of {tries} satisfied the rule {placement}"
+    return out, None
+
+
+def place_patch(
+    patch: np.ndarray, shape: tuple[int, int], layout: Layout, placement: Placement, rng: np.random.Generator,
+    tries: int = 60,
+) -> np.ndarray:
+    """Puts ``patch`` (alpha (h, w)) at a random position that satisfies ``placement``; alpha (H, W).
+
+    Candidates are drawn uniformly; for ``outside_lungs`` the corners and edges are favoured (where
+    markers and tokens sit on real films). Falls back to the last candidate after ``tries``
+    (:func:`fit_patch` also says whether it had to).
+    """
+    return fit_patch(patch, shape, layout, placement, rng, tries)[0]
+
+
+def artefact_visibility(image: np.ndarray, mask: np.ndarray, ring: int | None = None) -> float:
+    """Contrast of an artefact against its surroundings, in units of the image's intensity std.
+
+    ``(mean(image[mask]) - mean(image[ring])) / std(image)``: the ring is the band ``ring`` pixels
+    wide around the mask (default ``max(2, round(0.03 * image width))``), one pixel away from it (the
+    antialiased edge below the mask threshold is neither). Positive: brighter than its surroundings
+    (MONOCHROME2). NaN when the mask or the ring is empty or the image is constant.
+
+    Args:
+        image: float (H, W) display image.
+        mask: bool (H, W) artefact mask.
+        ring: ring width in pixels.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    image = np.asarray(image, dtype=np.float64)
+    spread = float(image.std())
+    if not mask.any() or spread == 0.0:
+        return float("nan")
+    ring = max(2, round(0.03 * image.shape[1])) if ring is None else int(ring)
+    near = ndimage.binary_dilation(mask, iterations=1)
+    band = ndimage.binary_dilation(near, iterations=ring) & ~near
+    if not band.any():
+        return float("nan")
+    return (float(image[mask].mean()) - float(image[band].mean())) / spread
+
+
+def _issue(issue: str | None) -> dict:
+    return {"placement_issue": issue} if issue else {}
 
 
 # --- artefacts -------------------------------------------------------------------------------
@@ -224,13 +319,23 @@ class Artefact:
         self.level = self.default_level if level is None else float(level)
 
     def draw(self, rng: np.random.Generator, shape: tuple[int, int], layout: Layout) -> tuple[np.ndarray, dict]:
+        """Opacity (H, W) and details; a ``"placement_issue"`` detail says the drawing broke its rule."""
         raise NotImplementedError
 
     def render(self, rng: np.random.Generator, shape: tuple[int, int], layout: Layout | None = None) -> ArtefactResult:
-        """Draws the artefact on an (H, W) canvas; see :class:`ArtefactResult`."""
-        alpha, details = self.draw(rng, shape, layout or Layout())
+        """Draws the artefact on an (H, W) canvas; see :class:`ArtefactResult`.
+
+        ``details["placement_issue"]`` is set (a one-line reason) when the drawing breaks the
+        placement rule (:func:`placement_issue`) or the draw step reported a failed placement.
+        """
+        layout = layout or Layout()
+        alpha, details = self.draw(rng, shape, layout)
         alpha = np.clip(alpha, 0, 1).astype(np.float32) * self.opacity
-        return ArtefactResult(alpha=alpha, level=self.level, details={"artefact": self.name, **details})
+        details = {"artefact": self.name, **details}
+        issue = details.get("placement_issue") or placement_issue(alpha >= MASK_THRESHOLD, layout, self.placement)
+        if issue:
+            details["placement_issue"] = issue
+        return ArtefactResult(alpha=alpha, level=self.level, details=details)
 
 
 class ChestDrain(Artefact):
@@ -278,7 +383,8 @@ class LateralityMarker(Artefact):
     def draw(self, rng, shape, layout):
         letter = str(rng.choice(["L", "R"]))
         patch = text_alpha(letter, int(round(0.07 * shape[1] * self.scale)), True)
-        return place_patch(patch, shape, layout, self.placement, rng), {"text": letter}
+        alpha, issue = fit_patch(patch, shape, layout, self.placement, rng)
+        return alpha, {"text": letter, **_issue(issue)}
 
 
 SITE_TOKENS = ("SITE A", "SITE B", "ST-3", "PORTABLE", "HOSP 2", "ER", "WARD 7", "AP SUPINE", "ICU")
@@ -298,7 +404,8 @@ class SiteToken(Artefact):
     def draw(self, rng, shape, layout):
         text = self.text or str(rng.choice(SITE_TOKENS))
         patch = text_alpha(text, int(round(0.045 * shape[1] * self.scale)), False)
-        return place_patch(patch, shape, layout, self.placement, rng), {"text": text}
+        alpha, issue = fit_patch(patch, shape, layout, self.placement, rng)
+        return alpha, {"text": text, **_issue(issue)}
 
 
 class Pacemaker(Artefact):
@@ -390,7 +497,7 @@ class ClothingClip(Artefact):
             kind = "clip"
         alpha = np.zeros(shape, dtype=np.float32)
         spacing = rng.uniform(0.06, 0.09) * width
-        base = place_patch(patch, shape, layout, self.placement, rng)
+        base, issue = fit_patch(patch, shape, layout, self.placement, rng)
         for k in range(n):
             shifted = np.roll(base, int(round(k * spacing)), axis=0)
             if k and shifted[: int(round(k * spacing))].any():
@@ -398,42 +505,104 @@ class ClothingClip(Artefact):
             alpha = np.maximum(alpha, shifted)
         if layout.lungs is not None and self.placement == "outside_lungs":
             alpha = alpha * ~layout.lungs
-        return alpha, {"count": n, "kind": kind}
+        return alpha, {"count": n, "kind": kind, **_issue(issue)}
 
 
 class CustomArtefact(Artefact):
-    """A user-supplied artefact.
+    """A site's own artefact: a small image, or a callable that draws one.
+
+    ``source`` is either
+
+    * an array (h, w) of opacity (values above 1 are divided by the maximum, e.g. a 0-255 logo), a
+      *patch* placed by the ``placement`` rule like the laterality marker; or
+    * a callable ``source(rng, shape, layout)`` (``rng``: the image's numpy Generator, ``shape``:
+      (H, W), ``layout``: the :class:`Layout`, any field may be ``None``) returning an opacity array,
+      or ``(opacity, details)`` with a dict of details for the metadata. An array smaller than the
+      image is a patch, placed as above; an (H, W) array is a drawing already in place.
+
+    Size. A patch is resized by ``scale`` and, when ``size`` is given, to span ``size`` x the image
+    width (the built-ins are sized the same way, e.g. the laterality marker's letter is 0.07 of the
+    width): the artefact keeps its proportion to the image at every image size. Without ``size`` a
+    patch keeps its pixels (a callable sees ``shape`` and can size it itself). A drawing in place is
+    scaled by ``scale`` about its centre of mass; drawn in fractions of ``shape``, it follows the
+    image size like the built-ins do.
+
+    Placement. Patches go where ``placement`` allows (:func:`fit_patch`); a drawing in place stays
+    where it was drawn unless ``placement`` is given and the drawing breaks it, then its bounding box
+    is moved like a patch. Either way a failed placement is reported (``details["placement_issue"]``),
+    not raised. The mask is ``opacity >= 0.3`` (after ``opacity`` scales the values).
 
     Args:
-        source: either an array (h, w) of opacity in [0, 1] (a small image, placed like a marker by
-            the ``placement`` rule), or a callable ``source(rng, shape, layout) -> alpha (H, W)``.
+        source: the patch or the callable (see above).
         name: its name in manifests and metadata.
-        placement, scale, level, opacity: see :class:`Artefact`.
+        placement: ``outside_lungs``, ``overlap_lungs`` or ``any``; ``None``: ``any`` (and a drawing in
+            place is left where it is).
+        scale: size multiplier.
+        level: display brightness (MONOCHROME2, 1 = white); ``None``: 0.97.
+        opacity: maximum alpha.
+        size: patch width as a fraction of the image width at ``scale`` 1; ``None``: the patch's pixels.
     """
 
     def __init__(
         self,
-        source: np.ndarray | Callable[[np.random.Generator, tuple[int, int], Layout], np.ndarray],
+        source: np.ndarray | Callable[[np.random.Generator, tuple[int, int], Layout], np.ndarray | tuple],
         name: str = "custom",
         placement: Placement | None = None,
         scale: float = 1.0,
         level: float | None = None,
         opacity: float = 1.0,
+        size: float | None = None,
     ) -> None:
         super().__init__(placement, scale, level, opacity)
-        self.source, self.name = source, name
+        if size is not None and not 0 < size <= 1:
+            raise ValueError(f"size is a fraction of the image width in (0, 1], got {size}")
+        self.source, self.name, self.size = source, name, size
+        self.placement_given = placement is not None
 
     def draw(self, rng, shape, layout):
-        if callable(self.source):
-            return np.asarray(self.source(rng, shape, layout), dtype=np.float32), {}
-        patch = np.asarray(self.source, dtype=np.float32)
-        if patch.ndim != 2:
-            raise ValueError(f"a custom artefact image must be 2-D (h, w), got shape {patch.shape}")
-        if patch.max() > 1.0:
-            patch = patch / patch.max()
-        if self.scale != 1.0:
-            patch = np.clip(ndimage.zoom(patch, self.scale, order=1), 0, 1)
-        return place_patch(patch, shape, layout, self.placement, rng), {}
+        details: dict = {}
+        out = self.source(rng, shape, layout) if callable(self.source) else self.source
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            out, details = out[0], dict(out[1])
+        alpha = self._opacity(out)
+        if alpha.shape == tuple(shape):  # drawn in place
+            if self.scale != 1.0:
+                alpha = _zoom_about_centre(alpha, self.scale)
+            mask = alpha >= MASK_THRESHOLD
+            if not (self.placement_given and mask.any() and placement_issue(mask, layout, self.placement)):
+                return alpha, details
+            rows, cols = np.nonzero(alpha > 0)  # breaks the rule it was given: move it like a patch
+            patch = alpha[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        else:
+            zoom = self.scale * (self.size * shape[1] / alpha.shape[1] if self.size is not None else 1.0)
+            target = [max(1, round(side * zoom)) for side in alpha.shape]  # never below one pixel
+            patch = alpha if zoom == 1.0 else np.clip(
+                ndimage.zoom(alpha, [t / side for t, side in zip(target, alpha.shape)], order=1), 0, 1)
+        placed, issue = fit_patch(patch.astype(np.float32), shape, layout, self.placement, rng)
+        return placed, {**details, **_issue(issue)}
+
+    def _opacity(self, out) -> np.ndarray:
+        """``out`` as float32 opacity (h, w) in [0, 1]; ValueError naming the artefact otherwise."""
+        try:
+            alpha = np.asarray(out, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"custom artefact {self.name!r} gave {type(out).__name__}, not an opacity array") from err
+        if alpha.ndim != 2 or 0 in alpha.shape:
+            raise ValueError(f"custom artefact {self.name!r} must give a 2-D (h, w) opacity array, got shape {alpha.shape}")
+        if not np.isfinite(alpha).all():
+            raise ValueError(f"custom artefact {self.name!r} gave non-finite opacity values")
+        peak = float(alpha.max())
+        return np.clip(alpha / peak if peak > 1.0 else alpha, 0, 1)
+
+
+def _zoom_about_centre(alpha: np.ndarray, factor: float) -> np.ndarray:
+    """``alpha`` (H, W) scaled by ``factor`` about its centre of mass, on the same canvas (bilinear)."""
+    if not alpha.any():
+        return alpha
+    centre = np.asarray(ndimage.center_of_mass(alpha))
+    # Output pixel o samples input centre + (o - centre) / factor.
+    out = ndimage.affine_transform(alpha, np.full(2, 1.0 / factor), offset=centre - centre / factor, order=1)
+    return np.clip(out, 0, 1).astype(np.float32)
 
 
 ARTEFACTS: dict[str, type[Artefact]] = {
@@ -441,9 +610,212 @@ ARTEFACTS: dict[str, type[Artefact]] = {
 }
 
 
-def get_artefact(name: str, **kwargs) -> Artefact:
-    """A built-in artefact by name (see :data:`ARTEFACTS`); ``kwargs`` go to its constructor."""
+# --- a site's artefacts by name: the registry, entry points and import strings -----------------
+
+#: Installed packages may register artefacts under this entry-point group (name -> object, as for
+#: :func:`register_artefact`); they are loaded the first time their name is asked for.
+ENTRY_POINT_GROUP = "ravl_med.artefacts"
+
+_REGISTERED: dict[str, object] = {}
+_CHECKED: set[str] = set()  # specs that passed check_artefact (cleared when the registry changes)
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_FACTORY_KEYWORDS = ("placement", "scale", "level")
+
+
+def _kind(obj: object) -> str | None:
+    """How an object makes artefacts: ``instance``, ``factory``, ``draw`` (callable), ``patch`` or ``None``.
+
+    A callable is a factory when it is an :class:`Artefact` subclass or takes a ``placement``
+    parameter (``factory(placement=, scale=, level=)`` returns an Artefact); any other callable is a
+    draw function ``(rng, shape, layout) -> opacity`` for :class:`CustomArtefact`.
+    """
+    if isinstance(obj, Artefact):
+        return "instance"
+    if isinstance(obj, type):
+        return "factory" if issubclass(obj, Artefact) else None
+    if isinstance(obj, np.ndarray):
+        return "patch" if obj.ndim == 2 else None
+    if callable(obj):
+        try:
+            parameters = inspect.signature(obj).parameters
+        except (TypeError, ValueError):  # some builtins have no signature: treat as a draw function
+            return "draw"
+        return "factory" if "placement" in parameters else "draw"
+    return None
+
+
+_USABLE = ("an Artefact, an Artefact subclass or factory(placement=, scale=, level=), a callable "
+           "(rng, shape, layout) -> opacity, or a 2-D opacity array")
+
+
+def register_artefact(name: str, artefact_or_factory: object, *, replace: bool = False) -> None:
+    """Makes an artefact available by ``name`` to :func:`get_artefact`, suite YAML and the command line.
+
+    Args:
+        name: a Python-identifier-like name (letters, digits, ``_``); not a built-in name.
+        artefact_or_factory: an :class:`Artefact` (a setting's ``placement``/``level`` replace its own
+            and its ``scale`` multiplies it), an Artefact subclass or a factory called as
+            ``factory(placement=, scale=, level=)`` (recognised by its ``placement`` parameter), a draw
+            callable ``(rng, shape, layout) -> opacity`` or a 2-D opacity array (both wrapped in a
+            :class:`CustomArtefact` called ``name``).
+        replace: allow replacing an earlier registration of ``name``.
+
+    Raises:
+        ValueError: a bad or taken name; TypeError: an object of none of the kinds above.
+    """
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"artefact name {name!r}: use letters, digits and _, starting with a letter")
+    if name in ARTEFACTS:
+        raise ValueError(f"artefact name {name!r} is a built-in artefact")
+    if name in _REGISTERED and not replace:
+        raise ValueError(f"artefact {name!r} is already registered (pass replace=True to replace it)")
+    if _kind(artefact_or_factory) is None:
+        raise TypeError(f"artefact {name!r}: got {type(artefact_or_factory).__name__}; give {_USABLE}")
+    _REGISTERED[name] = artefact_or_factory
+    _CHECKED.clear()
+
+
+def unregister_artefact(name: str) -> None:
+    """Forgets a registered artefact (no-op for unknown names)."""
+    _REGISTERED.pop(name, None)
+    _CHECKED.clear()
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points  # noqa: PLC0415 - only when a name is not built in
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def artefact_names() -> list[str]:
+    """Built-in, registered and entry-point artefact names, in that order."""
+    names = [*ARTEFACTS, *_REGISTERED]
+    return names + [n for n in sorted(_entry_points()) if n not in names]
+
+
+def artefact_label(spec: str) -> str:
+    """The short name of an artefact spec: the name itself, or for ``pkg.module:attr`` the ``attr``.
+
+    Setting names, manifests and prompts use it (an import string holds ``:`` and dots).
+    """
+    return spec.rsplit(":", 1)[1].rsplit(".", 1)[-1] if ":" in spec else spec
+
+
+def _import(spec: str) -> object:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"artefact {spec!r}: an import string is 'package.module:attribute'")
     try:
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            # As ``python -m`` would: a module in the working directory (the console script's
+            # sys.path does not hold it); appended, so installed packages keep precedence.
+            if err.name != module_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.append(os.getcwd())
+            obj = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any failure while importing the site's module
+        raise ConfigError(f"artefact {spec!r}: cannot import {module_name!r}: {_one_line(err)}") from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"artefact {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
+    return obj
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
+def _resolve(spec: str) -> object:
+    """The registered, entry-point or imported object behind a non-built-in ``spec``."""
+    if ":" in spec:
+        return _import(spec)
+    if spec in _REGISTERED:
+        return _REGISTERED[spec]
+    point = _entry_points().get(spec)
+    if point is None:
+        raise ConfigError(f"unknown artefact {spec!r}; known: {', '.join(artefact_names())} (or an import "
+                          "string 'package.module:attribute')")
+    try:
+        obj = point.load()
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"artefact {spec!r} (entry point {point.value}): cannot load: {_one_line(err)}") from None
+    _REGISTERED[spec] = obj
+    return obj
+
+
+def _build(obj: object, spec: str, **kwargs) -> Artefact:
+    kind, label = _kind(obj), artefact_label(spec)
+    if kind == "instance":
+        art = copy.copy(obj)
+        if kwargs.get("placement") is not None:
+            art.placement = kwargs["placement"]
+            art.placement_given = True
+        if kwargs.get("level") is not None:
+            art.level = float(kwargs["level"])
+        art.scale = art.scale * float(kwargs.get("scale", 1.0))
+        return art
+    if kind == "factory":
+        art = obj(**kwargs)
+        if not isinstance(art, Artefact):
+            raise TypeError(f"artefact factory {spec!r} returned {type(art).__name__}, not an Artefact")
+        return art
+    if kind in ("draw", "patch"):
+        return CustomArtefact(obj, name=label, **kwargs)
+    raise ConfigError(f"artefact {spec!r}: got {type(obj).__name__}; give {_USABLE}")
+
+
+def get_artefact(name: str, **kwargs) -> Artefact:
+    """An artefact by name: built-in (:data:`ARTEFACTS`), registered (:func:`register_artefact`, or the
+    :data:`ENTRY_POINT_GROUP` entry points), or an import string ``package.module:attribute``.
+
+    ``kwargs`` (``placement``, ``scale``, ``level``, ...) go to the constructor or factory; see
+    :func:`register_artefact` for what they do to a registered instance.
+
+    Raises:
+        ConfigError: an unknown name, an import that fails, or an object that makes no artefact.
+    """
+    if name in ARTEFACTS:
         return ARTEFACTS[name](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown artefact {name!r}; known: {list(ARTEFACTS)}") from None
+    return _build(_resolve(name), name, **kwargs)
+
+
+def _probe_layout(size: int) -> Layout:
+    """A plain chest-like :class:`Layout` (two lungs, body, heart) on a ``size`` square, for probing."""
+    rr, cc = np.mgrid[:size, :size] / size
+    lungs = (((cc - 0.32) / 0.14) ** 2 + ((rr - 0.45) / 0.28) ** 2 <= 1) | (((cc - 0.68) / 0.14) ** 2 + ((rr - 0.45) / 0.28) ** 2 <= 1)
+    body = ((cc - 0.5) / 0.45) ** 2 + ((rr - 0.55) / 0.5) ** 2 <= 1
+    heart = ((cc - 0.55) / 0.12) ** 2 + ((rr - 0.62) / 0.1) ** 2 <= 1
+    return Layout(lungs=lungs, body=body, heart=heart, heart_centre=(0.62 * size, 0.55 * size))
+
+
+def check_artefact(spec: str) -> str:
+    """``spec`` unchanged when it names a usable artefact; raises :class:`ConfigError` (one line) otherwise.
+
+    Built-in names are accepted as they are; any other artefact is resolved (imported at this point
+    for an import string) and drawn once on a 64 x 64 probe layout, so that an object that is not an
+    artefact, or a callable that fails or returns no opacity array, is refused when the suite is read
+    rather than halfway through writing it.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"artefact: expected a name or 'package.module:attribute', got {spec!r}")
+    if spec in ARTEFACTS or spec in _CHECKED:
+        return spec
+    if ":" not in spec and not _NAME.fullmatch(spec):
+        raise ConfigError(f"unknown artefact {spec!r}; known: {', '.join(artefact_names())} (or an import "
+                          "string 'package.module:attribute')")
+    try:
+        artefact = get_artefact(spec)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a site's factory failing
+        raise ConfigError(f"artefact {spec!r} cannot be made: {_one_line(err)}") from None
+    try:
+        artefact.render(np.random.default_rng(0), (64, 64), _probe_layout(64))
+    except Exception as err:  # noqa: BLE001 - a site's draw function failing
+        raise ConfigError(f"artefact {spec!r} cannot be drawn (probe on a 64 x 64 image): {_one_line(err)}") from None
+    _CHECKED.add(spec)
+    return spec

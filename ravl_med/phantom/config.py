@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ravl_med.config import ConfigError, StrictModel, load_config
-from ravl_med.phantom.artefacts import ARTEFACTS
+from ravl_med.phantom.artefacts import artefact_label, check_artefact
 from ravl_med.phantom.findings import CLASSES
 
 __all__ = [
@@ -52,9 +52,9 @@ def _check_class(value: str) -> str:
 
 
 def _check_artefact(value: str) -> str:
-    if value not in ARTEFACTS:
-        raise ValueError(f"unknown artefact {value!r}; allowed: {', '.join(ARTEFACTS)}")
-    return value
+    # A built-in or registered name, or an import string 'package.module:attribute' (imported and
+    # drawn once here, so that a bad one is refused with the file and key before anything is written).
+    return check_artefact(value)
 
 
 class Sizes(StrictModel):
@@ -88,6 +88,7 @@ class PhantomSetting(Sizes):
     """One benchmark setting (see the module docstring)."""
 
     name: str
+    #: A built-in or registered artefact name, or an import string ``package.module:attribute``.
     artefact: str
     spurious_class: str
     #: Target Cramer's V of (class x artefact present) in the fine-tuning split.
@@ -105,8 +106,12 @@ class PhantomSetting(Sizes):
 
 
 def setting_name(artefact: str, spurious_class: str, strength: float, seed: int) -> str:
-    """Canonical setting name, e.g. ``chest_drain-pneumothorax-v0.90-s0``."""
-    return f"{artefact}-{spurious_class.replace(' ', '_')}-v{strength:.2f}-s{seed}"
+    """Canonical setting name, e.g. ``chest_drain-pneumothorax-v0.90-s0``.
+
+    An import-string artefact goes by its attribute name (``site.tags:hospital_logo`` ->
+    ``hospital_logo-...``), see :func:`~ravl_med.phantom.artefacts.artefact_label`.
+    """
+    return f"{artefact_label(artefact)}-{spurious_class.replace(' ', '_')}-v{strength:.2f}-s{seed}"
 
 
 class PhantomSuite(StrictModel):
@@ -114,13 +119,23 @@ class PhantomSuite(StrictModel):
 
     name: str
     description: str = ""
+    #: Built-in or registered names, or import strings ``package.module:attribute``.
     artefacts: list[str] = Field(min_length=1)
     spurious_classes: list[str] = Field(min_length=1)
     strengths: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     sizes: Sizes = Field(default_factory=Sizes)
 
-    _artefacts = field_validator("artefacts")(classmethod(lambda cls, v: [_check_artefact(a) for a in v]))
+    @field_validator("artefacts")
+    @classmethod
+    def _artefacts(cls, value: list[str]) -> list[str]:
+        value = [_check_artefact(a) for a in value]
+        labels = [artefact_label(a) for a in value]
+        clash = sorted({label for label in labels if labels.count(label) > 1})
+        if clash:
+            raise ValueError(f"artefacts must have distinct names (setting names use them); repeated: {clash}")
+        return value
+
     _spurious = field_validator("spurious_classes")(classmethod(lambda cls, v: [_check_class(c) for c in v]))
 
     def settings(self) -> list[PhantomSetting]:

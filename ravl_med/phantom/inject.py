@@ -53,7 +53,7 @@ class InjectArtefact(Randomizable, Transform):
     mask bool of the same shape. With ``prob`` < 1 the artefact is skipped at random (empty mask).
 
     Args:
-        artefact: an :class:`Artefact` or a built-in name.
+        artefact: an :class:`Artefact`, or a name or import string for :func:`~ravl_med.phantom.artefacts.get_artefact`.
         prob: probability of injecting it.
         layout: fixed anatomy to place against (per call it can be given to ``__call__`` instead).
         seed: seed of the transform's own generator (see ``set_random_state``).
@@ -90,7 +90,7 @@ class InjectArtefactd(Randomizable, MapTransform):
 
     Args:
         keys: the image key (one key; the mask belongs to it).
-        artefact: an :class:`Artefact` or a built-in name.
+        artefact: an :class:`Artefact`, or a name or import string for :func:`~ravl_med.phantom.artefacts.get_artefact`.
         mask_key: where the bool mask goes (same shape as the image).
         layout_key: optional key holding a :class:`Layout` for placement.
         prob: probability of injecting it.

@@ -72,7 +72,7 @@ def render_phantom(
     Args:
         seed: seed (or seed tuple) of this image's generator.
         label: the finding class (see :data:`~ravl_med.phantom.findings.CLASSES`).
-        artefact: artefact to inject (instance or built-in name); ``None``: none.
+        artefact: artefact to inject (instance, or name or import string, see ``get_artefact``); ``None``: none.
         size: image side in pixels (square image).
         site: simulated site; ``None`` draws one.
 

@@ -3,7 +3,8 @@
 Layout under ``out/<setting name>/``::
 
     manifest.csv            one row per image (format of :mod:`ravl_med.data.manifest`)
-    metadata.json           setting, spurious pair, achieved Cramer's V and group counts per split
+    metadata.json           setting, spurious pair, achieved Cramer's V and group counts per split,
+                            the artefact's visibility and its failed placements
     images/<split>/<id>.dcm
     masks/<split>/<id>_{artefact,finding,lung}.png (or .nii.gz)
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from ravl_med.data.atomic import atomic_path
-from ravl_med.phantom.artefacts import get_artefact
+from ravl_med.phantom.artefacts import artefact_label, artefact_visibility, get_artefact
 from ravl_med.phantom.config import PhantomSetting
 from ravl_med.phantom.dicom import phantom_dataset, write_dicom
 from ravl_med.phantom.render import render_phantom
@@ -42,6 +45,10 @@ MANIFEST_COLUMNS = (
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 FIELD_OF_VIEW_MM = 380.0
 GENERATOR_VERSION = "1"
+#: Failed placements named in the metadata and the warning (the count is always complete).
+PLACEMENT_EXAMPLES = 10
+
+logger = logging.getLogger(__name__)
 
 
 def plan_setting(setting: PhantomSetting) -> dict[str, SplitPlan]:
@@ -86,8 +93,13 @@ def _image_id(setting: PhantomSetting, split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
-def _render_and_write(job: _Job) -> tuple[dict, int]:
-    """Renders one image, writes what is missing; returns its manifest row and the files written."""
+def _render_and_write(job: _Job) -> tuple[dict, int, dict | None]:
+    """Renders one image, writes what is missing.
+
+    Returns:
+        its manifest row, the number of files written, and for an image with the artefact its
+        visibility and placement issue (``{"id", "visibility", "placement_issue"}``), else ``None``.
+    """
     s = job.setting
     seed = (s.seed, SPLIT_CODES[job.split], job.index)
     artefact = get_artefact(s.artefact, placement=s.placement, scale=s.scale, level=s.level) if job.present else None
@@ -126,15 +138,43 @@ def _render_and_write(job: _Job) -> tuple[dict, int]:
     row = {
         **rel, "label": job.label, "report": report, "split": job.split, "site": phantom.site,
         "device": phantom.device.name, "view_position": phantom.view_position, "sex": phantom.sex,
-        "age_band": phantom.age_band, "artefact": s.artefact if job.present else "",
+        "age_band": phantom.age_band, "artefact": artefact_label(s.artefact) if job.present else "",
         "artefact_present": int(job.present),
     }
-    return row, written
+    carried = None
+    if job.present:
+        carried = {"id": image_id, "visibility": artefact_visibility(phantom.image, phantom.artefact_mask),
+                   "placement_issue": phantom.details["artefact"].get("placement_issue")}
+    return row, written, carried
+
+
+def visibility_summary(values: list[float]) -> dict:
+    """Mean and range of per-image visibilities (:func:`~ravl_med.phantom.artefacts.artefact_visibility`).
+
+    ``n_images`` counts the images carrying the artefact whose contrast is defined (non-empty mask and ring).
+    """
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    out: dict = {"measure": "(mean inside the artefact mask - mean in a ring around it) / image std",
+                 "n_images": int(finite.size)}
+    if finite.size:
+        out.update(mean=round(float(finite.mean()), 4), min=round(float(finite.min()), 4),
+                   max=round(float(finite.max()), 4))
+    else:
+        out.update(mean=None, min=None, max=None)
+    return out
 
 
 @dataclass
 class WriteSummary:
-    """What :func:`write_setting` did."""
+    """What :func:`write_setting` did.
+
+    Attributes:
+        visibility: the artefact's contrast against its surroundings over the images that carry it
+            (:func:`visibility_summary`: ``n_images``, ``mean``, ``min``, ``max``, image-std units).
+        placement: ``{"rule", "failed", "of", "examples"}``: images whose artefact broke its placement
+            rule (or fell outside the image), out of those that carry it; ``examples`` are
+            ``{"id", "issue"}`` for the first :data:`PLACEMENT_EXAMPLES`.
+    """
 
     root: Path
     manifest: Path
@@ -142,6 +182,8 @@ class WriteSummary:
     images: int
     files_written: int
     cramers_v: dict[str, float]
+    visibility: dict
+    placement: dict
 
 
 def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0, progress: bool = True) -> WriteSummary:
@@ -164,7 +206,7 @@ def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0,
         for i, (label, here) in enumerate(zip(plan.labels, plan.present))
     ]
     bar = tqdm(total=len(jobs), desc=setting.name, unit="img", disable=not progress)
-    results: list[tuple[dict, int]] = []
+    results: list[tuple[dict, int, dict | None]] = []
     if workers > 0:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for result in pool.imap(_render_and_write, jobs, chunksize=8):
@@ -175,7 +217,17 @@ def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0,
             results.append(_render_and_write(job))
             bar.update()
     bar.close()
-    rows = [r for r, _ in results]
+    rows = [r for r, _, _ in results]
+    carried = [c for _, _, c in results if c is not None]
+    visibility = visibility_summary([c["visibility"] for c in carried])
+    failed = [c for c in carried if c["placement_issue"]]
+    rule = get_artefact(setting.artefact, placement=setting.placement, scale=setting.scale, level=setting.level).placement
+    placement = {"rule": rule, "failed": len(failed), "of": len(carried),
+                 "examples": [{"id": c["id"], "issue": c["placement_issue"]} for c in failed[:PLACEMENT_EXAMPLES]]}
+    if failed:
+        logger.warning("%s: artefact %s could not be placed as its rule asks in %d of %d images (e.g. %s: %s)",
+                       setting.name, artefact_label(setting.artefact), len(failed), len(carried), failed[0]["id"],
+                       failed[0]["placement_issue"])
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest = root / "manifest.csv"
     with atomic_path(manifest) as tmp:
@@ -183,7 +235,7 @@ def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0,
     achieved = {split: round(plan.cramers_v, 4) for split, plan in plans.items()}
     metadata = {
         "setting": setting.model_dump(),
-        "spurious_pair": {"class": setting.spurious_class, "artefact": setting.artefact},
+        "spurious_pair": {"class": setting.spurious_class, "artefact": artefact_label(setting.artefact)},
         "target_cramers_v": setting.strength,
         "achieved_cramers_v": achieved,
         "group_counts": {split: plan.group_counts() for split, plan in plans.items()},
@@ -191,8 +243,11 @@ def write_setting(setting: PhantomSetting, out: str | Path, *, workers: int = 0,
                   "split_codes": SPLIT_CODES},
         "generator_version": GENERATOR_VERSION,
         "images": len(rows),
+        "artefact_visibility": visibility,
+        "artefact_placement": placement,
     }
     meta_path = root / "metadata.json"
     with atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-    return WriteSummary(root, manifest, meta_path, len(rows), sum(w for _, w in results), achieved)
+    return WriteSummary(root, manifest, meta_path, len(rows), sum(w for _, w, _ in results), achieved, visibility,
+                        placement)

@@ -219,12 +219,13 @@ def _stage1(setting, config: BenchmarkConfig, ft, fit: FitResult, audit, train_s
 def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: Path, tags: dict,
               observer: Observer | None, progress: bool, say) -> dict[str, Any]:
     """Every mitigation method of the setting, evaluated; returns method -> metrics and ``train_s``."""
+    from ravl_med.phantom.artefacts import artefact_label
     from ravl_med.stages.mitigate import run_mitigation
 
     plan = config.mitigation
     results: dict[str, Any] = {}
     knobs = plan.model_dump(exclude={"methods", "spurious_template", "method", "spurious_prompts"})
-    prompts = [plan.spurious_template.format(setting.artefact.replace("_", " "))]
+    prompts = [plan.spurious_template.format(artefact_label(setting.artefact).replace("_", " "))]
     evaluation = MitigationEvaluation(spurious_class=setting.spurious_class, batch_size=config.audit.batch_size,
                                       n_boot=config.n_boot)
     for index, method in enumerate(plan.methods, 1):
