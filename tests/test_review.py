@@ -76,6 +76,7 @@ def test_review_command(tmp_path, capsys):
     assert main(["review", str(audit)]) == 0
     out = capsys.readouterr().out
     assert "cluster 1: tied to 'pneumothorax'; 100 regions in 10 images, adjusted p 0.001, stability 70%" in out
+    assert "cluster 2: tied to 'cardiomegaly'; 200 regions in 20 images, adjusted p 0.002, stability 40% (unstable)" in out
     assert "not reviewed" in out and f"ravl-med review {audit} --spurious RANKS" in out
     assert main(["review", str(audit), "--spurious", "1"]) == 0
     out = capsys.readouterr().out

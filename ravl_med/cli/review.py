@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if cluster.adjusted_p is not None:
             evidence.append(f"adjusted p {cluster.adjusted_p:.2g}")
         if cluster.stability is not None:
-            evidence.append(f"stability {cluster.stability:.0%}")
+            evidence.append(f"stability {cluster.stability:.0%}" + (" (unstable)" if cluster.stability < 0.5 else ""))
         print(f"  cluster {cluster.rank}: tied to '{cluster.tied_to}'; {', '.join(evidence)}; "
               f"gallery {cluster.gallery or 'none'}: {verdict}")
     path = args.audit_dir / REVIEW_FILE
