@@ -308,14 +308,15 @@ def test_the_sha256_recorded_by_finetune_is_checked(audited, checkpoint, tmp_pat
     folder = tmp_path / "finetuned"
     folder.mkdir()
     shutil.copy(checkpoint[0] / "model.safetensors", folder / "model.safetensors")
-    (folder / "metrics.json").write_text(json.dumps({"sha256": checkpoint[1]}))
+    record = {"sha256": checkpoint[1], "config": {"classes": CLASSES}}  # as finetune writes it (abridged)
+    (folder / "metrics.json").write_text(json.dumps(record))
     config = audited.config.model_copy(update={"output_dir": tmp_path / "out", "methods": ["random"],
                                                "checkpoint": folder, "sha256": None,
                                                "cache_dir": audited.config.resolved_cache_dir})
     notes = run_audit(config, progress=False).audit["notes"]
     assert any("verified against the sha256 that 'ravl-med finetune' recorded" in n for n in notes)
     assert not any("no sha256 given" in n for n in notes)
-    (folder / "metrics.json").write_text(json.dumps({"sha256": "0" * 64}))  # weights changed since training
+    (folder / "metrics.json").write_text(json.dumps(record | {"sha256": "0" * 64}))  # weights changed since training
     with pytest.raises(ConfigError, match="sha256"):
         run_audit(config, progress=False)
 

@@ -69,6 +69,8 @@ from ravl_med.models.optim import (
 from ravl_med.models.registry import create_backbone
 from ravl_med.models.runtime import DistributedContext, fixed_threads, mean_over_processes, start_processes
 from ravl_med.models.training_records import (
+    FINAL_WEIGHTS,
+    METRICS_FILE,
     EpochMetrics,
     FitResult,
     TrainingProgress,
@@ -84,7 +86,6 @@ __all__ = ["ContrastiveObjective", "Trainer"]
 
 log = logging.getLogger(__name__)
 
-FINAL_WEIGHTS = "model.safetensors"
 
 Objective = Callable[[dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
 SamplerFactory = Callable[[Dataset, int, int, int], Sampler]
@@ -493,7 +494,7 @@ class Trainer:
             metrics = {"history": state.history, "step_losses": state.step_losses, "sha256": digest[0],
                        "steps": state.step, "feature": feature, "config": cfg.model_dump(mode="json"),
                        "provenance": run_info}
-            with atomic_path(Path(cfg.output_dir) / "metrics.json") as tmp:
+            with atomic_path(Path(cfg.output_dir) / METRICS_FILE) as tmp:
                 tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         if ctx.distributed:
             dist.broadcast_object_list(digest, src=0)

@@ -8,12 +8,17 @@ Python, NumPy and torch, the config and the number of processes. It goes to
 ``output_dir/checkpoints/state-<step>.pt`` atomically, written by rank 0 only; older states beyond
 ``keep_checkpoints`` are removed.
 
+The finished run's record, ``output_dir/metrics.json`` beside ``output_dir/model.safetensors``
+(history, step losses, the weights' sha256, steps, feature, config, provenance), is read back by
+:func:`read_fit_record`: the audit verifies the weights against it and mitigation compares its recipe.
+
 Training states are pickles written by this module (``torch.load(weights_only=False)``): only
 resume from output folders you created.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -31,12 +36,15 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.models.runtime import DistributedContext
 
 __all__ = [
+    "FINAL_WEIGHTS",
+    "METRICS_FILE",
     "STATE_DIR",
     "TRAJECTORY_KEYS",
     "EpochMetrics",
     "FitResult",
     "TrainingProgress",
     "latest_state",
+    "read_fit_record",
     "load_training_state",
     "save_training_state",
 ]
@@ -44,6 +52,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_DIR = "checkpoints"
+#: The final weights and the run's record, in ``output_dir``.
+FINAL_WEIGHTS, METRICS_FILE = "model.safetensors", "metrics.json"
 STATE_RE = re.compile(r"^state-(\d{8})\.pt$")
 #: Config keys that fix a run's trajectory; resuming with other values would not reproduce it.
 TRAJECTORY_KEYS = (
@@ -110,6 +120,37 @@ class FitResult:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: the fields, epochs as dicts, the checkpoint as a string."""
         return {**asdict(self), "checkpoint": str(self.checkpoint)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], checkpoint: Path) -> FitResult:
+        """The result of a finished run from its :func:`read_fit_record` (``chance`` from its config's classes)."""
+        return cls(history=[EpochMetrics(**epoch) for epoch in record["history"]],
+                   step_losses=list(record["step_losses"]), checkpoint=Path(checkpoint), sha256=record["sha256"],
+                   steps=int(record["steps"]), chance=1.0 / len(record["config"]["classes"]),
+                   feature=record.get("feature"), provenance=record.get("provenance", {}))
+
+
+def read_fit_record(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The record a finished fine-tuning run wrote beside its weights (``metrics.json``), if there is one.
+
+    Args:
+        checkpoint: the run's ``model.safetensors`` or its output folder.
+
+    Returns:
+        the parsed record (``sha256`` a 64-hex string, ``config`` a dict), or ``None`` when ``checkpoint``
+        is not a run's final weights or the record is missing or unreadable.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / FINAL_WEIGHTS
+    try:
+        record = json.loads((path.parent / METRICS_FILE).read_text()) if path.name == FINAL_WEIGHTS else None
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
+            and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64):
+        return None
+    return record
 
 
 @dataclass

@@ -156,6 +156,7 @@ class AuditResult:
 def _load_model(config: AuditConfig, device: str):
     """(model, preprocess, tokenizer, sha256 or None, notes); checkpoint problems become ConfigError."""
     from ravl_med.models import create_backbone
+    from ravl_med.models.training_records import METRICS_FILE, read_fit_record
     from ravl_med.models.weights import WeightsError, file_sha256, resolve_checkpoint
 
     notes = []
@@ -164,11 +165,11 @@ def _load_model(config: AuditConfig, device: str):
     try:
         if config.checkpoint is not None:
             path = resolve_checkpoint(config.checkpoint)
-            if expected is None:
-                expected = digest = _recorded_sha256(path)
-                if expected is not None:
-                    notes.append(f"checkpoint verified against the sha256 that 'ravl-med finetune' recorded in "
-                                 f"{path.parent / 'metrics.json'}.")
+            record = read_fit_record(path) if expected is None else None
+            if record is not None:
+                expected = digest = record["sha256"]
+                notes.append(f"checkpoint verified against the sha256 that 'ravl-med finetune' recorded in "
+                             f"{path.parent / METRICS_FILE}.")
             if digest is None:
                 digest = file_sha256(path)
                 notes.append("no sha256 given for the checkpoint: its weights were not checked against an expected "
@@ -181,18 +182,6 @@ def _load_model(config: AuditConfig, device: str):
         message = " ".join(str(err).split())
         raise ConfigError(f"checkpoint/backbone: {message}") from None
     return model, preprocess, tokenizer, digest, notes
-
-
-def _recorded_sha256(checkpoint: Path) -> str | None:
-    """The sha256 'ravl-med finetune' recorded beside its ``model.safetensors`` (``metrics.json``), if any."""
-    record = checkpoint.parent / "metrics.json"
-    if checkpoint.name != "model.safetensors" or not record.is_file():
-        return None
-    try:
-        digest = json.loads(record.read_text()).get("sha256")
-    except (ValueError, AttributeError):
-        return None
-    return digest if isinstance(digest, str) and len(digest) == 64 else None
 
 
 def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: int) -> tuple[np.ndarray | None, dict | None]:

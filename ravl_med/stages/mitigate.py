@@ -27,7 +27,7 @@ from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 from ravl_med.mitigate.regions import images_with_spurious_region, training_region_labels
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models.runtime import fixed_threads, process_rank
-from ravl_med.models.training_records import EpochMetrics, FitResult
+from ravl_med.models.training_records import METRICS_FILE, FitResult, read_fit_record
 from ravl_med.stages.audit import TOO_LITTLE_DATA
 from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
@@ -175,8 +175,10 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
     start = time.perf_counter()
     labelled = MITIGATION_METHODS[config.method].reads_region_labels
-    region_labels, stats = _stage1_region_labels(config, force=force, progress=progress) if labelled else ({}, {})
-    fit = _stage1_as_standard(config) if max_steps is None else None
+    medoids, skipped = _marked_medoids(config, labelled=labelled, force=force)
+    region_labels, stats = _stage1_region_labels(config, medoids, progress=progress) if labelled else ({}, {})
+    stage1 = read_fit_record(config.stage1_checkpoint) if config.stage1_checkpoint is not None else None
+    fit = _stage1_as_standard(config, stage1) if max_steps is None else None
     reused = () if fit is None else (
         f"standard: the stage-1 model itself ({fit.checkpoint}): standard fine-tuning with the same recipe, starting "
         "weights, data and seed trains the same model, so it was not trained again.",)
@@ -189,29 +191,35 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
         return result
     with atomic_path(out / "mitigate.json") as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    evaluation, notes = _evaluate(config, fit)
+    evaluation, notes = _evaluate(config, fit, medoids[0] if medoids else None, skipped)
     if evaluation is not None:
         evaluation.write(out)
     return dataclasses.replace(result, evaluation=evaluation,
-                               notes=reused + _recipe_differences(config) + _class_mismatch(config, stats) + notes)
+                               notes=reused + _recipe_differences(config, stage1) + _class_mismatch(config, stats)
+                               + notes)
+
+
+def _marked_medoids(config: MitigateConfig, *, labelled: bool,
+                    force: bool) -> tuple[tuple[Stage1Medoids, str] | None, str | None]:
+    """The audit's marked medoids (:func:`_medoids`) once for training and evaluation: ``((medoids, source), None)``.
+
+    A method that reads the region labels needs them (errors raise); for the others they only define the
+    evaluation's groups when the manifest has no ground truth, so a problem skips that evaluation
+    (``(None, why)``) and nothing gates them. ``(None, None)``: no audit medoids to use.
+    """
+    if labelled:
+        return _medoids(config, force=force), None
+    if config.audit_dir is None or not (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
+        return None, None
+    try:
+        return _medoids(config, force=True), None
+    except ConfigError as err:
+        return None, f"test evaluation skipped: {err}"
 
 
 #: Fine-tuning keys that do not change what is learned (bookkeeping, where it runs).
 _NOT_RECIPE = {"manifest", "checkpoint", "sha256", "output_dir", "checkpoint_every", "keep_checkpoints", "workers",
                "cache_images", "device"}
-
-
-def _stage1_record(config: MitigateConfig) -> tuple[Path, dict] | None:
-    """``metrics.json`` that ``ravl-med finetune`` wrote beside the stage-1 weights (its path and content)."""
-    if config.stage1_checkpoint is None:
-        return None
-    record = Path(config.stage1_checkpoint)
-    record = (record if record.is_dir() else record.parent) / "metrics.json"
-    try:
-        content = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    return (record, content) if isinstance(content, dict) and isinstance(content.get("config"), dict) else None
 
 
 def _recipe_diff(config: MitigateConfig, stage1: dict) -> dict[str, tuple]:
@@ -221,43 +229,42 @@ def _recipe_diff(config: MitigateConfig, stage1: dict) -> dict[str, tuple]:
             and stage1[k] != mine[k]}
 
 
-def _stage1_as_standard(config: MitigateConfig) -> FitResult | None:
+def _stage1_as_standard(config: MitigateConfig, stage1: dict | None) -> FitResult | None:
     """Method ``standard`` with the stage-1 recipe, starting weights, data and seed is the stage-1 model.
 
-    Returns its :class:`FitResult` (from the stage-1 ``metrics.json``), or ``None`` when anything differs
-    (then it is trained).
+    Args:
+        stage1: the stage-1 run's record (:func:`~ravl_med.models.training_records.read_fit_record`).
+
+    Returns:
+        its :class:`FitResult`, or ``None`` when anything differs (then it is trained).
     """
     from ravl_med.models.weights import resolve_checkpoint
 
-    found = _stage1_record(config) if config.method == "standard" else None
-    if found is None:
+    if config.method != "standard" or stage1 is None:
         return None
-    _, record = found
-    stage1, mine = record["config"], config.finetune
+    recorded, mine = stage1["config"], config.finetune
 
     def same_file(a, b) -> bool:
         return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
 
-    if _recipe_diff(config, stage1) or not (same_file(stage1.get("checkpoint"), mine.checkpoint)
-                                            and same_file(stage1.get("manifest"), mine.manifest)):
+    if _recipe_diff(config, recorded) or not (same_file(recorded.get("checkpoint"), mine.checkpoint)
+                                              and same_file(recorded.get("manifest"), mine.manifest)):
         return None
-    return FitResult(history=[EpochMetrics(**epoch) for epoch in record["history"]],
-                     step_losses=list(record["step_losses"]), checkpoint=resolve_checkpoint(config.stage1_checkpoint),
-                     sha256=record["sha256"], steps=int(record["steps"]), chance=1.0 / len(mine.classes),
-                     feature=record.get("feature"), provenance=record.get("provenance", {}))
+    return FitResult.from_record(stage1, resolve_checkpoint(config.stage1_checkpoint))
 
 
-def _recipe_differences(config: MitigateConfig) -> tuple[str, ...]:
+def _recipe_differences(config: MitigateConfig, stage1: dict | None) -> tuple[str, ...]:
     """A warning when stage 2's recipe differs from the one the stage-1 model was trained with.
 
-    The paper's protocol fine-tunes stage 2 with stage 1's recipe (only the objective changes); the
-    stage-1 recipe is read from the ``metrics.json`` that ``ravl-med finetune`` writes beside its weights.
+    The paper's protocol fine-tunes stage 2 with stage 1's recipe (only the objective changes); ``stage1``
+    is the record ``ravl-med finetune`` wrote beside its weights (``None``: not known, no warning).
     """
-    found = _stage1_record(config)
-    if found is None:
+    if stage1 is None:
         return ()
-    record, content = found
-    differ = _recipe_diff(config, content["config"])
+    from ravl_med.models.weights import resolve_checkpoint
+
+    record = resolve_checkpoint(config.stage1_checkpoint).parent / METRICS_FILE
+    differ = _recipe_diff(config, stage1["config"])
     if not differ:
         return ()
     note = ("warning: the mitigation recipe differs from the stage-1 model's (" + record.as_posix() + "): "
@@ -278,7 +285,7 @@ def _class_mismatch(config: MitigateConfig, stats: dict[str, Any]) -> tuple[str,
     return (note,)
 
 
-def _stage1_region_labels(config: MitigateConfig, *, force: bool,
+def _stage1_region_labels(config: MitigateConfig, marked: tuple[Stage1Medoids, str], *,
                           progress: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every training region labelled by its nearest stage-1 medoid, and the statistics of the labels."""
     from ravl_med.data.dataset import RadiographDataset
@@ -289,7 +296,7 @@ def _stage1_region_labels(config: MitigateConfig, *, force: bool,
     from ravl_med.models.weights import WeightsError
 
     ft = config.finetune
-    medoids, source = _medoids(config, force=force)
+    medoids, source = marked
     device = resolve_device(ft.device)
     if config.stage1_checkpoint is None:
         raise ConfigError(f"stage1_checkpoint: method {config.method!r} labels the training regions with the audited "
@@ -313,7 +320,7 @@ def _stage1_region_labels(config: MitigateConfig, *, force: bool,
                         int((groups == g).sum()) for g in range(2 * len(ft.classes))},
         "spurious_ranks": medoids.spurious_ranks, "spurious_from": source,
         "tied_to": sorted({str(t) for t in medoids.tied_to[medoids.spurious] if t}),
-        "audit_outcome": medoids.outcome, "forced": bool(force and not medoids.spurious.any()),
+        "audit_outcome": medoids.outcome, "forced": not medoids.spurious.any(),  # _medoids returns none marked only when forced
     }
     truth = feature_presence(manifest, train.keys)
     if truth is not None:
@@ -338,8 +345,10 @@ def _train(config: MitigateConfig, region_labels: dict[str, np.ndarray], **fit_k
     return trainer.fit(**fit_kwargs)
 
 
-def _evaluate(config: MitigateConfig, fit: FitResult) -> tuple[EvaluationResult | None, tuple[str, ...]]:
-    """The trained model on ``evaluation.split`` (groups from the ground truth, else from the audit).
+def _evaluate(config: MitigateConfig, fit: FitResult, medoids: Stage1Medoids | None,
+              skipped: str | None) -> tuple[EvaluationResult | None, tuple[str, ...]]:
+    """The trained model on ``evaluation.split`` (groups from the ground truth, else from the audit's ``medoids``,
+    the clusters training treated as spurious; ``skipped``: why those could not be had).
 
     Returns ``(None, ())`` when the manifest has no such split, ``(None, (why,))`` when the evaluation cannot run.
     """
@@ -354,12 +363,8 @@ def _evaluate(config: MitigateConfig, fit: FitResult) -> tuple[EvaluationResult 
     splits = pd.read_csv(ft.manifest, dtype=str, keep_default_na=False, usecols=lambda c: c == "split")
     if "split" not in splits or not (splits["split"] == plan.split).any():
         return None, ()
-    medoids = None
-    if config.audit_dir is not None and (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
-        try:  # the clusters training treated as spurious define the groups when the manifest has no ground truth
-            medoids, _ = _medoids(config, force=True)
-        except ConfigError as err:
-            return None, (f"test evaluation skipped: {err}",)
+    if skipped is not None:
+        return None, (skipped,)
     try:
         evaluation = run_evaluation(ft.backbone, fit.checkpoint, ft.manifest, ft.ingest, ft.classes, ft.templates,
                                     sha256=fit.sha256, split=plan.split, spurious_class=plan.spurious_class,

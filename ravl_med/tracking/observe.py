@@ -145,6 +145,8 @@ def _log_fit(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) 
     """The fit's epochs, checksum and metrics file; with ``backbone``, its final weights as an MLflow model."""
     import pandas as pd
 
+    from ravl_med.models.training_records import METRICS_FILE
+
     last = result.history[-1] if result.history and result.history[-1].val_groups else None
     for epoch in result.history:
         metrics = {names.TRAIN_LOSS: epoch.train_loss, names.TRAIN_IMAGES_PER_S: epoch.images_per_s,
@@ -158,7 +160,7 @@ def _log_fit(run: TrackedRun, result, *, backbone: str | None = None, **_: Any) 
                             step=last.epoch)
     run.log_params({"model.checkpoint_sha256": result.sha256, "train.steps": result.steps})
     _log_provenance(run, result.provenance)
-    metrics_file = Path(result.checkpoint).parent / "metrics.json"
+    metrics_file = Path(result.checkpoint).parent / METRICS_FILE
     if metrics_file.is_file():
         run.log_artifact(metrics_file)
     if backbone is not None:
