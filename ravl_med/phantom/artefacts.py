@@ -28,6 +28,7 @@ import copy
 import importlib
 import inspect
 import os
+import pkgutil
 import re
 import sys
 from collections.abc import Callable
@@ -702,27 +703,26 @@ def artefact_label(spec: str) -> str:
 
 
 def _import(spec: str) -> object:
+    """The object an import string ``package.module:attribute`` names (:func:`pkgutil.resolve_name`)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"artefact {spec!r}: an import string is 'package.module:attribute'")
     try:
         try:
-            obj = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
             # As ``python -m`` would: a module in the working directory (the console script's
             # sys.path does not hold it); appended, so installed packages keep precedence.
             if err.name != module_name.split(".")[0] or os.getcwd() in sys.path:
                 raise
             sys.path.append(os.getcwd())
-            obj = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure while importing the site's module
         raise ConfigError(f"artefact {spec!r}: cannot import {module_name!r}: {_one_line(err)}") from None
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"artefact {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
-    return obj
+    try:
+        return pkgutil.resolve_name(spec)  # the module is imported: this walks the attribute path
+    except AttributeError:
+        raise ConfigError(f"artefact {spec!r}: module {module.__name__!r} has no attribute {attribute!r}") from None
 
 
 def _one_line(err: BaseException) -> str:
