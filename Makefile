@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
-PYTEST_ARGS ?=
+# Every core (pytest-xdist); tests that share a costly session fixture run on one worker (tests/conftest.py).
+PYTEST_ARGS ?= -n auto --dist loadgroup
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

@@ -177,10 +177,56 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     assert (tmp_path / "out" / "ravl" / "mitigate.json").is_file()
 
 
-@pytest.mark.parametrize("method", [m for m in MITIGATION_METHODS if m != "ravl"])
+@pytest.mark.parametrize("method", [m for m, spec in MITIGATION_METHODS.items() if m != "ravl" and not spec.counterfactual])
 def test_every_baseline_runs(stage1, tmp_path, method):
     summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False).to_json()
     assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
+
+
+def _partial_audit(stage1, folder: Path) -> Path:
+    """An audit whose spurious medoid is one region of one image, far from most others: some images carry it."""
+    model, preprocess, _ = create_backbone("tiny-rn", checkpoint=stage1.checkpoint)
+    train = RadiographDataset(stage1.manifest, IngestConfig(image_size=128), CLASSES, split="train")
+    emb = embed_dataset(model, preprocess, train, batch_size=16, progress=False).region_embeddings
+    first = emb[:25]  # image 0's regions as the relevant medoids, plus the region least like them
+    far = int(np.argmin((emb / np.linalg.norm(emb, axis=1, keepdims=True)
+                         @ (first / np.linalg.norm(first, axis=1, keepdims=True)).T).max(axis=1)))
+    medoids = np.concatenate([emb[[far]], first])
+    folder.mkdir()
+    Stage1Medoids(medoids, list(range(26)), [1] + [0] * 25, [True] + [False] * 25).save(folder)
+    return folder
+
+
+def test_counterfactual_methods_run_without_ground_truth(stage1, tmp_path):
+    table = pd.read_csv(stage1.manifest, dtype=str, keep_default_na=False)
+    blind = table.drop(columns=[c for c in table.columns if c.startswith("mask_") or c.startswith("artefact")])
+    blind.to_csv(tmp_path / "manifest.csv", index=False)
+    audit = _partial_audit(stage1, tmp_path / "audit")
+    for method in ("counterfactual", "counterfactual_upsampled", "counterfactual_ravl"):
+        config = _config(stage1, tmp_path / "out", method, audit_dir=audit)
+        config.finetune.manifest = tmp_path / "manifest.csv"
+        summary = run_mitigation(config, max_steps=2, progress=False).to_json()
+        assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
+        labelled = sum(n for g, n in summary["region_labels"]["group_sizes"].items() if g.endswith("|with"))
+        assert 0 < labelled < len(blind.query("split == 'train'"))
+    # Every training image carrying the feature: nothing to swap, one clear error.
+    with pytest.raises(ConfigError, match="counterfactual: .*with and without"):
+        run_mitigation(_config(stage1, tmp_path / "all", "counterfactual"), max_steps=1, progress=False)
+
+
+def test_oracle_reads_the_masks_and_says_so(stage1, tmp_path, caplog):
+    table = pd.read_csv(stage1.manifest, dtype=str, keep_default_na=False)
+    phantom = Path(table["path"][0]).parents[2]  # the phantom folder the mask paths are relative to
+    table["mask_artefact"] = [str(phantom / m) if m else "" for m in table["mask_artefact"]]
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    config = _config(stage1, tmp_path / "out", "oracle_counterfactual")
+    config.finetune.manifest = tmp_path / "manifest.csv"
+    summary = run_mitigation(config, max_steps=2, progress=False).to_json()
+    assert summary["result"]["steps"] == 2 and "ORACLE" in caplog.text
+    table.drop(columns=["mask_artefact"]).to_csv(tmp_path / "blind.csv", index=False)
+    config.finetune.manifest = tmp_path / "blind.csv"
+    with pytest.raises(ConfigError, match="ground-truth artefact masks"):
+        run_mitigation(config, max_steps=1, progress=False)
 
 
 def test_missing_audit_and_prompts_are_config_errors(stage1, tmp_path):

@@ -134,7 +134,9 @@ class RadiographDataset(Dataset):
         regions = convert_to_tensor(sample["regions"], dtype=torch.float32, track_meta=False)
         return {"image": image, "regions": regions, "burned_in_annotation": burned}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def loaded(self, index: int) -> dict[str, Any]:
+        """Row ``index`` after ingestion: ``image`` (1, S, S) float32, ``regions`` (R, 4) pixel boxes and
+        ``burned_in_annotation`` (kept in memory when ``cache``)."""
         if index < 0 or index >= len(self):
             raise IndexError(f"index {index} out of range for {len(self)} rows")
         loaded = self._items.get(index)
@@ -142,6 +144,10 @@ class RadiographDataset(Dataset):
             loaded = self._load(index)
             if self.cache:
                 self._items[index] = loaded
+        return loaded
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        loaded = self.loaded(index)
         row = self.table.iloc[index]
         item = {
             "image": loaded["image"],
@@ -161,8 +167,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``image`` (B, 1, S, S) float32, ``regions`` list of B (R_i, 4) tensors (counts may differ),
-        ``text`` list of B str, ``label`` (B,) int64, ``key`` list of B str, and ``tokens``
-        (B, L) int64 when the items have them.
+        ``text`` list of B str, ``label`` (B,) int64, ``key`` list of B str, ``tokens`` (B, L) int64
+        when the items have them, and ``spurious`` list of B (R_i,) bool when they have region labels
+        (counterfactual training, :mod:`ravl_med.mitigate.counterfactual`).
     """
     if not items:
         raise ValueError("collate needs at least one item")
@@ -175,4 +182,6 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if "tokens" in items[0]:
         batch["tokens"] = torch.stack([item["tokens"] for item in items])
+    if "spurious" in items[0]:
+        batch["spurious"] = [item["spurious"] for item in items]
     return batch

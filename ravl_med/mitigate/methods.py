@@ -16,12 +16,15 @@ Methods: ``ravl`` (region-aware loss), ``standard`` (the fine-tuning config's co
 image against the class texts), ``vl_gdro`` (GroupDRO over stage-1 groups with online
 exponentiated-gradient weights), ``spurious_aware`` (contrastive loss plus a term pushing each image
 towards its class text and away from texts naming the spurious attribute; project reading of
-Yang et al. 2023).
+Yang et al. 2023). ``counterfactual``, ``counterfactual_upsampled`` and ``counterfactual_ravl`` train
+the standard, upsampled and RaVL objectives on counterfactual images (the audit's spurious regions moved
+across classes, :mod:`ravl_med.mitigate.counterfactual`); ``oracle_counterfactual`` moves the ground-truth
+artefact pixels instead (a ceiling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -249,18 +252,27 @@ class MitigationTrainer(Trainer):
         region_labels: image key -> (R_i,) bool spurious flags (stage-1 labelling).
         spurious_prompts: texts naming the spurious attribute (``spurious_aware``).
         shared_trunk: take the image embedding from the region pass when the tower allows it.
+        train_wrapper: training dataset -> the dataset trained on (e.g.
+            :class:`~ravl_med.mitigate.counterfactual.CounterfactualDataset`); ``None``: as ingested.
         **kwargs: :class:`Trainer` arguments (``sampler_factory``, ``progress``, ``on_step``).
     """
 
     def __init__(self, config, *, objective, region_labels: Mapping[str, np.ndarray] | None = None,
-                 spurious_prompts: Sequence[str] = (), shared_trunk: bool = True, **kwargs) -> None:
+                 spurious_prompts: Sequence[str] = (), shared_trunk: bool = True,
+                 train_wrapper: Callable[[Dataset], Dataset] | None = None, **kwargs) -> None:
         super().__init__(config, objective=objective, **kwargs)
+        self.train_wrapper = train_wrapper
         self.needs = set(getattr(objective, "needs", ()))
         self.region_labels = dict(region_labels or {})
         self.spurious_prompts = list(spurious_prompts)
         self.shared_trunk = shared_trunk
         self._tokens: dict[str, torch.Tensor] = {}
         self._embedder: RegionEmbedder | None = None
+
+    def datasets(self):
+        """The trainer's datasets, the training one wrapped by ``train_wrapper`` (counterfactual swaps)."""
+        train, val = super().datasets()
+        return (train if self.train_wrapper is None else self.train_wrapper(train)), val
 
     def _tokenised(self, name: str, prompts: list[str], device: torch.device) -> torch.Tensor:
         if name not in self._tokens:
@@ -297,8 +309,9 @@ class MitigationTrainer(Trainer):
         images = self.preprocess_(raw)
         boxes = [self.preprocess_.scale_boxes(b.to(ctx.device), height, width) for b in batch["regions"]]
         spurious = []
-        for key, b in zip(batch["key"], boxes):
-            flags = self.region_labels.get(str(key))
+        for index, (key, b) in enumerate(zip(batch["key"], boxes)):
+            # Counterfactual items carry their labels after the swap; others are looked up.
+            flags = batch["spurious"][index] if "spurious" in batch else self.region_labels.get(str(key))
             if flags is None or len(flags) != b.shape[0]:
                 raise ValueError(f"image {key}: no stage-1 region labels for its {b.shape[0]} regions; "
                                  "label the training regions with the same ingestion settings")
@@ -329,16 +342,17 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
     """The trainer arguments of a method.
 
     Returns:
-        ``{"objective": ..., "sampler_factory": ... or None}``.
+        ``{"objective": ..., "sampler_factory": ... or None, "counterfactual": "audit" | "oracle" | None}``
+        (the training images' swaps, :mod:`ravl_med.mitigate.counterfactual`).
     """
     label_aware = bool(finetune_config.label_aware)
     rank, world, _ = process_rank()
     sampler = None
-    if method == "ravl":
+    if method in ("ravl", "counterfactual_ravl"):
         objective: Any = RaVLObjective(lambda_, temperature, label_aware)
-    elif method == "standard":
+    elif method in ("standard", "counterfactual", "oracle_counterfactual"):
         objective = ContrastiveObjective(label_aware, rank, world)
-    elif method == "upsampled":
+    elif method in ("upsampled", "counterfactual_upsampled"):
         objective = ContrastiveObjective(label_aware, rank, world)
         sampler = _group_sampler_factory(region_labels)
     elif method == "vl_erm":
@@ -351,4 +365,4 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
         objective = SpuriousAwareObjective(spurious_weight, temperature, label_aware)
     else:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(MITIGATION_METHODS)}")
-    return {"objective": objective, "sampler_factory": sampler}
+    return {"objective": objective, "sampler_factory": sampler, "counterfactual": MITIGATION_METHODS[method].counterfactual}

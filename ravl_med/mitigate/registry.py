@@ -19,10 +19,16 @@ class MitigationMethodSpec:
         reads_region_labels: the method needs every training region labelled spurious or relevant by
             the audit's stage-1 medoids (and so the audit folder and the stage-1 model).
         summary: one line for ``--help`` and the docs.
+        counterfactual: ``"audit"``: training images go through the counterfactual swaps of the audit's
+            spurious regions (:mod:`ravl_med.mitigate.counterfactual`); ``"oracle"``: of the ground-truth
+            artefact masks; ``None``: images as ingested.
+        oracle: the method reads ground truth (masks): a ceiling, reported as such, never a method to use.
     """
 
     reads_region_labels: bool
     summary: str
+    counterfactual: str | None = None
+    oracle: bool = False
 
 
 #: Name -> spec, RaVL first (the order of tables and of ``--methods`` defaults).
@@ -33,6 +39,15 @@ MITIGATION_METHODS: dict[str, MitigationMethodSpec] = {
     "vl_erm": MitigationMethodSpec(False, "cross-entropy over the class texts (zero-shot logits)"),
     "vl_gdro": MitigationMethodSpec(True, "GroupDRO over the (class x spurious region) groups"),
     "spurious_aware": MitigationMethodSpec(False, "the recipe's loss plus a push away from texts naming the feature"),
+    "counterfactual": MitigationMethodSpec(
+        True, "the recipe's loss on counterfactual images: the audit's spurious regions pasted into / removed from "
+        "classes until the feature no longer predicts the class", "audit"),
+    "counterfactual_upsampled": MitigationMethodSpec(
+        True, "counterfactual images, (class x spurious region) groups sampled evenly", "audit"),
+    "counterfactual_ravl": MitigationMethodSpec(True, "counterfactual images with RaVL's region-aware loss", "audit"),
+    "oracle_counterfactual": MitigationMethodSpec(
+        False, "ORACLE (reads the ground-truth artefact masks; a ceiling, not a method): counterfactual images "
+        "from the masks' pixels", "oracle", oracle=True),
 }
 
 

@@ -343,8 +343,9 @@ class Trainer:
         (the epoch's end writes its own, :meth:`_close_epoch`).
         """
         cfg, state = self.config, run.progress
-        if hasattr(run.sampler, "set_epoch"):
-            run.sampler.set_epoch(epoch)
+        for epoch_aware in (run.sampler, run.train_set):  # samplers, and datasets whose items depend on the epoch
+            if hasattr(epoch_aware, "set_epoch"):
+                epoch_aware.set_epoch(epoch)
         start_micro = state.micro if epoch == state.epoch else 0
         if start_micro == 0:
             state.loss_sum, state.loss_count = 0.0, 0

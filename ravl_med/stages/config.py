@@ -194,8 +194,10 @@ class BenchmarkMitigation(MitigationSettings):
     ``standard`` under that protocol *is* the stage-1 model, so it is not trained twice.
     """
 
-    #: Methods to compare (``method`` of the settings is ignored); RaVL first by convention.
-    methods: list[MitigationMethod] = Field(default_factory=lambda: list(MITIGATION_METHODS), min_length=1)
+    #: Methods to compare (``method`` of the settings is ignored); RaVL first by convention. Default: every
+    #: method but the oracles (which read ground truth).
+    methods: list[MitigationMethod] = Field(
+        default_factory=lambda: [name for name, spec in MITIGATION_METHODS.items() if not spec.oracle], min_length=1)
     #: Texts naming the spurious attribute for ``spurious_aware``, with ``{}`` for the artefact's
     #: name in words (``chest_drain`` -> ``chest drain``).
     spurious_template: str = "a chest x-ray with a {}."

@@ -341,8 +341,48 @@ def _train(config: MitigateConfig, region_labels: dict[str, np.ndarray], **fit_k
     progress, on_step = fit_kwargs.pop("progress"), fit_kwargs.pop("on_step")
     trainer = MitigationTrainer(run_config, objective=pieces["objective"], sampler_factory=pieces["sampler_factory"],
                                 region_labels=region_labels, spurious_prompts=config.spurious_prompts,
+                                train_wrapper=_counterfactual_wrapper(config, pieces["counterfactual"], region_labels),
                                 progress=progress, on_step=on_step)
     return trainer.fit(**fit_kwargs)
+
+
+#: The manifest column of the ground-truth artefact masks the oracle reads (the phantom writes it).
+ORACLE_MASK_COLUMN = "mask_artefact"
+
+
+def _counterfactual_wrapper(config: MitigateConfig, kind: str | None, region_labels: dict[str, np.ndarray]):
+    """The training-set wrapper of a counterfactual method (``None`` for the others).
+
+    ``audit``: swaps of the regions the stage-1 labels call spurious; ``oracle``: of the ground-truth masks
+    (manifest column :data:`ORACLE_MASK_COLUMN`), read here and nowhere else.
+    """
+    if kind is None:
+        return None
+    from ravl_med.mitigate.counterfactual import CounterfactualDataset
+
+    ft = config.finetune
+
+    def swapped(train, masks=None):
+        try:
+            return CounterfactualDataset(train, region_labels, len(ft.classes), ft.seed, masks=masks)
+        except ValueError as err:
+            raise ConfigError(f"{config.method}: {err}") from None
+
+    if kind == "audit":
+        return swapped
+
+    def oracle(train):
+        from ravl_med.data.masks import ingested_masks
+
+        if ORACLE_MASK_COLUMN not in train.table.columns:
+            raise ConfigError(f"{config.method}: the oracle reads the ground-truth artefact masks (manifest column "
+                              f"{ORACLE_MASK_COLUMN!r}), which {ft.manifest} does not have")
+        log.warning("%s is an ORACLE: it reads the ground-truth artefact masks; report it only as a ceiling",
+                    config.method)
+        masks = ingested_masks(train.table, [ORACLE_MASK_COLUMN], ft.ingest, Path(ft.manifest).resolve().parent)
+        return swapped(train, masks)
+
+    return oracle
 
 
 def _evaluate(config: MitigateConfig, fit: FitResult, medoids: Stage1Medoids | None,
