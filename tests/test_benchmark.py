@@ -208,6 +208,25 @@ def test_shipped_smoke_suite_reaches_mitigation(tmp_path, capsys):
     assert all(0.0 <= m["image_worst_group"] <= 1.0 for m in row["mitigation"].values())
 
 
+def test_paired_differences_pair_methods_by_setting():
+    from ravl_med.stages.tables import paired_differences
+
+    def row(seed, a, b):
+        methods = {"a": {"image_worst_group": a, "image_accuracy": 0.5}}
+        if b is not None:
+            methods["b"] = {"image_worst_group": b, "image_accuracy": 0.4}
+        return {"setting": f"s{seed}", "mitigation": methods}
+
+    rows = [row(0, 0.3, 0.1), row(1, 0.5, 0.2), row(2, 0.4, 0.2), row(3, 0.9, None)]  # b did not run on s3
+    table = paired_differences(rows).set_index(["metric", "method", "versus"])
+    a_b = table.loc[("image_worst_group", "a", "b")]
+    deltas = [0.2, 0.3, 0.2]
+    assert a_b["n"] == 3 and a_b["mean"] == pytest.approx(np.mean(deltas))
+    assert a_b["ci_low"] < a_b["mean"] < a_b["ci_high"]
+    assert table.loc[("image_worst_group", "b", "a"), "mean"] == pytest.approx(-np.mean(deltas))
+    assert table.loc[("image_accuracy", "a", "b"), "mean"] == pytest.approx(0.1)
+
+
 def test_summarise_reports_means_with_95_intervals_over_seeds_and_false_alarms():
     from scipy import stats
 

@@ -1,7 +1,7 @@
 """The benchmark's result tables and plots, from the per-setting rows (``<setting>/result.json``).
 
-:func:`write_tables` turns rows into ``settings.csv``, ``discovery.csv|md``, ``mitigation.csv|md``
-and two PNG plots; :func:`summarise` computes the tables; :func:`load_rows` reads a suite's rows.
+:func:`write_tables` turns rows into ``settings.csv``, ``discovery.csv|md``, ``mitigation.csv|md``,
+``differences.csv|md`` (methods compared seed by seed) and two PNG plots; :func:`summarise` computes the tables; :func:`load_rows` reads a suite's rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from ravl_med.evaluate.intervals import mean_interval
 
-__all__ = ["METRICS", "RESULT_FILE", "load_rows", "summarise", "write_tables"]
+__all__ = ["METRICS", "PAIRED_METRICS", "RESULT_FILE", "load_rows", "paired_differences", "summarise", "write_tables"]
 
 #: The per-setting result (one row of the tables).
 RESULT_FILE = "result.json"
@@ -35,7 +35,8 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
     Returns:
         ``settings`` (one row per setting), ``discovery`` (mean, 95% interval and n of Precision@k per
         method and strength, over valid settings), ``mitigation`` (mean and 95% interval of each metric
-        per method, over valid settings), ``alarms`` (per validity and strength: settings whose audit
+        per method, over valid settings), ``differences`` (:func:`paired_differences` over valid settings),
+        ``alarms`` (per validity and strength: settings whose audit
         reported a finding; on invalid settings that is a false alarm).
     """
     flat = []
@@ -63,13 +64,45 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
              **{f"{k}_{column}": value for k in METRICS
                 for column, value in _interval_columns(part[k]).items() if column != "n"}}
             for method, part in mitigation.groupby("method", sort=False)])
+    differences = paired_differences(valid)
     alarms = pd.DataFrame([
         {"valid": is_valid, "strength": strength, "settings": len(part),
          "found": int((part == "found").sum()), "found_rate": float((part == "found").mean())}
         for (is_valid, strength), part in pd.DataFrame(
             [{"valid": r["valid"], "strength": r["strength"], "outcome": r.get("audit_outcome")} for r in rows]
         ).groupby(["valid", "strength"], sort=True)["outcome"]]) if rows else pd.DataFrame()
-    return {"settings": settings, "discovery": discovery, "mitigation": mitigation, "alarms": alarms}
+    return {"settings": settings, "discovery": discovery, "mitigation": mitigation, "differences": differences,
+            "alarms": alarms}
+
+
+#: The metrics :func:`paired_differences` compares.
+PAIRED_METRICS = ("image_worst_group", "image_accuracy")
+
+
+def paired_differences(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = PAIRED_METRICS) -> pd.DataFrame:
+    """Method minus method, paired by setting: is one method better than another on the same seeds?
+
+    Args:
+        rows: setting rows (valid ones: the caller filters).
+        metrics: mitigation metrics to compare.
+
+    Returns:
+        one row per ordered pair of methods (``method``, ``versus``) and metric: ``n`` (settings where both
+        ran), ``mean`` and 95% Student-t interval (``ci_low``, ``ci_high``) of ``method - versus``.
+    """
+    methods = list(dict.fromkeys(m for r in rows for m in r.get("mitigation", {})))
+    out = []
+    for metric in metrics:
+        for method in methods:
+            for versus in methods:
+                if versus == method:
+                    continue
+                deltas = [r["mitigation"][method].get(metric) - r["mitigation"][versus].get(metric) for r in rows
+                          if method in r.get("mitigation", {}) and versus in r["mitigation"]
+                          and r["mitigation"][method].get(metric) is not None
+                          and r["mitigation"][versus].get(metric) is not None]
+                out.append({"metric": metric, "method": method, "versus": versus, **_interval_columns(deltas)})
+    return pd.DataFrame(out)
 
 
 def _interval_columns(values) -> dict[str, float]:
