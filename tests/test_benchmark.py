@@ -181,6 +181,7 @@ def test_demo_prints_the_finding_and_before_after_table(tmp_path, capsys):
     before, after = row["stage1"]["image_worst_group"], row["mitigation"]["ravl"]["image_worst_group"]
     assert f"Worst-group accuracy: before {before:.1%} -> after {after:.1%} (ravl)" in out
     assert out.count("chest drain?") == 1 and len([line for line in out.splitlines() if " yes " in line]) == 4
+    assert "  standard (= stage 1) " in out and f"{row['mitigation']['ravl']['image_accuracy']:.1%}" in out
     assert "Audit report: " in out and "MLflow:" not in out
 
 

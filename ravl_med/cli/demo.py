@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not row.valid:
         print(f"The fine-tuned model did not learn the shortcut (gap {row.shortcut_gap:+.2f}); nothing to mitigate.")
     else:
-        after = "ravl" if "ravl" in row.mitigation else next(iter(row.mitigation))
+        after = next(iter(row.mitigation))  # the config's first method: the recommended one
         before_table = pd.read_csv(root / "groups" / "stage1.csv")
         after_table = pd.read_csv(root / "groups" / f"{after}.csv")
         print(f"\nPer-group zero-shot accuracy on the test split (class x {feature} present), before "
@@ -82,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
         print("\nWorst-group accuracy: before {:.1%} -> after {:.1%} ({})   overall: {:.1%} -> {:.1%}".format(
             row.stage1["image_worst_group"], row.mitigation[after]["image_worst_group"], after,
             row.stage1["image_accuracy"], row.mitigation[after]["image_accuracy"]))
-        others = {m: v["image_worst_group"] for m, v in row.mitigation.items() if m != after}
-        if others:
-            print("Other methods, worst-group accuracy: " + ", ".join(f"{m} {v:.1%}" for m, v in others.items()))
+        if len(row.mitigation) > 1:
+            print("\nSide by side (same start, recipe, seed and number of steps):")
+            print(f"  {'model':<28} {'worst group':>11}  {'overall':>7}")
+            print(f"  {'before: stage 1':<28} {row.stage1['image_worst_group']:>11.1%}  {row.stage1['image_accuracy']:>7.1%}")
+            for method, values in row.mitigation.items():
+                name = "standard (= stage 1)" if method == "standard" else method
+                print(f"  {name:<28} {values['image_worst_group']:>11.1%}  {values['image_accuracy']:>7.1%}")
     print(f"\nAudit report: {row.paths['report']}")
     print(f"Everything: {root}")
     if not args.no_tracking:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 from ravl_med.cli.common import (
@@ -23,8 +24,12 @@ from ravl_med.stages.config import MitigateConfig
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "mitigate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods:\n" + "\n".join(textwrap.fill(f"{name}: {spec.summary}", width=100, initial_indent="  ",
+                                                        subsequent_indent="      ")
+                                          for name, spec in MITIGATION_METHODS.items()),
         help="fine-tune away a discovered shortcut (region-aware loss) or run a mitigation baseline",
-        description=(
+        description=textwrap.fill(
             "Label every training region spurious or relevant by its nearest stage-1 medoid (the audit's "
             "medoids.npz, regions embedded with the audited stage-1 model), then fine-tune with the chosen "
             "method through the same loop as 'ravl-med finetune' (checkpoints, --resume, CUDA bf16, torchrun), "
@@ -32,11 +37,12 @@ def add_parser(subparsers) -> None:
             "Outputs go to OUT/<method>: checkpoints/, model.safetensors, metrics.json, mitigate.json, and, "
             "when the manifest has a test split, evaluation.json and groups.csv (image and core-region "
             "overall / worst-group accuracy; groups = class x feature present, from the manifest's ground "
-            "truth or else from the audit). Tracked in MLflow unless --no-tracking."
+            "truth or else from the audit). Tracked in MLflow unless --no-tracking.", width=100,
         ),
     )
     parser.add_argument("--config", type=Path, required=True, help="mitigation YAML (see configs/mitigate.yaml)")
-    parser.add_argument("--method", choices=list(MITIGATION_METHODS), help="method (overrides the config)")
+    parser.add_argument("--method", choices=list(MITIGATION_METHODS), metavar="METHOD",
+                        help="method (overrides the config); the list is below")
     parser.add_argument("--audit", type=Path, help="audit folder with medoids.npz (overrides audit_dir)")
     parser.add_argument("--stage1", type=Path, help="the audited stage-1 model (overrides stage1_checkpoint)")
     parser.add_argument("--out", type=Path, help="output folder (overrides finetune.output_dir)")
