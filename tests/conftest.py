@@ -31,6 +31,7 @@ SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 SHARED_MODELS = ("phantom_shortcut", "digits_shortcut")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         shared = [name for name in SHARED_MODELS if name in getattr(item, "fixturenames", ())]
@@ -41,9 +42,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def tracking_store(tmp_path_factory):
     """Commands track to MLflow by default; in tests that store lives in a temporary folder."""
+    import mlflow
+
     folder = tmp_path_factory.mktemp("mlflow")
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
+    # Created now, whichever test comes first (MLflow logs its table creation to stderr, which the
+    # one-line error tests read).
+    mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_experiments()
     yield folder
     if saved is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
