@@ -12,9 +12,9 @@ labels, with scikit-image morphology and no trained model:
    headroom above the local background (white text on a bright abdomen has little headroom, text on
    the black border all of it); each level is searched, because text touching bright anatomy comes
    apart from it only at the higher one;
-3. marks: connected ink ``min_height`` to ``max_height`` tall and at most three of those heights wide
-   (a character, or a word whose characters merged at low resolution; rib edges and wires are
-   longer);
+3. marks: connected ink from ``min_height`` px to the tallest character looked for (``max_height`` of
+   the longer side) tall and at most three such heights wide (a character, or a word whose characters
+   merged at low resolution; rib edges and wires are longer);
 4. rows: marks whose tops or bottoms align and whose heights match, at most one height apart
    (:func:`_rows_of_marks`);
 5. a row is a text line when it holds at least three marks (or two spanning ``min_aspect`` heights),
@@ -202,8 +202,8 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
 def _local_noise(pixels: np.ndarray, ink: np.ndarray, window: int) -> np.ndarray:
     """(H, W) standard deviation of the pixel noise around each pixel, from the pixels that are not ink.
 
-    1.25 x the mean absolute difference from the 3 x 3 median (a Gaussian's mean absolute deviation is
-    0.8 sigma) over a ``window`` x ``window`` square; letterbox padding (exact zeros) is left out.
+    About sigma: 1.25 x the mean absolute difference from the 3 x 3 median (a Gaussian's mean absolute
+    deviation is 0.8 sigma) over a ``window`` x ``window`` square; letterbox padding (exact zeros) is left out.
     """
     residual = np.abs(pixels - ndimage.median_filter(pixels, size=3))
     quiet = (~ink & (pixels > 0)).astype(np.float32)
