@@ -26,11 +26,13 @@ from ravl_med.discover.report import (
     GalleryTile,
     gallery_size,
     render_gallery,
+    write_report_html,
 )
 from ravl_med.models import create_backbone, save_checkpoint
 from ravl_med.models import embed as embed_module
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import QUADRANT_BOXES, write_digits
+from ravl_med.stages import audit as audit_module
 from ravl_med.stages.audit import run_audit, too_little_data
 from ravl_med.stages.config import AuditConfig
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
@@ -167,7 +169,8 @@ def test_json_matches_estimator(audited):
         written = audit["methods"][method]
         for key in ("outcome", "notes", "params", "n_classes", "class_names"):
             assert written[key] == expected[key], (method, key)
-        added = {"precision_at_k", "n_gallery", "gallery_regions", "gallery"}
+        added = {"precision_at_k", "n_gallery", "gallery_regions", "gallery", "n_counter_gallery",
+                 "counter_gallery_regions", "counter_gallery"}
         got = [{k: v for k, v in c.items() if k not in added} for c in written["ranked_clusters"]]
         assert got == expected["ranked_clusters"], method
     # Zero-shot scores agree with the image predictions reported.
@@ -276,29 +279,71 @@ def _write_yaml(path, data) -> str:
     return str(path)
 
 
-def test_burned_in_annotations_are_warned_about_or_kept_out(audited, phantom, tmp_path):
-    """Gallery thumbnails of images whose header says BurnedInAnnotation YES: a warning, or crops only."""
+def _copy_data(phantom, folder, edit) -> object:
+    """The phantom's data copied to ``folder`` with ``edit(dataset)`` applied to every DICOM; its manifest path."""
     import shutil
 
     import pydicom
 
-    data = tmp_path / "data"
-    shutil.copytree(phantom.parent, data)
-    for path in data.rglob("*.dcm"):
+    shutil.copytree(phantom.parent, folder)
+    for path in folder.rglob("*.dcm"):
         ds = pydicom.dcmread(path)
-        ds.BurnedInAnnotation = "YES"
+        edit(ds)
         ds.save_as(path)
+    return folder / phantom.name
+
+
+def _burn_in_text(ds) -> None:
+    """Burns 'DOE 1957' into the pixels the way a modality does: white text on a black band across the top."""
+    from PIL import ImageDraw, ImageFont
+
+    pixels = ds.pixel_array.copy()
+    black, white = ((pixels.max(), pixels.min()) if ds.PhotometricInterpretation == "MONOCHROME1"
+                    else (pixels.min(), pixels.max()))
+    pixels[:12] = black
+    canvas = Image.fromarray(pixels.astype(np.int32), mode="I")
+    ImageDraw.Draw(canvas).text((2, 2), "DOE 1957", fill=int(white), font=ImageFont.load_default(size=8))
+    ds.PixelData = np.asarray(canvas).astype(pixels.dtype).tobytes()
+
+
+def test_burned_in_annotations_are_warned_about_or_kept_out(audited, phantom, tmp_path):
+    """Gallery thumbnails of images whose header says BurnedInAnnotation YES: a warning, or crops only."""
+
+    def declare(ds):
+        ds.BurnedInAnnotation = "YES"
+
     config = audited.config.model_copy(update={"output_dir": tmp_path / "out", "methods": ["random"],
-                                               "manifest": data / phantom.name})
+                                               "manifest": _copy_data(phantom, tmp_path / "data", declare)})
     audit = run_audit(config, progress=False).audit
-    assert audit["burned_in_annotation"] == {"gallery_images": 12, "crops_only": False}
-    assert "Warning: burned-in text." in (tmp_path / "out" / "report.html").read_text()
+    # The phantoms' pixels hold no text: only the header flags them.
+    assert audit["burned_in_annotation"] == {"gallery_images": 12, "dicom_attribute": 12, "pixel_check": 0,
+                                             "crops_only": False}
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Warning: burned-in text.</b> 12 image(s) shown in the galleries may hold burned-in text, flagged 12 by " \
+           "the DICOM attribute (BurnedInAnnotation YES):" in report
+    # The random baseline's one group holds every region: tied to no class, it has no counter-examples.
+    cluster = audit["methods"]["random"]["ranked_clusters"][0]
+    assert cluster["attribute_name"] is None
+    assert (cluster["n_counter_gallery"], cluster["counter_gallery"]) == (0, None)
+    assert "No counter-examples: the cluster is not tied to a class." in report
+    assert not list((tmp_path / "out").glob("*-counter.png"))
     config.report = config.report.model_copy(update={"crops_only": True})
     config.output_dir = tmp_path / "crops"
     audit = run_audit(config, progress=False).audit
     assert "Warning: burned-in text." not in (tmp_path / "crops" / "report.html").read_text()
     with Image.open(tmp_path / "crops" / audit["methods"]["random"]["ranked_clusters"][0]["gallery"]) as png:
         assert png.size == gallery_size(12, 3, 160, crops_only=True)
+
+
+def test_burned_in_text_in_the_pixels_is_warned_about(audited, phantom, tmp_path):
+    """No header says so, but the pixels hold a name and a year: the pixel check flags the gallery images."""
+    config = audited.config.model_copy(update={"output_dir": tmp_path / "out", "methods": ["random"],
+                                               "manifest": _copy_data(phantom, tmp_path / "data", _burn_in_text)})
+    audit = run_audit(config, progress=False).audit
+    assert audit["burned_in_annotation"] == {"gallery_images": 12, "dicom_attribute": 0, "pixel_check": 12,
+                                             "crops_only": False}
+    assert ("12 image(s) shown in the galleries may hold burned-in text, flagged 12 by the pixel check (lines of "
+            "text-like marks)") in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_the_sha256_recorded_by_finetune_is_checked(audited, checkpoint, tmp_path):
@@ -423,3 +468,87 @@ def test_audit_saves_every_stage1_medoid_for_mitigation(audited):
     disc = result.discoverers["ravl"]
     assert len(medoids.embeddings) == disc.n_clusters_
     np.testing.assert_allclose(medoids.embeddings, result.embeddings.region_embeddings[disc.medoids_])
+
+
+# ----------------------------------------------------------------------------- counter-examples
+
+
+@pytest.fixture(scope="module")
+def planted(audited, tmp_path_factory):
+    """The audit again (embeddings from the cache) with zero-shot scores that tie one RaVL cluster to a class.
+
+    The random model has no shortcut, so one is planted in its scores: every image with a region in the cluster
+    is predicted as the class (right for that class, wrong for the others), the images of the class without it
+    are predicted wrong, and the cluster's regions score highest for the class. The clustering is the fixture's
+    (same embeddings, same seed). The cluster is the one with the most images with and without it in every
+    class; the class, the one with the most images without it (the counter-examples).
+    """
+    emb, disc = audited.embeddings, audited.discoverers["ravl"]
+    labels = np.asarray(emb.labels)
+    presence = np.zeros((disc.n_clusters_, len(labels)), dtype=bool)
+    presence[disc.labels_, emb.region_image] = True
+    split = [[min(presence[c][labels == y].sum(), (~presence[c][labels == y]).sum()) for y in range(len(CLASSES))]
+             for c in range(disc.n_clusters_)]
+    cluster = max(range(disc.n_clusters_), key=lambda c: min(split[c]))
+    tied = max(range(len(CLASSES)), key=lambda y: (~presence[cluster][labels == y]).sum())
+    assert min(split[cluster]) >= 2, split  # the random model's clustering has such a cluster
+    has = presence[cluster]
+    predicted = np.where(has, tied, np.where(labels == tied, (tied + 1) % len(CLASSES), labels))
+    image_scores = np.full((len(labels), len(CLASSES)), 0.1, dtype=np.float32)
+    image_scores[np.arange(len(labels)), predicted] = 0.8
+    region_scores = np.full((len(emb.region_image), len(CLASSES)), 1 / 3, dtype=np.float32)
+    region_scores[disc.labels_ == cluster] = 0.05
+    region_scores[disc.labels_ == cluster, tied] = 0.9
+    n_gallery = int(min(4, (~has[labels == tied]).sum()))
+    config = audited.config.model_copy(update={
+        "output_dir": tmp_path_factory.mktemp("planted"), "methods": ["ravl"],
+        "cache_dir": audited.config.resolved_cache_dir,
+        "discovery": audited.config.discovery.model_copy(update={"n_stability": 0}),
+        "report": audited.config.report.model_copy(update={"gallery_regions": n_gallery})})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audit_module, "_zero_shot", lambda *args: (audited.text_embeddings, image_scores, region_scores))
+        return run_audit(config, progress=False), cluster
+
+
+def test_counter_gallery_of_each_kept_cluster(planted, tmp_path):
+    """Under each kept cluster's gallery: regions of its class's images without a region in the cluster, the
+    nearest the medoid first, one per image, as many tiles as the main gallery; in audit.json and report.html."""
+    result, planted_cluster = planted
+    emb, disc, out = result.embeddings, result.discoverers["ravl"], result.output_dir
+    assert result.outcome == "found" and planted_cluster in [c.cluster for c in disc.ranked_clusters_]
+    labels = np.asarray(emb.labels)
+    unit = emb.region_embeddings / np.linalg.norm(emb.region_embeddings, axis=1, keepdims=True)
+    audit = json.loads((out / "audit.json").read_text())
+    report = (out / "report.html").read_text()
+    n_gallery = result.config.report.gallery_regions
+    for cluster, ranked, regions in zip(audit["methods"]["ravl"]["ranked_clusters"], disc.ranked_clusters_,
+                                        disc.ranked_regions_):
+        tied = CLASSES.index(cluster["attribute_name"])
+        in_cluster = set(emb.region_image[regions].tolist())
+        without = [i for i in np.flatnonzero(labels == tied) if i not in in_cluster]
+        # By hand: each such image's region nearest the medoid, the images by that similarity.
+        similarity = unit @ unit[ranked.medoid]
+        best = {i: max(emb.regions_of(i), key=lambda r: similarity[r]) for i in without}
+        expected = sorted(best.values(), key=lambda r: -similarity[r])[:n_gallery]
+        shown = [entry["region"] for entry in cluster["counter_gallery_regions"]]
+        assert shown == [int(r) for r in expected]
+        images = emb.region_image[shown]
+        assert len(set(images.tolist())) == len(shown) and not set(images.tolist()) & in_cluster
+        assert np.all(labels[images] == tied)
+        assert {entry["label"] for entry in cluster["counter_gallery_regions"]} == {cluster["attribute_name"]}
+        assert cluster["n_counter_gallery"] == len(shown) == min(n_gallery, len(without))
+        name = f"gallery-cluster-{cluster['rank']}-counter.png"
+        assert cluster["counter_gallery"] == name and name in audit["files"]["galleries"]
+        with Image.open(out / name) as png:
+            assert png.size == gallery_size(len(shown), 3, 160)
+        assert f"alt='counter-examples of ravl cluster {cluster['rank']}'" in report
+        assert (f"Counter-examples: regions of {cluster['attribute_name']} images that the audit did not put in this "
+                "cluster, the most similar ones first") in report
+    planted_entry = next(c for c in audit["methods"]["ravl"]["ranked_clusters"] if c["cluster"] == planted_cluster)
+    assert planted_entry["n_counter_gallery"] == planted_entry["n_gallery"] == n_gallery  # as many tiles as the main
+    assert report.count("data:image/png;base64,") == len(result.files["galleries"])
+    # A cluster that every image of its class has a region in: no gallery, one line.
+    planted_entry.update(n_counter_gallery=0, counter_gallery=None, counter_gallery_regions=[])
+    text = write_report_html(audit, {}, {}, tmp_path / "report.html").read_text()
+    assert (f"No counter-examples: every {planted_entry['attribute_name']} image has a region in this cluster, so "
+            "there is no image of the class without it to compare with.") in text

@@ -24,6 +24,7 @@ from ravl_med.discover import (
     _clustering,
     build_discoverer,
     cosine_distance_matrix,
+    counter_examples,
     estimator_class,
     nearest_medoid,
     precision_at_k,
@@ -178,6 +179,27 @@ def test_single_region_images_are_not_eligible_for_influence():
 def _check_outcome(disc):
     assert disc.outcome_ in OUTCOMES and disc.notes_
     json.dumps(disc.to_dict(), allow_nan=False)
+
+
+def test_counter_examples_by_hand():
+    """Images of the tied class without a region in the cluster: each by its region nearest the centre, ranked."""
+    centre = np.array([1.0, 0.0])
+    # (image, embedding) per region; a region's cosine to the centre is its first coordinate over its norm.
+    regions = [(0, [1.0, 0.0]), (0, [0.0, 1.0]),            # image 0: class 0, in the cluster (region 0)
+               (1, [0.6, 0.8]), (1, [0.8, 0.6]),            # image 1: class 0, best region 3 (0.8)
+               (2, [0.1, 1.0]), (2, [3.0, 0.3]),            # image 2: class 0, best region 5 (0.995; norm ignored)
+               (3, [1.0, 0.0]),                             # image 3: class 1, other class
+               (4, [0.0, -1.0]), (4, [-1.0, 0.0])]          # image 4: class 0, best region 7 (0.0)
+    region_image = np.array([i for i, _ in regions])
+    embeddings = np.array([e for _, e in regions])
+    labels = np.array([0, 0, 0, 1, 0])
+    found = counter_examples(embeddings, region_image, labels, [0], 0, centre, 10)
+    assert found.tolist() == [5, 3, 7] and found.dtype == np.int64
+    assert counter_examples(embeddings, region_image, labels, [0], 0, centre, 2).tolist() == [5, 3]
+    # Block boundaries do not change the answer.
+    assert counter_examples(embeddings, region_image, labels, [0], 0, centre, 10, block_rows=2).tolist() == [5, 3, 7]
+    # Every image of class 0 has a region in the cluster: nothing to show.
+    assert counter_examples(embeddings, region_image, labels, [0, 2, 4, 7], 0, centre, 10).size == 0
 
 
 def test_random_embeddings_do_not_crash():

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "nearest_medoid": "_clustering",
     "ClassStats": "_groups",
     "RankedCluster": "_groups",
+    "counter_examples": "_groups",
     "DistillingFailuresDiscoverer": "baselines",
     "DominoDiscoverer": "baselines",
     "GeorgeDiscoverer": "baselines",

@@ -11,11 +11,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._clustering import nearest_medoid
+
 __all__ = [
     "ClassStats",
     "DiscoveryInputs",
     "GroupStats",
     "RankedCluster",
+    "counter_examples",
     "group_statistics",
     "one_per_image_first",
     "refuse_non_finite",
@@ -239,6 +242,44 @@ def one_per_image_first(ranked_regions: np.ndarray, region_image: np.ndarray) ->
     occurrence = np.empty_like(order)
     occurrence[order] = np.arange(order.size) - run_start
     return ranked_regions[np.argsort(occurrence, kind="stable")]
+
+
+def counter_examples(region_embeddings, region_image, image_labels, cluster_regions, attribute: int, centre,
+                     n: int, block_rows: int = 8192) -> np.ndarray:
+    """The closest look-alikes of a cluster that are not in it: what a reviewer compares the cluster with.
+
+    Among the images of class ``attribute`` (the class the cluster is tied to) that have no region in
+    the cluster (the class's images "without the feature" of its table), each image's region most
+    similar to ``centre`` (cosine similarity, blocked: memory O(block_rows)) stands for the image; the
+    images are ranked by that similarity, most similar first. No ground truth is read.
+
+    Args:
+        region_embeddings: (M, D) region embeddings (rows need not be unit-norm).
+        region_image: (M,) image index of every region.
+        image_labels: (N,) class of every image.
+        cluster_regions: (n_c,) region indices of the cluster.
+        attribute: the class index the cluster is tied to.
+        centre: (D,) the cluster's centre: its medoid's embedding.
+        n: at most this many regions.
+        block_rows: rows per similarity product.
+
+    Returns:
+        (<= n,) int64 region indices, one per image, most similar first (ties: lower region index);
+        empty when every image of the class has a region in the cluster.
+    """
+    region_image = np.asarray(region_image, dtype=np.int64)
+    image_labels = np.asarray(image_labels, dtype=np.int64)
+    without = image_labels == attribute
+    without[region_image[np.asarray(cluster_regions, dtype=np.int64)]] = False
+    candidates = np.flatnonzero(without[region_image])
+    if candidates.size == 0 or n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    _, similarity = nearest_medoid(region_embeddings, np.asarray(centre)[None, :], block_rows, normalise=True)
+    similarity = similarity[candidates]
+    # Most similar first, ties by region index; the first row of each image is its best region.
+    order = np.lexsort((candidates, -similarity))
+    _, first = np.unique(region_image[candidates[order]], return_index=True)
+    return candidates[order[np.sort(first)]][:n]
 
 
 def top_region_per_image(inputs: DiscoveryInputs) -> tuple[np.ndarray, np.ndarray]:

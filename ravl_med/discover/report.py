@@ -318,7 +318,7 @@ def _class_table(cluster: dict) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
+def _method_section(name: str, method: dict, galleries: dict, counter_galleries: dict, k: int) -> str:
     meaning = OUTCOME_TEXT.get(method["outcome"], "")
     if method["outcome"] == "found" and method["method"] != "RaVLDiscoverer":
         meaning = BASELINE_FOUND_TEXT
@@ -353,7 +353,24 @@ def _method_section(name: str, method: dict, galleries: dict, k: int) -> str:
                        "enlarged.</p>")
             out.append(f"<img class='gallery' alt='regions of {_e(name)} cluster {cluster['rank']}' "
                        f"src='{_png_data_uri(gallery)}'>")
+        if "counter_gallery" in cluster:  # the primary method's clusters
+            out.append(_counter_gallery(name, cluster, counter_galleries.get((name, cluster["rank"]))))
     return "\n".join(out)
+
+
+def _counter_gallery(name: str, cluster: dict, gallery: Path | None) -> str:
+    """The cluster's counter-examples under its gallery, or one line on why there are none."""
+    attribute = cluster["attribute_name"]
+    if attribute is None:
+        return "<p class='meta'>No counter-examples: the cluster is not tied to a class.</p>"
+    if gallery is None:
+        return (f"<p class='meta'>No counter-examples: every {_e(attribute)} image has a region in this cluster, so "
+                "there is no image of the class without it to compare with.</p>")
+    return (f"<p class='meta'>Counter-examples: regions of {_e(attribute)} images that the audit did not put in this "
+            "cluster, the most similar ones first: if they show the same thing, the cluster is not a distinct "
+            "feature.</p>"
+            f"<img class='gallery' alt='counter-examples of {_e(name)} cluster {cluster['rank']}' "
+            f"src='{_png_data_uri(gallery)}'>")
 
 
 def _attributes_section(audit: dict) -> str:
@@ -406,6 +423,9 @@ def _glossary(audit: dict) -> str:
                     "first, as in clusters.csv and the gallery files."),
         ("tied to a class", "the class whose accuracy the cluster's feature raises most (largest positive gap)."),
         ("images with / without feature", "images of a class with at least one region in the cluster / with none."),
+        ("counter-examples", "for each image of the cluster's class without the feature, its region most similar to "
+                             "the cluster's medoid (the region at its centre; a baseline's top-ranked region); the "
+                             "most similar of these images are shown under the cluster's gallery."),
         ("accuracy with / without", "share of those images the model classifies correctly (zero-shot), with a 95% "
                                     "bootstrap interval."),
         ("weighted gap", "accuracy with minus accuracy without, times the share of the class's images that have the "
@@ -435,10 +455,15 @@ def _summary(audit: dict) -> str:
     lines = []
     burned = audit.get("burned_in_annotation") or {}
     if burned.get("gallery_images") and not burned.get("crops_only"):
+        sources = []
+        if burned["dicom_attribute"]:
+            sources.append(f"{burned['dicom_attribute']} by the DICOM attribute (BurnedInAnnotation YES)")
+        if burned["pixel_check"]:
+            sources.append(f"{burned['pixel_check']} by the pixel check (lines of text-like marks)")
         lines.append(f"<p class='warning'><b>Warning: burned-in text.</b> {burned['gallery_images']} image(s) shown "
-                     "in the galleries declare burned-in annotations (DICOM BurnedInAnnotation YES): names or dates "
-                     "may be visible in their thumbnails. Do not share this report outside the care team, or audit "
-                     "again with <code>report: {crops_only: true}</code>, which shows only the regions.</p>")
+                     f"in the galleries may hold burned-in text, flagged {' and '.join(sources)}: names or dates may "
+                     "be visible in their thumbnails. Do not share this report outside the care team, or audit again "
+                     "with <code>report: {crops_only: true}</code>, which shows only the regions.</p>")
     lines += [(f"<p>{data['n_images']} images of the <b>{_e(data['split'] or 'whole')}</b> split were audited "
              f"({', '.join(f'{_e(c)}: {n}' for c, n in data['images_per_class'].items())}), "
              f"{data['n_regions']} candidate regions in all. Zero-shot accuracy of the model on them: "
@@ -498,7 +523,9 @@ def _next_step(audit: dict) -> str:
     return f"""<h2>Next step: review, then mitigate</h2>
 <p>Clusters are numbered by rank ({_e(ranks)}) here, in <code>clusters.csv</code> (column <code>rank</code>) and in
 the gallery files (<code>gallery-cluster-&lt;rank&gt;.png</code>). For each cluster, look at its gallery: is the
-boxed region something that is not part of the disease (a device, a marker, burned-in text, a positioning aid)?</p>
+boxed region something that is not part of the disease (a device, a marker, burned-in text, a positioning aid)? Then
+look at its counter-examples (<code>gallery-cluster-&lt;rank&gt;-counter.png</code>): if they show the same thing,
+the cluster is not a distinct feature.</p>
 <ol>
 <li>Mark the shortcuts, e.g. clusters 1 and 3: <code>ravl-med review AUDIT_DIR --spurious 1,3</code>
 (<code>--none</code> if no cluster is one). This writes <code>review.yaml</code> in the audit folder; it can also be
@@ -510,24 +537,27 @@ alone lists the clusters.</li>
 <p class="meta">AUDIT_DIR is the folder this report is in.</p>"""
 
 
-def write_report_html(audit: dict, galleries: dict, path: str | Path) -> Path:
+def write_report_html(audit: dict, galleries: dict, counter_galleries: dict, path: str | Path) -> Path:
     """Writes the self-contained HTML report (galleries embedded as data URIs; no external resource).
 
     Args:
         audit: the audit dict (as written to ``audit.json``).
         galleries: ``{(method, rank): PNG path}``.
+        counter_galleries: ``{(method, rank): PNG path}`` of the counter-example galleries (primary method).
         path: destination file.
     """
     model = audit["model"]
     k = audit["config"]["evaluation"]["precision_k"]
     primary = audit["primary_method"]
-    sections = [_method_section(primary, audit["methods"][primary], galleries, k), _attributes_section(audit)]
+    sections = [_method_section(primary, audit["methods"][primary], galleries, counter_galleries, k),
+                _attributes_section(audit)]
     baselines = [name for name in audit["methods"] if name != primary]
     if baselines:
         sections.append("<h2>Baselines</h2><p class='meta'>The same regions ranked by other discovery methods, for "
                         "comparison; open a method to see its clusters.</p>")
         sections += [f"<details><summary>{_e(name)} (outcome {_e(audit['methods'][name]['outcome'])})</summary>"
-                     f"{_method_section(name, audit['methods'][name], galleries, k)}</details>" for name in baselines]
+                     f"{_method_section(name, audit['methods'][name], galleries, counter_galleries, k)}</details>"
+                     for name in baselines]
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -11,6 +11,8 @@ Precision@k when the manifest has it -> the outputs in ``output_dir``::
     report.html                   self-contained report for clinicians (galleries embedded)
     clusters.csv                  the per-class tables of every cluster, flat
     gallery-cluster-<rank>.png    RaVL: the top regions of each kept cluster
+    gallery-cluster-<rank>-counter.png   its counter-examples: regions of images of the cluster's class
+                                  without a region in it, nearest the medoid (one per image)
     gallery-<method>-cluster-<rank>.png   baselines (``report.baseline_galleries`` per method)
 
 Ground truth (``evaluation.ground_truth: auto``): phantom manifests (column ``mask_artefact``) mark a
@@ -28,6 +30,11 @@ process loads the model and the split, embeds batches ``rank, rank + world_size,
 (the same :class:`~ravl_med.models.embed.EmbeddingSet` as one process) and runs the zero-shot scores,
 discovery and outputs alone, while the other processes return ``None`` without writing any output.
 The cache folder must be one that every process sees (always so on one machine).
+
+Burned-in text: every image a gallery shows is checked twice, by its DICOM header (BurnedInAnnotation)
+and by its pixels (:func:`~ravl_med.data.burned_text.find_burned_in_text` on the ingested image); the
+counts by source are in ``audit.json`` (``burned_in_annotation``) and the report warns unless
+``report.crops_only``.
 
 No output holds a file path of an image or a DICOM header field: images are named by their manifest
 keys (opaque hashes unless the manifest sets its own).
@@ -47,7 +54,7 @@ import numpy as np
 from ravl_med import __version__
 from ravl_med.config import ConfigError
 from ravl_med.data.atomic import atomic_path
-from ravl_med.discover import BaseDiscoverer, scores_from_embeddings
+from ravl_med.discover import BaseDiscoverer, counter_examples, scores_from_embeddings
 from ravl_med.discover.medoids import MEDOIDS_FILE, stage1_medoids
 from ravl_med.discover.metrics import RULE_THRESHOLDS, precision_at_k, quadrant_is_spurious, region_overlaps_mask
 from ravl_med.discover.registry import build_discoverer
@@ -462,6 +469,125 @@ def _gallery_name(method: str, rank: int, primary: str) -> str:
     return f"gallery-cluster-{rank}.png" if method == primary else f"gallery-{method}-cluster-{rank}.png"
 
 
+def _counter_gallery_name(rank: int) -> str:
+    return f"gallery-cluster-{rank}-counter.png"
+
+
+class _GalleryImages:
+    """The ingested images the galleries show, loaded once each, and which of them may hold burned-in text.
+
+    Attributes:
+        declared: images whose DICOM header says BurnedInAnnotation YES.
+        text_like: images in whose pixels :func:`~ravl_med.data.burned_text.find_burned_in_text` finds lines
+            of text-like marks (checked on the ingested image the gallery shows).
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.pixels: dict[int, np.ndarray] = {}
+        self.declared: set[int] = set()
+        self.text_like: set[int] = set()
+
+    def __call__(self, index: int) -> np.ndarray:
+        """(S, S) float32 ingested image ``index`` of the dataset."""
+        from ravl_med.data.burned_text import find_burned_in_text
+
+        if index not in self.pixels:
+            item = self.dataset[index]
+            image = np.asarray(item["image"], dtype=np.float32)[0]
+            if item["burned_in_annotation"]:
+                self.declared.add(index)
+            if find_burned_in_text(image).found:
+                self.text_like.add(index)
+            self.pixels[index] = image
+        return self.pixels[index]
+
+    def record(self, crops_only: bool) -> dict:
+        """``audit.json``'s ``burned_in_annotation``: gallery images that may hold burned-in text, by source."""
+        return {"gallery_images": len(self.declared | self.text_like), "dicom_attribute": len(self.declared),
+                "pixel_check": len(self.text_like), "crops_only": crops_only}
+
+
+def _gallery_entries(result: AuditResult, regions: list[int]) -> list[dict]:
+    """``audit.json``'s record of the regions a gallery shows (image keys, labels, boxes; no pixels)."""
+    emb, classes = result.embeddings, list(result.config.classes)
+    labels, predicted = np.asarray(emb.labels, dtype=np.int64), result.image_scores.argmax(axis=1)
+    return [{
+        "region": r, "image_key": str(emb.keys[emb.region_image[r]]),
+        "label": classes[labels[emb.region_image[r]]], "predicted": classes[predicted[emb.region_image[r]]],
+        "box_model_px": [round(float(v), 2) for v in emb.region_boxes[r]],
+        "spurious": None if result.region_is_spurious is None else bool(result.region_is_spurious[r]),
+    } for r in regions]
+
+
+def _render(result: AuditResult, entries: list[dict], images: _GalleryImages, path: Path, model_side: int) -> Path:
+    """The gallery of the regions of ``entries`` (:func:`_gallery_entries`, best first) written to ``path``."""
+    config, emb = result.config, result.embeddings
+    scale = config.ingest.image_size / float(model_side)
+    tiles = [GalleryTile(images(int(emb.region_image[d["region"]])), emb.region_boxes[d["region"]] * scale,
+                         f"{j + 1}. {d['image_key'][:8]} label: {d['label']}, model: {d['predicted']}")
+             for j, d in enumerate(entries)]
+    return render_gallery(tiles, path, columns=config.report.gallery_columns, tile_size=config.report.tile_size,
+                          crops_only=config.report.crops_only)
+
+
+def _counter_regions(result: AuditResult, cluster, regions: np.ndarray) -> np.ndarray:
+    """The cluster's counter-examples (:func:`~ravl_med.discover.counter_examples`), as many as a gallery shows.
+
+    Nearest the medoid, or for a method without medoids its top-ranked region; none for a cluster tied to no class.
+    """
+    emb = result.embeddings
+    if cluster.attribute is None:
+        return np.zeros(0, dtype=np.int64)
+    centre = emb.region_embeddings[cluster.medoid if cluster.medoid is not None else int(regions[0])]
+    return counter_examples(emb.region_embeddings, emb.region_image, emb.labels, regions, cluster.attribute,
+                            centre, result.config.report.gallery_regions)
+
+
+def _method_entries(result: AuditResult, images: _GalleryImages, model_side: int) -> tuple[dict, dict, dict]:
+    """Each method's ``audit.json`` entry with its galleries rendered: (methods, galleries, counter galleries).
+
+    Galleries by (method, rank): the ``gallery_regions`` best regions of every kept cluster of the primary
+    method and of the first ``baseline_galleries`` of each baseline; the primary method's clusters also get a
+    counter-example gallery (:func:`_counter_regions`).
+    """
+    config, out = result.config, result.output_dir
+    k, n_gallery = config.evaluation.precision_k, config.report.gallery_regions
+    primary = next(iter(result.discoverers))
+    methods: dict[str, dict] = {}
+    galleries: dict[tuple[str, int], Path] = {}
+    counter_galleries: dict[tuple[str, int], Path] = {}
+    for name, disc in result.discoverers.items():
+        entry = disc.to_dict()
+        entry["precision_at_k"] = result.precision.get(name)
+        limit = len(disc.ranked_clusters_) if name == primary else config.report.baseline_galleries
+        for cluster, ranked, regions in zip(entry["ranked_clusters"], disc.ranked_clusters_, disc.ranked_regions_):
+            rank = cluster["rank"]
+            if result.region_is_spurious is not None:
+                cluster["precision_at_k"] = precision_at_k(regions, result.region_is_spurious, k)
+            shown = [int(r) for r in regions[:n_gallery]]
+            cluster["n_gallery"] = len(shown)
+            cluster["gallery_regions"] = _gallery_entries(result, shown)
+            cluster["gallery"] = None
+            if rank <= limit and shown:
+                path = _render(result, cluster["gallery_regions"], images, out / _gallery_name(name, rank, primary),
+                               model_side)
+                cluster["gallery"] = path.name
+                galleries[(name, rank)] = path
+            if name == primary:  # counter-examples: what a reviewer compares the cluster with
+                counter = [int(r) for r in _counter_regions(result, ranked, regions)]
+                cluster["n_counter_gallery"] = len(counter)
+                cluster["counter_gallery_regions"] = _gallery_entries(result, counter)
+                cluster["counter_gallery"] = None
+                if counter:
+                    path = _render(result, cluster["counter_gallery_regions"], images,
+                                   out / _counter_gallery_name(rank), model_side)
+                    cluster["counter_gallery"] = path.name
+                    counter_galleries[(name, rank)] = path
+        methods[name] = entry
+    return methods, galleries, counter_galleries
+
+
 def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | None, notes: list[str],
                    truth_info: dict | None, run_info: dict, inconclusive: list[str]) -> tuple[dict, dict]:
     """Writes audit.json, clusters.csv, report.html and the galleries; returns (audit dict, files by role)."""
@@ -469,50 +595,9 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
     classes = list(config.classes)
     labels = np.asarray(emb.labels, dtype=np.int64)
     predicted = result.image_scores.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
-    scale = config.ingest.image_size / float(model_side)
-    images: dict[int, np.ndarray] = {}
-
-    burned: set[int] = set()  # gallery images whose DICOM header says BurnedInAnnotation YES
-
-    def image_of(i: int) -> np.ndarray:
-        if i not in images:
-            item = dataset[i]
-            if item["burned_in_annotation"]:
-                burned.add(i)
-            images[i] = np.asarray(item["image"], dtype=np.float32)[0]
-        return images[i]
-
-    k = config.evaluation.precision_k
-    n_gallery = config.report.gallery_regions
+    images = _GalleryImages(dataset)
+    methods, galleries, counter_galleries = _method_entries(result, images, model_side)
     primary = next(iter(result.discoverers))
-    methods: dict[str, dict] = {}
-    galleries: dict[tuple[str, int], Path] = {}
-    for name, disc in result.discoverers.items():
-        entry = disc.to_dict()
-        entry["precision_at_k"] = result.precision.get(name)
-        limit = len(disc.ranked_clusters_) if name == primary else config.report.baseline_galleries
-        for cluster, regions in zip(entry["ranked_clusters"], disc.ranked_regions_):
-            if result.region_is_spurious is not None:
-                cluster["precision_at_k"] = precision_at_k(regions, result.region_is_spurious, k)
-            shown = [int(r) for r in regions[:n_gallery]]
-            cluster["n_gallery"] = len(shown)
-            cluster["gallery_regions"] = [{
-                "region": r, "image_key": str(emb.keys[emb.region_image[r]]),
-                "label": classes[labels[emb.region_image[r]]], "predicted": classes[predicted[emb.region_image[r]]],
-                "box_model_px": [round(float(v), 2) for v in emb.region_boxes[r]],
-                "spurious": None if result.region_is_spurious is None else bool(result.region_is_spurious[r]),
-            } for r in shown]
-            cluster["gallery"] = None
-            if cluster["rank"] <= limit and shown:
-                tiles = [GalleryTile(image_of(int(emb.region_image[r])), emb.region_boxes[r] * scale,
-                                     f"{j + 1}. {d['image_key'][:8]} label: {d['label']}, model: {d['predicted']}")
-                         for j, (r, d) in enumerate(zip(shown, cluster["gallery_regions"]))]
-                path = render_gallery(tiles, out / _gallery_name(name, cluster["rank"], primary),
-                                      columns=config.report.gallery_columns, tile_size=config.report.tile_size,
-                                      crops_only=config.report.crops_only)
-                cluster["gallery"] = path.name
-                galleries[(name, cluster["rank"])] = path
-        methods[name] = entry
 
     counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), dtype=np.int64)
     overall = GroupAccuracy(labels=labels, predictions=predicted, feature_present=np.zeros(len(labels), dtype=bool),
@@ -541,16 +626,16 @@ def _write_outputs(result: AuditResult, dataset, model_side: int, digest: str | 
                       "accuracy_per_class": per_class_acc},
         "ground_truth": truth_info,
         "attributes": _known_attributes(config, dataset, emb.keys, labels, predicted),
-        "burned_in_annotation": {"gallery_images": len(burned), "crops_only": config.report.crops_only},
+        "burned_in_annotation": images.record(config.report.crops_only),
         "methods": methods,
         "provenance": run_info,
     }
     files = {"json": out / AUDIT_JSON, "html": out / REPORT_HTML, "csv": out / CLUSTERS_CSV,
-             "galleries": sorted(galleries.values())}
+             "galleries": sorted([*galleries.values(), *counter_galleries.values()])}
     audit["files"] = {"json": AUDIT_JSON, "html": REPORT_HTML, "csv": CLUSTERS_CSV,
                       "galleries": [p.name for p in files["galleries"]]}
     with atomic_path(files["json"]) as tmp:
         tmp.write_text(json.dumps(audit, indent=2, allow_nan=False) + "\n")
     write_clusters_csv(audit, files["csv"])
-    write_report_html(audit, galleries, files["html"])
+    write_report_html(audit, galleries, counter_galleries, files["html"])
     return audit, files

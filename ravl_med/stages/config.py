@@ -75,8 +75,8 @@ class ReportConfig(StrictModel):
     #: Galleries per baseline method (RaVL always gets one per kept cluster); 0: none.
     baseline_galleries: Annotated[int, Field(ge=0)] = 1
     #: Galleries show only the enlarged regions, not the whole image: for images that may hold
-    #: burned-in text (names, dates) outside the region. The report warns when a gallery image's DICOM
-    #: header says BurnedInAnnotation YES and this is off.
+    #: burned-in text (names, dates) outside the region. The report warns when this is off and a gallery
+    #: image's DICOM header says BurnedInAnnotation YES or its pixels hold lines of text-like marks.
     crops_only: bool = False
 
 
