@@ -35,10 +35,11 @@ def add_parser(subparsers) -> None:
 def _group_lines(before: pd.DataFrame, after: pd.DataFrame, feature: str, method: str) -> list[str]:
     """The two group tables side by side: class, feature present, images, accuracy before and after."""
     merged = before.merge(after, on=["class", "feature_present"], suffixes=("_before", "_after"))
-    lines = [f"  {'class':<18} {feature + '?':<14} {'images':>6}  {'before':>7}  {'after (' + method + ')':>12}"]
+    after = f"after ({method})"
+    lines = [f"  {'class':<18} {feature + '?':<14} {'images':>6}  {'before':>7}  {after:>{len(after)}}"]
     for row in merged.to_dict("records"):
         lines.append(f"  {row['class']:<18} {'yes' if row['feature_present'] else 'no':<14} "
-                     f"{int(row['count_before']):>6}  {row['accuracy_before']:>7.1%}  {row['accuracy_after']:>12.1%}")
+                     f"{int(row['count_before']):>6}  {row['accuracy_before']:>7.1%}  {row['accuracy_after']:>{len(after)}.1%}")
     return lines
 
 
