@@ -26,19 +26,6 @@ CXR_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "cxr-samples"
 SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
-#: Session fixtures that train a model (minutes): the tests using one run on the same pytest-xdist worker
-#: (``make test`` runs ``--dist loadgroup``), so each model is trained once, not once per worker.
-SHARED_MODELS = ("phantom_shortcut", "digits_shortcut")
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        shared = [name for name in SHARED_MODELS if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group("+".join(shared)))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def tracking_store(tmp_path_factory):
     """Commands track to MLflow by default; in tests that store lives in a temporary folder."""
