@@ -104,6 +104,12 @@ def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return mask
 
 
+def _bounding_box(mask: torch.Tensor) -> torch.Tensor:
+    """(1, 4) x0, y0, x1, y1 (exclusive ends) of a non-empty (H, W) mask's pixels."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+
+
 class CounterfactualSwapd(Randomizable, MapTransform):
     """Removes or pastes the feature of one training item (module docstring), as a MONAI dictionary transform.
 
@@ -135,22 +141,19 @@ class CounterfactualSwapd(Randomizable, MapTransform):
         row, label = int(d["index"]), int(d["label"])
         if label < 0:
             return d
-        if self.plan.carriers[row]:
-            if self._u >= self.plan.remove_prob[label]:
-                return d
-            donor = int(self.clean_rows[int(self._other * len(self.clean_rows))])
-            mask, _ = self.feature_of(row)
-            for key in self.key_iterator(d):
-                d[key] = d[key] * (1 - mask) + self.image_of(donor) * mask
-            d["spurious"] = torch.zeros_like(d["spurious"])
+        carrier = bool(self.plan.carriers[row])
+        # A carrier takes a non-carrier's pixels under its own feature (removed); a non-carrier takes a carrier's
+        # pixels under the carrier's feature (pasted).
+        probability, pool = (self.plan.remove_prob, self.clean_rows) if carrier else (self.plan.paste_prob, self.carrier_rows)
+        if self._u >= probability[label]:
             return d
-        if self._u >= self.plan.paste_prob[label]:
-            return d
-        source = int(self.carrier_rows[int(self._other * len(self.carrier_rows))])
-        mask, boxes = self.feature_of(source)
+        other = int(pool[int(self._other * len(pool))])
+        mask, boxes = self.feature_of(row if carrier else other)
         for key in self.key_iterator(d):
-            d[key] = d[key] * (1 - mask) + self.image_of(source) * mask
-        if len(boxes) and len(d["regions"]) == len(d["spurious"]) > 0:
+            d[key] = d[key] * (1 - mask) + self.image_of(other) * mask
+        if carrier:
+            d["spurious"] = torch.zeros_like(d["spurious"])
+        elif len(boxes) and len(d["regions"]) == len(d["spurious"]) > 0:
             d["spurious"] = d["spurious"] | (box_iou(d["regions"], boxes).amax(dim=1) >= PASTED_IOU)
         return d
 
@@ -177,6 +180,7 @@ class CounterfactualDataset(Dataset):
         self.flags = [np.asarray(region_labels.get(str(k), np.zeros(0, dtype=bool)), dtype=bool) for k in base.keys]
         self.masks = None if masks is None else [None if m is None or not m.any() else torch.as_tensor(m, dtype=torch.float32)
                                                  for m in masks]
+        self.mask_boxes = None if self.masks is None else [None if m is None else _bounding_box(m) for m in self.masks]
         carriers = (np.array([m is not None for m in self.masks]) if self.masks is not None
                     else np.array([f.any() for f in self.flags], dtype=bool))
         self.plan = decorrelating_plan(base.labels.numpy(), carriers, n_classes)
@@ -203,10 +207,7 @@ class CounterfactualDataset(Dataset):
     def _feature(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self._image(row)
         if self.masks is not None:
-            mask = self.masks[row]
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            return mask, box
+            return self.masks[row], self.mask_boxes[row]
         boxes = self.base.loaded(row)["regions"][torch.as_tensor(self.flags[row])]
         return box_mask(boxes, *image.shape[-2:]), boxes
 
