@@ -63,6 +63,20 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection and name lookup fails the test (weights must come from local files)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture
 def chromium():
     """A headless Chromium driven by Selenium (``/usr/bin/chromium`` + chromium-driver); skipped without them."""
     import shutil

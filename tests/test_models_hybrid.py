@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -212,16 +211,9 @@ def test_xrv_pickled_model_file_refused_with_hint(tmp_path):
         create_backbone(XRV, image_checkpoint=path)
 
 
-def test_no_socket_opened(monkeypatch, xrv_checkpoint):
+@pytest.mark.usefixtures("no_network")
+def test_no_socket_opened(xrv_checkpoint):
     path, digest, _ = xrv_checkpoint
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     for name, kwargs in ((MEDCLIP, {}), (XRV, {"image_checkpoint": path, "image_sha256": digest})):
         model, preprocess, tokenizer = create_backbone(name, **kwargs)
         with torch.no_grad():

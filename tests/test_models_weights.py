@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
@@ -46,16 +44,10 @@ def test_round_trip_gives_identical_outputs(tmp_path, trained_tiny, suffix):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_no_socket_opened(tmp_path, trained_tiny, monkeypatch):
+@pytest.mark.usefixtures("no_network")
+def test_no_socket_opened(tmp_path, trained_tiny):
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(trained_tiny, path)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
     for name in ("tiny-rn", "RN50"):
         model, _, tokenizer = create_backbone(name, checkpoint=path if name == "tiny-rn" else None)
         tokenizer(["pleural effusion"])
