@@ -6,13 +6,15 @@ installed Python package (:func:`resolve_local_path`, found without importing it
 Checkpoints are plain state dicts (or dicts holding one under ``state_dict``/``model``/``module``)
 stored as ``.pt``/``.pth``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors``.
 Prefixes that wrappers add (``module.`` from DataParallel/DDP, ``model.`` from Lightning-style
-trainers) are stripped.
+trainers) are stripped. Pickled whole models and TorchScript archives (OpenAI's original CLIP files)
+are refused (unpickling can run code; TorchScript is not a state dict), the latter with how to convert one once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,14 @@ class KeyReport:
             head = ", ".join(keys[:8])
             return f"{len(keys)} ({head}{', ...' if len(keys) > 8 else ''})"
 
-        return f"{self.source}: missing keys {show(self.missing)}; unexpected keys {show(self.unexpected)}"
+        text = f"{self.source}: missing keys {show(self.missing)}; unexpected keys {show(self.unexpected)}"
+        if self.missing and self.unexpected:
+            # Renamed modules (another project's layout) show in the first name component.
+            def heads(keys: list[str]) -> str:
+                return ", ".join(sorted({key.split(".")[0] for key in keys}))
+
+            text += f" (unexpected keys start with: {heads(self.unexpected)}; missing ones with: {heads(self.missing)})"
+        return text
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -170,6 +179,14 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _is_torchscript(file: Path) -> bool:
+    """Whether a file is a ``torch.jit.save`` archive (a zip holding compiled code and ``constants.pkl``)."""
+    if not zipfile.is_zipfile(file):
+        return False
+    with zipfile.ZipFile(file) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def load_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Reads a state dict from a local checkpoint file or folder, on the CPU.
 
@@ -195,10 +212,15 @@ def load_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
             state = load_file(str(file), device="cpu")
         except SafetensorError as error:  # garbage, a cut file, a damaged header
             raise WeightsError(f"{file}: not a valid safetensors/torch checkpoint ({_first_line(error)})") from error
+    elif _is_torchscript(file):
+        raise WeightsError(
+            f"{file}: a TorchScript archive, not a state dict; convert it once (trusted source only) with "
+            "torch.save(torch.jit.load(f, map_location='cpu').state_dict(), 'model.pt')"
+        )
     elif file.suffix in CHECKPOINT_SUFFIXES:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickles with code objects, TorchScript archives, corrupt files
+        except Exception as error:  # pickles with code objects, corrupt files
             raise WeightsError(f"{file}: not a valid safetensors/torch checkpoint ({_first_line(error)})") from error
     else:
         raise WeightsError(f"unknown checkpoint format {file.suffix!r} for {file}; use one of {CHECKPOINT_SUFFIXES}")
