@@ -195,7 +195,8 @@ class IngestConfig(StrictModel):
 class ModelSource(StrictModel):
     """Which model: a registered backbone and its local weights (shared by every stage's config)."""
 
-    #: Registered backbone name (``ravl_med.models.list_backbones()``) or ``open_clip:<name>``.
+    #: Registered backbone name (``ravl_med.models.list_backbones()``), ``open_clip:<name>``,
+    #: ``local-dir:<open_clip model folder>`` or ``openai-clip`` (architecture read from the checkpoint).
     backbone: str = "tiny-rn"
     #: Local weights (file or folder) and their expected sha256; ``None``: the backbone's own initialisation.
     checkpoint: Path | None = None

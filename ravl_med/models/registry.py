@@ -20,6 +20,20 @@ Every config declares its input convention: ``image_mean``/``image_std`` (one va
 Any open_clip architecture is also reachable as ``open_clip:<name>`` (e.g. ``open_clip:RN50x4``).
 Models are always built with random initialisation (no ``pretrained`` download); weights come only
 from a local ``checkpoint`` (:mod:`ravl_med.models.weights`).
+
+Models a user brings, in the layouts they are published in:
+
+* ``local-dir:<folder>``: an open_clip model folder (open_clip's own scheme; the layout hub models
+  such as BiomedCLIP use): ``open_clip_config.json`` holds ``model_cfg`` (the architecture, read as a
+  config above) and ``preprocess_cfg`` (``mean``/``std``); the weights file beside it
+  (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``) is the ``checkpoint``. Its
+  text tower must be open_clip's own transformer: a Hugging Face text tower (BiomedCLIP's
+  PubMedBERT) is refused, as its config and tokenizer are named by hub id.
+* ``openai-clip``: an OpenAI-CLIP-layout state dict (CheXzero's ``.pt`` files): the ``checkpoint``
+  is required, and open_clip infers the architecture from its tensor shapes (QuickGELU, 64-wide
+  attention heads, as OpenAI's models; OpenAI's mean/std; the CLIP BPE tokenizer).
+* a MedCLIP-style hybrid state dict (``visual.*`` + ``text.*``, what ``ravl-med finetune`` writes):
+  the ``checkpoint`` of a ``kind: hybrid`` config such as ``medclip-effnet-minilm``.
 """
 
 from __future__ import annotations
@@ -34,12 +48,18 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.model import CLIP
+from open_clip.model import CLIP, build_model_from_openai_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 
 from ravl_med.models.hybrid import HybridCLIP, build_hybrid, validate_hybrid_config
 from ravl_med.models.preprocess import RadiographPreprocess
-from ravl_med.models.weights import load_checkpoint
+from ravl_med.models.weights import (
+    WeightsError,
+    load_checkpoint,
+    load_state_dict,
+    resolve_checkpoint,
+    resolve_local_path,
+)
 
 __all__ = [
     "CONFIG_DIR",
@@ -52,6 +72,13 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 OPEN_CLIP_SCHEME = "open_clip:"
+#: ``local-dir:<folder>``: the architecture and preprocessing of an open_clip model folder.
+LOCAL_DIR_SCHEME = "local-dir:"
+OPEN_CLIP_FOLDER_CONFIG = "open_clip_config.json"
+#: The backbone whose architecture is inferred from an OpenAI-CLIP-layout checkpoint.
+OPENAI_LAYOUT = "openai-clip"
+#: Entries of OpenAI's CLIP state dicts that describe the model rather than weigh it (open_clip drops them).
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _KNOWN_KEYS = {
     "description", "open_clip_config", "embed_dim", "vision_cfg", "text_cfg", "quick_gelu",
     "image_mean", "image_std", "init_logit_scale", "kind", "image_channels", "image_scaling",
@@ -128,8 +155,13 @@ def _spec_from_dict(name: str, raw: Mapping[str, Any]) -> BackboneSpec:
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in merged:
             raise ValueError(f"backbone config {name!r}: missing {key!r}")
-    if merged["text_cfg"].get("hf_model_name") or merged["text_cfg"].get("hf_tokenizer_name"):
-        raise ValueError(f"backbone config {name!r}: Hugging Face text towers are not supported offline here")
+    hf_text = merged["text_cfg"].get("hf_model_name") or merged["text_cfg"].get("hf_tokenizer_name")
+    if hf_text:
+        raise ValueError(
+            f"backbone config {name!r}: its text tower is the Hugging Face model {hf_text!r} (text_cfg.hf_model_name/"
+            "hf_tokenizer_name), whose config and tokenizer would come from the hub; open_clip configs are supported "
+            "with open_clip's own text transformer only (a local Hugging Face text tower: a kind 'hybrid' config)"
+        )
     if merged["vision_cfg"].get("timm_model_name") and merged["vision_cfg"].get("timm_model_pretrained"):
         raise ValueError(f"backbone config {name!r}: timm_model_pretrained would download weights")
     spec = BackboneSpec(
@@ -205,23 +237,101 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _open_clip_folder_config(folder: str | Path) -> dict[str, Any]:
+    """The registry config of an open_clip model folder (what ``local-dir:<folder>`` names).
+
+    open_clip's folder layout (``open_clip.create_model("local-dir:<folder>")`` reads the same):
+    ``open_clip_config.json`` = ``{"model_cfg": {...}, "preprocess_cfg": {"mean": [...], "std": [...]}}``.
+
+    Args:
+        folder: a local folder (``~`` and ``package:`` paths as :func:`~ravl_med.models.weights.resolve_local_path`).
+
+    Returns:
+        ``model_cfg`` with ``image_mean``/``image_std`` from ``preprocess_cfg`` (open_clip's defaults,
+        OpenAI's mean/std, when it has none).
+
+    Raises:
+        FileNotFoundError: the folder, or its ``open_clip_config.json``, does not exist.
+        ValueError: the file is not JSON or has no ``model_cfg`` object.
+    """
+    path = resolve_local_path(folder, "open_clip model folder")
+    file = path / OPEN_CLIP_FOLDER_CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {OPEN_CLIP_FOLDER_CONFIG}, so not an open_clip model folder")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file}: not valid JSON ({error})") from error
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg"), dict):
+        raise ValueError(f"{file}: no 'model_cfg' object (open_clip's layout: model_cfg and preprocess_cfg)")
+    config = {**copy.deepcopy(raw["model_cfg"]), "description": f"open_clip model folder {path}"}
+    preprocess = raw.get("preprocess_cfg") or {}
+    for source, target in (("mean", "image_mean"), ("std", "image_std")):
+        if source in preprocess:
+            config[target] = preprocess[source]
+    return config
+
+
 def get_backbone_spec(name: str) -> BackboneSpec:
-    """The resolved configuration of a registered name or ``open_clip:<name>``.
+    """The resolved configuration of a registered name, ``open_clip:<name>`` or ``local-dir:<folder>``.
 
     Raises:
         KeyError: unknown name (the message lists the registered ones).
+        ValueError: ``openai-clip``, whose architecture only its checkpoint knows; a config that is not valid.
+        FileNotFoundError: a ``local-dir:`` folder, or its ``open_clip_config.json``, that does not exist.
     """
     if name.startswith(OPEN_CLIP_SCHEME):
         return _spec_from_dict(name, {"open_clip_config": name[len(OPEN_CLIP_SCHEME) :]})
+    if name.startswith(LOCAL_DIR_SCHEME):
+        return _spec_from_dict(name, _open_clip_folder_config(name[len(LOCAL_DIR_SCHEME) :]))
+    if name == OPENAI_LAYOUT:
+        raise ValueError(f"backbone {OPENAI_LAYOUT!r} has no config: open_clip infers it from the checkpoint's shapes")
     if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())} (or open_clip:<name>)")
+        raise KeyError(
+            f"unknown backbone {name!r}; registered: {', '.join(list_backbones())} "
+            f"(or open_clip:<name>, local-dir:<folder>, {OPENAI_LAYOUT})"
+        )
     return _spec_from_dict(name, _REGISTRY[name])
+
+
+def _build_openai_layout(checkpoint: str | Path | None, sha256: str | None) -> tuple[CLIP, BackboneSpec]:
+    """The CLIP an OpenAI-layout state dict describes, holding exactly the file's weights.
+
+    open_clip's builder infers the architecture (ViT or ModifiedResNet, widths, layers, input size,
+    context length) from the shapes and sets QuickGELU, as OpenAI trained it. It loads the weights
+    into a float16 copy; loading them again into the float32 model keeps a float32 file's precision
+    (float16 files, as OpenAI ships them, give the same weights either way).
+    """
+    if checkpoint is None:
+        raise ValueError(
+            f"backbone {OPENAI_LAYOUT!r} reads its architecture from the checkpoint: give one "
+            "(an OpenAI-CLIP-layout state dict, e.g. a CheXzero .pt)"
+        )
+    file = resolve_checkpoint(checkpoint)
+    state = {k: v for k, v in load_state_dict(file, sha256=sha256).items() if k not in OPENAI_METADATA_KEYS}
+    try:
+        model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None)
+    except (KeyError, RuntimeError, AssertionError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise WeightsError(f"{file}: not an OpenAI-CLIP-layout state dict ({detail})") from error
+    model.float().load_state_dict(state)
+    spec = BackboneSpec(
+        name=OPENAI_LAYOUT,
+        embed_dim=int(model.text_projection.shape[1]),
+        vision_cfg={"image_size": model.visual.image_size},
+        text_cfg={"context_length": int(model.context_length)},
+        quick_gelu=True,
+        description=f"OpenAI-CLIP-layout checkpoint {file}",
+    )
+    return model, spec
 
 
 def _tokenizer(spec: BackboneSpec) -> Callable[..., torch.Tensor]:
     if spec.tokenizer_name is not None:
         return open_clip.get_tokenizer(spec.tokenizer_name)
-    return SimpleTokenizer(context_length=int(spec.text_cfg.get("context_length", 77)))
+    # As open_clip.get_tokenizer: the config's tokenizer_kwargs (e.g. text cleaning) apply.
+    kwargs = spec.text_cfg.get("tokenizer_kwargs") or {}
+    return SimpleTokenizer(context_length=int(spec.text_cfg.get("context_length", 77)), **kwargs)
 
 
 def create_backbone(
@@ -236,13 +346,14 @@ def create_backbone(
     """Builds a registered backbone, optionally filled with local weights.
 
     Args:
-        name: registered name (see :func:`list_backbones`) or ``open_clip:<name>``.
+        name: registered name (see :func:`list_backbones`), ``open_clip:<name>``,
+            ``local-dir:<open_clip model folder>`` or ``openai-clip`` (see the module docstring).
         checkpoint: local checkpoint file or folder of the whole model (e.g. after fine-tuning);
             ``None`` keeps the initialisation (random for open_clip configs; the configured
-            pretrained towers for hybrids). Nothing is ever downloaded.
+            pretrained towers for hybrids); required for ``openai-clip``. Nothing is ever downloaded.
         sha256: expected hex digest of the checkpoint file.
         device: where the model and the preprocessing buffers live.
-        strict: refuse checkpoints with missing or unexpected keys.
+        strict: refuse checkpoints with missing or unexpected keys (``openai-clip`` is always strict).
         image_checkpoint: hybrids only: local weights of the image backbone alone (e.g. a
             torchxrayvision DenseNet state dict), overriding the config's ``vision_cfg["checkpoint"]``.
         image_sha256: expected hex digest of ``image_checkpoint``.
@@ -254,12 +365,18 @@ def create_backbone(
         channels; a callable mapping a string or list of strings to (n, context_length) int64 ids.
 
     Raises:
-        FileNotFoundError: a local path (checkpoint, tower weights, text folder) that does not exist.
-        ChecksumError, WeightsError: see :mod:`ravl_med.models.weights`.
+        FileNotFoundError: a local path (checkpoint, tower weights, text or model folder) that does not exist.
+        ChecksumError, WeightsError: see :mod:`ravl_med.models.weights`; WeightsError also for a
+            checkpoint that is not an OpenAI-CLIP layout under ``openai-clip``.
     """
-    spec = get_backbone_spec(name)
+    spec = None if name == OPENAI_LAYOUT else get_backbone_spec(name)
+    if image_checkpoint is not None and (spec is None or spec.kind != "hybrid"):
+        raise ValueError(f"image_checkpoint is for hybrid backbones; {name!r} is an open_clip model (use checkpoint)")
     tokenizer: Callable[..., torch.Tensor]
-    if spec.kind == "hybrid":
+    if spec is None:  # openai-clip: the checkpoint is the architecture and the weights
+        model, spec = _build_openai_layout(checkpoint, sha256)
+        tokenizer = _tokenizer(spec)
+    elif spec.kind == "hybrid":
         model, tokenizer = build_hybrid(
             spec.embed_dim,
             spec.vision_cfg,
@@ -269,8 +386,6 @@ def create_backbone(
             **spec.extra,
         )
     else:
-        if image_checkpoint is not None:
-            raise ValueError(f"image_checkpoint is for hybrid backbones; {name!r} is an open_clip model (use checkpoint)")
         model = CLIP(
             embed_dim=spec.embed_dim,
             vision_cfg=copy.deepcopy(spec.vision_cfg),
@@ -279,7 +394,7 @@ def create_backbone(
             **spec.extra,
         )
         tokenizer = _tokenizer(spec)
-    if checkpoint is not None:
+    if checkpoint is not None and name != OPENAI_LAYOUT:
         load_checkpoint(model, checkpoint, sha256=sha256, strict=strict)
     model = model.to(device).eval()
     preprocess = spec.preprocess().to(device)
