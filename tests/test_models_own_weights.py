@@ -284,3 +284,17 @@ def test_audit_model_errors_are_one_config_line(tmp_path):
     with pytest.raises(ConfigError) as error:
         _load_model(load_config(config_file, AuditConfig), "cpu")
     assert "no open_clip_config.json" in _one_line(error)
+
+
+def test_audit_refuses_a_region_mode_the_tower_lacks_in_one_line(tmp_path):
+    folder = tmp_path / "biomedclip-shaped"
+    _open_clip_folder(folder, MODEL_CFGS["timm"], "open_clip_model.safetensors")
+    config_file = tmp_path / "my-audit.yaml"
+    config_file.write_text(f"backbone: local-dir:{folder}\ncheckpoint: {folder}\nclasses: [no finding]\n")
+    config = load_config(config_file, AuditConfig)
+    assert config.region_mode == "one_pass"
+    with pytest.raises(ConfigError) as error:
+        _load_model(config, "cpu")
+    assert _one_line(error).startswith("region_mode: one-pass region embeddings need") and "crop" in _one_line(error)
+    config.region_mode = "crop"
+    _load_model(config, "cpu")  # the documented way out works

@@ -163,6 +163,7 @@ class AuditResult:
 def _load_model(config: AuditConfig, device: str):
     """(model, preprocess, tokenizer, sha256 or None, notes); checkpoint problems become ConfigError."""
     from ravl_med.models import create_backbone
+    from ravl_med.models.regions import RegionEmbedder
     from ravl_med.models.training_records import METRICS_FILE, read_fit_record
     from ravl_med.models.weights import WeightsError, file_sha256, resolve_checkpoint
 
@@ -188,6 +189,10 @@ def _load_model(config: AuditConfig, device: str):
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as err:
         message = " ".join(str(err).split())
         raise ConfigError(f"checkpoint/backbone: {message}") from None
+    try:  # before any image is read: e.g. a timm ViT tower has no one-pass region embeddings
+        RegionEmbedder(model, mode=config.region_mode)
+    except NotImplementedError as err:
+        raise ConfigError(f"region_mode: {err}") from None
     return model, preprocess, tokenizer, digest, notes
 
 
