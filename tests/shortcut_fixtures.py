@@ -21,6 +21,7 @@ predictions and the group accuracy table. The helpers below (:func:`write_phanto
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from ravl_med.config import FinetuneConfig, parse_config
+from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.evaluate import group_accuracy_table
+from ravl_med.models import create_backbone
 from ravl_med.models.training import Trainer
-from ravl_med.models.training_records import FitResult
+from ravl_med.models.training_records import FINAL_WEIGHTS, FitResult, read_fit_record
 from ravl_med.models.zeroshot import CXR_TEMPLATES, class_text_embeddings, zero_shot_predictions
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.phantom.digits import DIGIT_NAMES, write_digits
@@ -71,7 +75,8 @@ def _text_mode(manifest: Path, text: str) -> Path:
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     table["report"] = ""
     out = manifest.with_name("manifest-labels.csv")
-    table.to_csv(out, index=False)
+    with atomic_path(out) as tmp:  # another xdist worker may be reading it (:func:`_shared_run`)
+        table.to_csv(tmp, index=False)
     return out
 
 
@@ -145,7 +150,8 @@ def run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_cl
                **overrides: Any) -> ShortcutRun:
     """Fine-tunes with ``recipe`` on ``manifest`` and evaluates zero-shot on its ``test`` split.
 
-    With one intra-op thread, whatever the machine's core count and whichever test first asks for the
+    A run that finished in ``output_dir`` before is not repeated: its weights are loaded. Either way the
+    evaluated model is the one built from the saved weights. With one intra-op thread, whatever the machine's core count and whichever test first asks for the
     fixture: the trained model depends on the thread count (float reductions), and a session fixture
     is built before any module-scoped thread setting applies.
     """
@@ -161,20 +167,24 @@ def _run_recipe(recipe: str | Path, manifest: Path, output_dir: Path, spurious_c
                 **overrides: Any) -> ShortcutRun:
     config = load_recipe(recipe, manifest=manifest, output_dir=output_dir, cache_images=True, **overrides)
     started = time.perf_counter()
-    trainer = Trainer(config, progress=False)
-    result = trainer.fit()
+    record = read_fit_record(output_dir)
+    if record is None:
+        result = Trainer(config, progress=False).fit()
+    else:  # finished before, by this or another xdist worker (:func:`_shared_run`): the same weights
+        result = FitResult.from_record(record, output_dir / FINAL_WEIGHTS)
     trained = time.perf_counter()
+    model, preprocess, tokenizer = create_backbone(config.backbone, checkpoint=result.checkpoint, sha256=result.sha256)
+    model.eval()
     templates = tuple(config.templates) if config.templates else CXR_TEMPLATES
     test_set = RadiographDataset(Manifest.read(config.manifest, classes=config.classes), config.ingest,
                                  config.classes, split="test")
-    model = trainer.model_.cpu().eval()
     with torch.no_grad():
-        text = class_text_embeddings(model, trainer.tokenizer_, list(config.classes), templates, device="cpu")
-    labels, predictions = zero_shot_predictions(model, trainer.preprocess_, text, test_set, batch_size=64)
+        text = class_text_embeddings(model, tokenizer, list(config.classes), templates, device="cpu")
+    labels, predictions = zero_shot_predictions(model, preprocess, text, test_set, batch_size=64)
     present = test_set.table["artefact_present"].astype(int).to_numpy().astype(bool)
     table = group_accuracy_table(labels, predictions, present, config.classes, spurious_class=spurious_class)
     seconds = {"finetune": trained - started, "evaluate": time.perf_counter() - trained}
-    return ShortcutRun(config, spurious_class, result, model, trainer.preprocess_, trainer.tokenizer_, templates,
+    return ShortcutRun(config, spurious_class, result, model, preprocess, tokenizer, templates,
                        test_set, labels, predictions, present, table, seconds)
 
 
@@ -189,12 +199,22 @@ def describe(run: ShortcutRun) -> str:
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _timed_run(root: Path, write_data, recipe: Path, spurious_class: str) -> ShortcutRun:
-    """Writes the data with ``write_data(folder)``, then :func:`run_recipe`; records the data time."""
-    started = time.perf_counter()
-    manifest = write_data(root / "data")
-    written = time.perf_counter() - started
-    run = run_recipe(recipe, manifest, root / "run", spurious_class)
+def _shared_run(tmp_path_factory, name: str, write_data, recipe: Path, spurious_class: str) -> ShortcutRun:
+    """Writes the data with ``write_data(folder)``, then :func:`run_recipe`, once per test session.
+
+    Under pytest-xdist every worker builds its own session fixtures; these models take minutes of CPU,
+    so the workers share one folder beside their own temporary folders and a file lock: the first
+    worker to ask trains, the others wait, then load the finished weights (their ``metrics.json``
+    record) and evaluate them the same way. Records the data time.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<n>/: one per session, shared by its workers
+    with FileLock(root / f"{name}.lock"):
+        started = time.perf_counter()
+        manifest = write_data(root / name / "data")  # the writers keep files that exist
+        written = time.perf_counter() - started
+        run = run_recipe(recipe, manifest, root / name / "run", spurious_class)
     run.seconds["data"] = written
     return run
 
@@ -202,12 +222,12 @@ def _timed_run(root: Path, write_data, recipe: Path, spurious_class: str) -> Sho
 @pytest.fixture(scope="session")
 def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
-    return _timed_run(tmp_path_factory.mktemp("shortcut-phantom"), write_phantom_pairs, PHANTOM_RECIPE,
-                      PHANTOM_DATA["spurious_class"])
+    return _shared_run(tmp_path_factory, "shortcut-phantom", write_phantom_pairs, PHANTOM_RECIPE,
+                       PHANTOM_DATA["spurious_class"])
 
 
 @pytest.fixture(scope="session")
 def digits_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-digits.yaml`` fine-tuned on ``DIGITS_DATA`` (square -> "three")."""
-    return _timed_run(tmp_path_factory.mktemp("shortcut-digits"), write_digit_pairs, DIGITS_RECIPE,
-                      DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])
+    return _shared_run(tmp_path_factory, "shortcut-digits", write_digit_pairs, DIGITS_RECIPE,
+                       DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])
