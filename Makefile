@@ -4,9 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
-# Every core (pytest-xdist). A session fixture is built once per worker: the two models the shortcut tests
-# share are trained on both workers (--dist loadgroup would keep them on one, but pytest-xdist 3.8 cannot
-# group tests under pytest 9.2: the node-id suffix it relies on is ignored).
+# Every core (pytest-xdist). The two models the shortcut tests share are trained once per session, by the
+# first worker that asks (a file lock, tests/shortcut_fixtures.py); the others load them.
 PYTEST_ARGS ?= -n auto
 
 export HF_HUB_OFFLINE := 1
