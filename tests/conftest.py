@@ -25,6 +25,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CXR_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "cxr-samples"
 SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
+#: The process that builds the shared shortcut models on the xdist controller (start_prebuild).
+_PREBUILD = pytest.StashKey["subprocess.Popen | None"]()
+
+
+def pytest_sessionstart(session):
+    from tests.shortcut_fixtures import start_prebuild
+
+    session.config.stash[_PREBUILD] = start_prebuild(session.config)
+
+
+def pytest_sessionfinish(session):
+    process = session.config.stash.get(_PREBUILD, None)
+    if process is not None and process.poll() is None:  # e.g. -x stopped the run early
+        process.terminate()
+        process.wait(timeout=60)
+
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tracking_store(tmp_path_factory):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,17 +201,30 @@ def describe(run: ShortcutRun) -> str:
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _shared_run(tmp_path_factory, name: str, write_data, recipe: Path, spurious_class: str) -> ShortcutRun:
-    """Writes the data with ``write_data(folder)``, then :func:`run_recipe`, once per test session.
+#: The models several test modules share: name -> (data writer, recipe, spurious class).
+SHARED_MODELS: dict[str, tuple[Any, Path, str]] = {
+    "shortcut-phantom": (write_phantom_pairs, PHANTOM_RECIPE, PHANTOM_DATA["spurious_class"]),
+    "shortcut-digits": (write_digit_pairs, DIGITS_RECIPE, DIGIT_NAMES[DIGITS_DATA["spurious_digit"]]),
+}
 
-    Under pytest-xdist every worker builds its own session fixtures; these models take minutes of CPU,
-    so the workers share one folder beside their own temporary folders and a file lock: the first
-    worker to ask trains, the others wait, then load the finished weights (their ``metrics.json``
-    record) and evaluate them the same way. Records the data time.
-    """
+
+def shared_root(tmp_path_factory) -> Path:
+    """The session's folder for :data:`SHARED_MODELS`, the same for the controller and every xdist worker."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # pytest-of-<user>/pytest-<n>/: one per session, shared by its workers
+        root = root.parent  # pytest-of-<user>/pytest-<n>/: a worker's basetemp is <that>/popen-gw<i>
+    return root
+
+
+def shared_run(root: Path, name: str) -> ShortcutRun:
+    """:data:`SHARED_MODELS` ``name``: data written, then :func:`run_recipe`, once per test session.
+
+    Under pytest-xdist every worker builds its own session fixtures; these models take minutes of CPU,
+    so the processes share ``root/name`` and a file lock: the first to ask trains, the others wait,
+    then load the finished weights (their ``metrics.json`` record) and evaluate them the same way.
+    Records the data time.
+    """
+    write_data, recipe, spurious_class = SHARED_MODELS[name]
     with FileLock(root / f"{name}.lock"):
         started = time.perf_counter()
         manifest = write_data(root / name / "data")  # the writers keep files that exist
@@ -219,15 +234,37 @@ def _shared_run(tmp_path_factory, name: str, write_data, recipe: Path, spurious_
     return run
 
 
+def start_prebuild(config: pytest.Config) -> subprocess.Popen | None:
+    """On the xdist controller of a whole-suite run, builds :data:`SHARED_MODELS` in a background process.
+
+    The controller only hands out tests, so the models train from the first second while the workers
+    run other tests, instead of a worker training them (one thread) while the next worker that needs
+    one waits on the lock. Any order is correct: whoever holds the lock first trains, the rest load.
+    Not started for a subset of the tests (they may need neither model), without ``-n`` or for ``--co``.
+    """
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS or [
+        Path(a).resolve() for a in config.args] == [REPO_ROOT / "tests"]
+    if (os.environ.get("PYTEST_XDIST_WORKER") or not config.getoption("numprocesses", None) or not whole_suite
+            or config.option.collectonly):
+        return None
+    root = config._tmp_path_factory.getbasetemp()  # the workers' basetemps are its children (xdist)
+    log = (root / "shared-models.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "tests.shortcut_fixtures", str(root)], cwd=REPO_ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
 @pytest.fixture(scope="session")
 def phantom_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-phantom.yaml`` fine-tuned on ``PHANTOM_DATA`` (chest drain -> pneumothorax)."""
-    return _shared_run(tmp_path_factory, "shortcut-phantom", write_phantom_pairs, PHANTOM_RECIPE,
-                       PHANTOM_DATA["spurious_class"])
+    return shared_run(shared_root(tmp_path_factory), "shortcut-phantom")
 
 
 @pytest.fixture(scope="session")
 def digits_shortcut(tmp_path_factory) -> ShortcutRun:
     """``configs/shortcut-digits.yaml`` fine-tuned on ``DIGITS_DATA`` (square -> "three")."""
-    return _shared_run(tmp_path_factory, "shortcut-digits", write_digit_pairs, DIGITS_RECIPE,
-                       DIGIT_NAMES[DIGITS_DATA["spurious_digit"]])
+    return shared_run(shared_root(tmp_path_factory), "shortcut-digits")
+
+
+if __name__ == "__main__":  # start_prebuild's process: python -m tests.shortcut_fixtures ROOT
+    for model_name in SHARED_MODELS:
+        print(describe(shared_run(Path(sys.argv[1]), model_name)), flush=True)
