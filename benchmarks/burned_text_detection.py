@@ -12,9 +12,10 @@ Labelled check built at run time, nothing written to disk:
   Serif Bold / Sans Condensed and Pillow's own font; cap heights 1-6% of the image height; the four
   corners or anywhere; white, and a grey subset at 75%), ``--per-image`` draws each, seeded;
 * with ``--dark``: every check also looks for dark text (``find_burned_in_text(..., dark=True)``), and each
-  draw is drawn a second time in black (the same string, font, height and place; no further random draw,
-  so the white cases are those of a run without ``--dark``): dark text on whatever the place shows, bright
-  or dark (black on a black corner does not show: its height is 0 and it is not counted). The black draws
+  draw is drawn a second time in black (the same string, font, height and place, the random stream reset
+  for it, so the white cases are those of a run without ``--dark``): dark text on whatever the place
+  shows, bright or dark (black on a black corner does not show: its height is 0 and it is not counted),
+  reported also by the median grey of the background under it. The black draws
   are also checked by the default (bright-only) search: the bright gaps between black letters can pass as
   bright strokes, so the table says what ``dark=True`` adds.
 
@@ -160,16 +161,22 @@ def main() -> None:
             case = {"text": str(rng.choice(TEXTS)), "font": FONTS[int(rng.integers(len(FONTS)))],
                     "cap_height": float(rng.choice(CAP_HEIGHTS)), "place": str(rng.choice(PLACES)),
                     "level": 1.0 if rng.random() < 0.75 else 0.75}
+            state = rng.bit_generator.state
             for level in (case["level"], 0.0) if args.dark else (case["level"],):
+                rng.bit_generator.state = state  # the black copy lands where the first did
                 with_text = draw_text(image, rng=rng, **{**case, "level": level})
                 for size in args.sizes:
                     before, after = ingest(image, size), ingest(with_text, size)
-                    rows = np.flatnonzero(np.any(np.abs(after - before) > 0.02, axis=1))
+                    changed = np.abs(after - before) > 0.02
+                    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
                     found = find_burned_in_text(after)
                     drawn.append({"image": name, "size": size, **case, "level": level, "found": found.found,
                                   "height_px": int(rows.max() - rows.min() + 1) if rows.size else 0})
                     if level == 0.0:
                         drawn[-1]["found_bright_search"] = find_burned_in_text.func(after).found
+                        # The background the text was drawn on: the median grey of its box before drawing.
+                        drawn[-1]["background"] = float(np.median(
+                            before[rows.min():rows.max() + 1, cols.min():cols.max() + 1])) if rows.size else 0.0
 
     print(f"\n{len(clean)} clean checks, {len(drawn)} with text; {1000 * np.mean(seconds):.0f} ms per "
           f"check (mean)\n")
@@ -198,10 +205,17 @@ def main() -> None:
             rows = [r for r in drawn if r["level"] == 0.0 and low <= r["height_px"] < high]
             label = f"{low}-{high - 1}" if high < 10_000 else f">= {low}"
             print(f"| {label} | {sum(r['found'] for r in rows)}/{len(rows)} |")
+        print("\nblack text >= 6 px by the background it was drawn on (median grey of its box), all sizes:\n")
+        print("| background | detected | bright-only search |\n|---|---|---|")
+        for low, high in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
+            rows = [r for r in drawn if r["level"] == 0.0 and r["height_px"] >= 6 and low <= r["background"] < high]
+            print(f"| {low:.2f}-{min(high, 1.0):.2f} | {sum(r['found'] for r in rows)}/{len(rows)} "
+                  f"| {sum(r['found_bright_search'] for r in rows)}/{len(rows)} |")
         missed = [r for r in drawn if r["level"] == 0.0 and r["height_px"] >= 6 and not r["found"]]
         print(f"black text >= 6 px missed ({len(missed)}):")
         for r in missed:
-            print("  ", {k: r[k] for k in ("image", "size", "text", "font", "cap_height", "place", "height_px")})
+            print("  ", {k: r[k] for k in ("image", "size", "text", "font", "cap_height", "place", "height_px",
+                                           "background")})
     print("\nfalse alarms per radiograph:", {n: sum(r["found"] for r in clean if r["image"] == n) for n in images})
     missed = [r for r in drawn if r["level"] == 1.0 and r["height_px"] >= 6 and not r["found"]]
     print(f"white text >= 6 px missed ({len(missed)}):")
