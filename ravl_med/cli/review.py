@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
             evidence.append(f"stability {cluster.stability:.0%}" + (" (unstable)" if cluster.stability < 0.5 else ""))
         print(f"  cluster {cluster.rank}: tied to '{cluster.tied_to}'; {', '.join(evidence)}; "
               f"gallery {cluster.gallery or 'none'}: {verdict}")
-        counter = f"{cluster.counter_gallery} ({cluster.counter_note})" if cluster.counter_gallery else cluster.counter_note
+        counter = cluster.counter_note
+        if cluster.counter_gallery:
+            counter = f"{cluster.counter_gallery} ({counter})"
         print(f"    counter-examples: {counter}")
     path = args.audit_dir / REVIEW_FILE
     if not review.clusters:

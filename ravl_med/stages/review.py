@@ -7,7 +7,8 @@ numbered by its rank, the report's numbering (``gallery-cluster-<rank>.png``, "c
 ``report.html``, ``rank`` in ``clusters.csv``; the clustering's internal cluster ids appear nowhere a
 reviewer reads), with its gallery and its counter-example gallery (``gallery-cluster-<rank>-counter.png``:
 regions of images of the same class outside the cluster; or a line saying why there is none). Each
-entry's ``spurious`` is ``null`` until reviewed, then ``yes`` or ``no``; the file may be edited by hand or filled by ``ravl-med review AUDIT_DIR --spurious 1,3``.
+entry's ``spurious`` is ``null`` until reviewed, then ``yes`` or ``no``; the file may be edited by hand
+or filled by ``ravl-med review AUDIT_DIR --spurious 1,3``.
 :func:`~ravl_med.stages.mitigate.run_mitigation` reads it (:func:`read_review`) and fine-tunes away
 the clusters marked ``yes``.
 
@@ -127,9 +128,9 @@ class Review:
         body = {
             "audit": {"method": self.method, "outcome": self.outcome, "sha256": self.audit_sha256},
             "clusters": [{"rank": c.rank, "tied_to": c.tied_to, "gallery": c.gallery,
-                          "counter_gallery": c.counter_gallery, "counter_examples": c.counter_note, "regions": c.regions,
-                          "images": c.images, "adjusted_p": c.adjusted_p, "stability": c.stability,
-                          "spurious": c.spurious} for c in self.clusters],
+                          "counter_gallery": c.counter_gallery, "counter_examples": c.counter_note,
+                          "regions": c.regions, "images": c.images, "adjusted_p": c.adjusted_p,
+                          "stability": c.stability, "spurious": c.spurious} for c in self.clusters],
         }
         path = self.audit_dir / REVIEW_FILE
         with atomic_path(path) as tmp:
@@ -171,8 +172,9 @@ def _counter(audit_dir: Path, cluster: dict) -> dict:
     """``counter_gallery`` and ``counter_note`` of one ``audit.json`` cluster (see ``stages.audit``)."""
     name, tied_to = cluster.get("counter_gallery"), cluster.get("attribute_name")
     if name and (audit_dir / name).is_file():
-        return {"counter_gallery": name, "counter_note": f"{cluster.get('n_counter_gallery')} region(s) of {tied_to} images outside the "
-                                                         "cluster, the most similar first"}
+        shown = cluster.get("n_counter_gallery")
+        return {"counter_gallery": name,
+                "counter_note": f"{shown} region(s) of {tied_to} images outside the cluster, the most similar first"}
     if name:
         note = f"none: {name} is missing from the audit folder"
     elif "n_counter_gallery" not in cluster:
