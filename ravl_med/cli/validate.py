@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
             "transfer syntaxes, then every refused file with its reason. Refused files are written to a "
             "quarantine list. Images that may hold burned-in text (names, dates) are listed as warnings, with the "
             "source that flagged each: the DICOM attribute BurnedInAnnotation (burned_in_annotation) or the pixel "
-            "check on the ingested image, as the audit's galleries would show it (burned_in_text). Exit status: 0 "
+            "check on the ingested image, at no more than the file's own resolution (burned_in_text). Exit status: 0 "
             "when at least one image is usable, 1 when none is, 2 for bad arguments or an unreadable manifest."
         ),
     )

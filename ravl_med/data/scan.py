@@ -7,9 +7,10 @@ and the scan goes on.
 
 Burned-in text is looked for twice, as the audit does for its gallery images: the DICOM header's
 BurnedInAnnotation (warning ``burned_in_annotation``) and, with ``text_check``, the pixels of the
-ingested image, the size a gallery shows (:func:`~ravl_med.data.burned_text.find_burned_in_text`;
-warning ``burned_in_text``). An image flagged by both gets both warnings, so each file's warnings name
-the sources that flagged it; :meth:`ScanResult.summary` counts images by source.
+ingested image, scaled back to the file's own resolution when ingestion enlarged it
+(:func:`~ravl_med.data.burned_text.find_burned_in_text`; warning ``burned_in_text``). An image
+flagged by both gets both warnings, so each file's warnings name the sources that flagged it;
+:meth:`ScanResult.summary` counts images by source.
 """
 
 from __future__ import annotations
@@ -79,15 +80,31 @@ class _ScanDataset(Dataset):
         if self.text_check:
             from ravl_med.data.burned_text import find_burned_in_text
 
-            found = find_burned_in_text(np.asarray(sample["image"], dtype=np.float32)[0])
+            pixels = _text_check_pixels(sample["image"])
+            found = find_burned_in_text(pixels)
             record["text_lines"] = len(found.lines)
             record["text_line_box"] = ",".join(map(str, found.lines[0].box)) if found.lines else ""
+            record["text_check_side"] = int(pixels.shape[-1])
         if self.sink is not None:
             try:
                 record.update(self.sink(sample, row))
             except OSError as err:  # an output problem is the run's problem, not the image's
                 raise RuntimeError(f"cannot write the output for image {row['key']}: {err}") from err
         return "ok", record
+
+
+def _text_check_pixels(image) -> np.ndarray:
+    """(S', S') float32: the ingested (1, S, S) image for the pixel check, at no more than its stored resolution.
+
+    An image stored smaller than the ingest size is scaled back down (area averaging) to its stored longer
+    side: upscaling shows no text the file does not hold, and its smoothed edges gave false alarms (2 of 48
+    phantoms stored at 128 px, checked at 224 px; none at 128 px).
+    """
+    stored = int(max(int(v) for v in image.meta["original_shape"]))
+    pixels = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if stored < pixels.shape[-1]:
+        pixels = torch.nn.functional.interpolate(pixels[None], size=(stored, stored), mode="area")[0]
+    return pixels[0].numpy()
 
 
 def _record(meta: dict, row: dict) -> dict:
@@ -241,7 +258,8 @@ def scan_manifest(
                 warnings.append(Problem(
                     path=item["path"], key=item["key"], reason="burned_in_text",
                     detail=f"the pixel check found {item['text_lines']} line(s) of text-like marks in the "
-                           f"{config.image_size} px ingested image (first at x0,y0,x1,y1 = {item['text_line_box']}): "
+                           f"ingested image (first at x0,y0,x1,y1 = {item['text_line_box']} px of "
+                           f"{item['text_check_side']} x {item['text_check_side']}): "
                            + WARNINGS["burned_in_text"]))
     columns = list(RECORD_FIELDS) + sorted({k for r in records for k in r} - set(RECORD_FIELDS))
     return ScanResult(records=pd.DataFrame(records, columns=columns), problems=problems, warnings=warnings,
