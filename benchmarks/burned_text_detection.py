@@ -10,7 +10,14 @@ Labelled check built at run time, nothing written to disk:
 * with text: the same radiographs with one line drawn with PIL ``ImageDraw`` on the full-resolution
   pixels before ingestion (names, dates, IDs, site labels; DejaVu Sans / Sans Mono / Serif / Sans Bold /
   Serif Bold / Sans Condensed and Pillow's own font; cap heights 1-6% of the image height; the four
-  corners or anywhere; white, and a grey subset at 75%), ``--per-image`` draws each, seeded.
+  corners or anywhere; white, and a grey subset at 75%), ``--per-image`` draws each, seeded;
+* with ``--dark``: every check also looks for dark text (``find_burned_in_text(..., dark=True)``), and each
+  draw is drawn a second time in black (the same string, font, height and place, the random stream reset
+  for it, so the white cases are those of a run without ``--dark``): dark text on whatever the place
+  shows, bright or dark (black on a black corner does not show: its height is 0 and it is not counted),
+  reported also by the median grey of the background under it. The black draws
+  are also checked by the default (bright-only) search: the bright gaps between black letters can pass as
+  bright strokes, so the table says what ``dark=True`` adds.
 
 The detector's thresholds were chosen on seed 0 of this script and a smaller draw before it, on these same
 five radiographs; ``min_snr`` was then added and set between the false alarms on phantom grain (``--phantoms``,
@@ -21,6 +28,7 @@ on five patients. Detection is reported by the drawn text's height in the checke
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/burned_text_detection.py
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/burned_text_detection.py --seed 2 --json out.json
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/burned_text_detection.py --dark
 """
 
 from __future__ import annotations
@@ -123,10 +131,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--phantoms", type=int, default=20, help="phantoms per artefact (untuned check); 0: none")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--dark", action="store_true", help="also look for, and draw, dark text")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
+    from functools import partial
+
     from ravl_med.data.burned_text import find_burned_in_text
+
+    if args.dark:
+        find_burned_in_text = partial(find_burned_in_text, dark=True)
 
     images = radiographs(args.samples)
     if not images:
@@ -147,30 +161,61 @@ def main() -> None:
             case = {"text": str(rng.choice(TEXTS)), "font": FONTS[int(rng.integers(len(FONTS)))],
                     "cap_height": float(rng.choice(CAP_HEIGHTS)), "place": str(rng.choice(PLACES)),
                     "level": 1.0 if rng.random() < 0.75 else 0.75}
-            with_text = draw_text(image, rng=rng, **case)
-            for size in args.sizes:
-                before, after = ingest(image, size), ingest(with_text, size)
-                rows = np.flatnonzero(np.any(np.abs(after - before) > 0.02, axis=1))
-                found = find_burned_in_text(after)
-                drawn.append({"image": name, "size": size, **case, "found": found.found,
-                              "height_px": int(rows.max() - rows.min() + 1) if rows.size else 0})
+            state = rng.bit_generator.state
+            for level in (case["level"], 0.0) if args.dark else (case["level"],):
+                rng.bit_generator.state = state  # the black copy lands where the first did
+                with_text = draw_text(image, rng=rng, **{**case, "level": level})
+                for size in args.sizes:
+                    before, after = ingest(image, size), ingest(with_text, size)
+                    changed = np.abs(after - before) > 0.02
+                    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+                    found = find_burned_in_text(after)
+                    drawn.append({"image": name, "size": size, **case, "level": level, "found": found.found,
+                                  "height_px": int(rows.max() - rows.min() + 1) if rows.size else 0})
+                    if level == 0.0:
+                        drawn[-1]["found_bright_search"] = find_burned_in_text.func(after).found
+                        # The background the text was drawn on: the median grey of its box before drawing.
+                        drawn[-1]["background"] = float(np.median(
+                            before[rows.min():rows.max() + 1, cols.min():cols.max() + 1])) if rows.size else 0.0
 
     print(f"\n{len(clean)} clean checks, {len(drawn)} with text; {1000 * np.mean(seconds):.0f} ms per "
           f"check (mean)\n")
-    print("| ingest side | clean: false alarms | white text: detected | grey (75%) text: detected |")
-    print("|---|---|---|---|")
+    print("| ingest side | clean: false alarms | white text: detected | grey (75%) text: detected |"
+          + (" black text: detected (bright-only search) |" if args.dark else ""))
+    print("|---|---|---|---|" + ("---|" if args.dark else ""))
     for size in args.sizes:
         c = [r for r in clean if r["size"] == size]
         white = [r for r in drawn if r["size"] == size and r["level"] == 1.0 and r["height_px"] >= 4]
-        grey = [r for r in drawn if r["size"] == size and r["level"] < 1.0 and r["height_px"] >= 4]
+        grey = [r for r in drawn if r["size"] == size and 0.0 < r["level"] < 1.0 and r["height_px"] >= 4]
+        black = [r for r in drawn if r["size"] == size and r["level"] == 0.0 and r["height_px"] >= 4]
         print(f"| {size} | {sum(r['found'] for r in c)}/{len(c)} | {sum(r['found'] for r in white)}/{len(white)} "
-              f"| {sum(r['found'] for r in grey)}/{len(grey)} |")
+              f"| {sum(r['found'] for r in grey)}/{len(grey)} |"
+              + (f" {sum(r['found'] for r in black)}/{len(black)} ({sum(r['found_bright_search'] for r in black)}) |"
+                 if args.dark else ""))
     print("\nwhite text by its height in the checked image (px), all sizes:\n")
     print("| height px | detected |\n|---|---|")
     for low, high in HEIGHT_BINS:
         rows = [r for r in drawn if r["level"] == 1.0 and low <= r["height_px"] < high]
         label = f"{low}-{high - 1}" if high < 10_000 else f">= {low}"
         print(f"| {label} | {sum(r['found'] for r in rows)}/{len(rows)} |")
+    if args.dark:
+        print("\nblack text by its height in the checked image (px), all sizes:\n")
+        print("| height px | detected |\n|---|---|")
+        for low, high in HEIGHT_BINS:
+            rows = [r for r in drawn if r["level"] == 0.0 and low <= r["height_px"] < high]
+            label = f"{low}-{high - 1}" if high < 10_000 else f">= {low}"
+            print(f"| {label} | {sum(r['found'] for r in rows)}/{len(rows)} |")
+        print("\nblack text >= 6 px by the background it was drawn on (median grey of its box), all sizes:\n")
+        print("| background | detected | bright-only search |\n|---|---|---|")
+        for low, high in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
+            rows = [r for r in drawn if r["level"] == 0.0 and r["height_px"] >= 6 and low <= r["background"] < high]
+            print(f"| {low:.2f}-{min(high, 1.0):.2f} | {sum(r['found'] for r in rows)}/{len(rows)} "
+                  f"| {sum(r['found_bright_search'] for r in rows)}/{len(rows)} |")
+        missed = [r for r in drawn if r["level"] == 0.0 and r["height_px"] >= 6 and not r["found"]]
+        print(f"black text >= 6 px missed ({len(missed)}):")
+        for r in missed:
+            print("  ", {k: r[k] for k in ("image", "size", "text", "font", "cap_height", "place", "height_px",
+                                           "background")})
     print("\nfalse alarms per radiograph:", {n: sum(r["found"] for r in clean if r["image"] == n) for n in images})
     missed = [r for r in drawn if r["level"] == 1.0 and r["height_px"] >= 6 and not r["found"]]
     print(f"white text >= 6 px missed ({len(missed)}):")

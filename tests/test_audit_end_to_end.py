@@ -98,7 +98,10 @@ def test_the_hospital_flow_without_ground_truth(phantom_shortcut, tmp_path, caps
     audit = json.loads((audit_dir / "audit.json").read_text())
     assert audit["outcome"] == "found" and audit["ground_truth"] is None, audit["notes"]
     assert "ravl-med review" in printed
-    assert "cluster 1: tied to 'pneumothorax'" in cli("review", str(audit_dir), "--spurious", "1")
+    reviewed = cli("review", str(audit_dir), "--spurious", "1")
+    assert "cluster 1: tied to 'pneumothorax'" in reviewed
+    counter = audit["methods"][audit["primary_method"]]["ranked_clusters"][0]["counter_gallery"]
+    assert f"counter-examples: {counter or 'none: '}" in reviewed
 
     recipe = {k: v for k, v in run.config.model_dump(mode="json").items() if k not in common}
     (tmp_path / "mitigate.yaml").write_text(yaml.safe_dump({

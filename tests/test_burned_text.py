@@ -110,3 +110,17 @@ def test_real_radiographs_clean_and_with_text_burned_in(cxr_samples):
             with_text = _draw(image, text, 0.05, at)
             for size in (224, 512):
                 assert find_burned_in_text(_ingest(with_text, size)).found, (name, text, size)
+
+
+def test_dark_text_on_a_bright_area():
+    """Black text on the bright abdomen found with ``dark=True``, where it was drawn; the clean image, a single dark
+    letter and the phantoms without artefact are not flagged."""
+    clean = _chest_like()
+    drawn = _draw(clean, "DOE^JANE 1948", 0.05, (0.1, 0.85), level=0.0)
+    found = find_burned_in_text(drawn, dark=True)
+    assert found.found and all(_overlaps(line.box, _text_box(clean, drawn)) for line in found.lines), found
+    assert not find_burned_in_text(clean, dark=True).found
+    assert not find_burned_in_text(_draw(clean, "R", 0.08, (0.85, 0.85), level=0.0), dark=True).found
+    for i in range(3):
+        image = render_phantom((5, i), CLASSES[i], None, size=224).image.astype(np.float32)
+        assert not find_burned_in_text(image, dark=True).found, i

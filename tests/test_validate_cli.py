@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ravl_med.cli import main
 from tests.factories import chest_like, write_cr_dicom
@@ -136,6 +136,63 @@ def test_validate_warns_about_burned_in_annotations(tmp_path, capsys):
     assert "burned-in annotation (DICOM): YES=1, (none)=1" in printed
     assert f"{folder / 'burned.dcm'}: burned_in_annotation: the DICOM header says the pixels hold burned-in text" \
         in printed
+
+
+def _with_text(stored: np.ndarray, text: str) -> np.ndarray:
+    """``stored`` (12-bit) with ``text`` burned in at the top left, drawn at the display's white (4095), font 6% of
+    the height."""
+    canvas = Image.fromarray(stored.astype(np.int32), mode="I")
+    font = ImageFont.load_default(size=round(0.06 * stored.shape[0]))
+    ImageDraw.Draw(canvas).text((0.04 * stored.shape[1], 0.04 * stored.shape[0]), text, fill=4095, font=font)
+    return np.asarray(canvas).astype(np.uint16)
+
+
+def test_validate_checks_pixels_for_burned_in_text(tmp_path, capsys):
+    """The pixel check flags a DICOM with a name and date drawn into its pixels and no BurnedInAnnotation, and not
+    the same image without the text; each warning names its source; --no-text-check skips it."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    stored = chest_like(320, 280, seed=4)
+    write_cr_dicom(folder / "clean.dcm", stored)
+    write_cr_dicom(folder / "text.dcm", _with_text(stored, "DOE^JANE 1948-07-11"))
+    write_cr_dicom(folder / "declared.dcm", chest_like(320, 280, seed=5), BurnedInAnnotation="YES")
+    report = tmp_path / "report.json"
+    code = main(["validate", str(folder), "--quarantine", str(tmp_path / "q.csv"), "--report", str(report),
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "usable images: 3    refused: 0    warnings: 2" in printed
+    assert ("burned-in text: 2 image(s) may hold it, flagged 1 by the DICOM attribute (BurnedInAnnotation YES) and 1 "
+            "by the pixel check (lines of text-like marks)") in printed
+    assert f"{folder / 'text.dcm'}: burned_in_text: the pixel check found " in printed
+    assert f"{folder / 'declared.dcm'}: burned_in_annotation: the DICOM header says" in printed
+    assert str(folder / "clean.dcm") not in printed
+    written = json.loads(report.read_text())
+    assert {w["path"]: w["reason"] for w in written["warnings"]} == {
+        str(folder / "text.dcm"): "burned_in_text", str(folder / "declared.dcm"): "burned_in_annotation"}
+    assert written["summary"]["burned_in_text"] == {"images": 2, "dicom_attribute": 1, "pixel_check": 1}
+    assert pd.read_csv(tmp_path / "q.csv").empty  # warnings are kept images, not quarantined
+
+    assert main(["validate", str(folder), "--quarantine", str(tmp_path / "q.csv"), "--no-text-check",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "warnings: 1" in printed and "burned_in_text" not in printed
+    assert "flagged 1 by the DICOM attribute (BurnedInAnnotation YES) and the pixel check not run" in printed
+
+
+def test_the_pixel_check_sees_an_enlarged_image_at_its_stored_resolution(tmp_path):
+    """Ingestion enlarges a 100 x 90 image to 224 px; the pixel check gets it back at 100 px (its smoothed edges gave
+    false alarms on 128 px phantoms at 224 px); a larger image is checked at the ingest size."""
+    from ravl_med.config import IngestConfig
+    from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
+    from ravl_med.data.scan import _text_check_pixels
+
+    transform = ingest_transforms(IngestConfig(image_size=224), regions=False)
+    small = write_cr_dicom(tmp_path / "small.dcm", chest_like(100, 90, seed=1))
+    large = write_cr_dicom(tmp_path / "large.dcm", chest_like(320, 280, seed=1))
+    pixels = _text_check_pixels(run_ingest_transforms(transform, {"image": str(small)})["image"])
+    assert pixels.shape == (100, 100) and pixels.dtype == np.float32 and 0.0 <= pixels.min() <= pixels.max() <= 1.0
+    assert _text_check_pixels(run_ingest_transforms(transform, {"image": str(large)})["image"]).shape == (224, 224)
 
 
 def test_validate_exits_1_with_a_clear_message_when_nothing_is_usable(tmp_path, capsys):

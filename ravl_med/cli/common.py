@@ -221,8 +221,12 @@ def open_dataset(path: Path, config: IngestConfig) -> Manifest:
     return Manifest.read(path, classes=config.classes)
 
 
-def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
-    """The human-readable summary and problem list of a scan, on stdout."""
+def print_scan_report(result: ScanResult, max_listed: int = 20, all_warnings: str = "") -> None:
+    """The human-readable summary and problem list of a scan, on stdout.
+
+    Args:
+        all_warnings: where the warnings past ``max_listed`` can be read, as the command says it.
+    """
     summary = result.summary()
     print(f"usable images: {summary['usable']}    refused: {summary['refused']}    warnings: {summary['warnings']}")
     for title, key in (
@@ -239,6 +243,12 @@ def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
     ):
         if summary[key]:
             print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in summary[key].items()))
+    burned = summary["burned_in_text"]
+    if burned["pixel_check"] is not None or burned["images"]:
+        sources = [f"{burned['dicom_attribute']} by the DICOM attribute (BurnedInAnnotation YES)"]
+        sources.append("the pixel check not run" if burned["pixel_check"] is None
+                       else f"{burned['pixel_check']} by the pixel check (lines of text-like marks)")
+        print(f"burned-in text: {burned['images']} image(s) may hold it, flagged {' and '.join(sources)}")
     sizes = summary["image_sizes"]
     if sizes:
         print(
@@ -247,7 +257,8 @@ def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
             f"columns {sizes['columns']['min']}-{sizes['columns']['max']} (median {sizes['columns']['median']}); "
             "most common " + ", ".join(f"{k} ({v})" for k, v in sizes["most_common"].items())
         )
-    for heading, items in (("problems (refused)", result.problems), ("warnings (kept)", result.warnings)):
+    for heading, items, where_all in (("problems (refused)", result.problems, " (see the quarantine file)"),
+                                      ("warnings (kept)", result.warnings, all_warnings and f" ({all_warnings})")):
         if not items:
             continue
         print(f"{heading}:")
@@ -255,7 +266,7 @@ def print_scan_report(result: ScanResult, max_listed: int = 20) -> None:
             where = f"row {item.row}: " if item.row is not None else ""
             print(f"  {where}{item.path}: {item.reason}: {item.detail}")
         if len(items) > max_listed:
-            print(f"  ... and {len(items) - max_listed} more (see the quarantine file)")
+            print(f"  ... and {len(items) - max_listed} more{where_all}")
 
 
 def write_json(data: object, path: Path) -> Path:

@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         help="list an audit's clusters by rank and mark which are shortcuts (review.yaml, read by mitigate)",
         description=(
             "Lists the kept clusters of an audit by their rank, the numbering of report.html, clusters.csv and "
-            "the gallery files, with the class each is tied to, its evidence and its gallery. Writes AUDIT_DIR/"
+            "the gallery files, with the class each is tied to, its evidence, its gallery and its counter-example "
+            "gallery (images of the same class outside the cluster, or why there is none). Writes AUDIT_DIR/"
             "review.yaml: one entry per cluster with 'spurious: null' until reviewed. Open each gallery, then "
             "either edit the file (yes / no per cluster) or pass --spurious with the ranks that show something "
             "that is not part of the disease (a device, a marker, burned-in text). 'ravl-med mitigate --audit "
@@ -59,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
             evidence.append(f"stability {cluster.stability:.0%}" + (" (unstable)" if cluster.stability < 0.5 else ""))
         print(f"  cluster {cluster.rank}: tied to '{cluster.tied_to}'; {', '.join(evidence)}; "
               f"gallery {cluster.gallery or 'none'}: {verdict}")
+        counter = cluster.counter_note
+        if cluster.counter_gallery:
+            counter = f"{cluster.counter_gallery} ({counter})"
+        print(f"    counter-examples: {counter}")
     path = args.audit_dir / REVIEW_FILE
     if not review.clusters:
         print(f"nothing to review: the audit reports no shortcut ({path} written; mitigate will refuse to run "

@@ -24,9 +24,13 @@ labels, with scikit-image morphology and no trained model:
    ``min_strokes_per_height`` strokes per height of width (characters are about 0.6 heights wide with
    one to three vertical strokes; anatomy crossing a band of that height gives fewer).
 
-Only bright text is looked for: burned-in text is drawn at the display's white, and dark gaps between
-lung vessels gave false alarms. Text under ``min_height`` px (4 by default) cannot be read in the image
-as given and is not looked for: run the check on the pixels a reader will see (the audit runs it on
+By default only bright text is looked for: burned-in text is usually drawn at the display's white,
+and dark gaps between lung vessels gave false alarms. ``dark=True`` also looks for dark text (drawn at
+the display's black on a bright area) by the same steps and thresholds on the inverted image, its
+headroom being the background's brightness; letterbox padding (exact zeros) stays out of the noise
+estimate. It finds black text on bright areas (95% from 6 px) but flags more non-text artefacts of the
+phantoms (BENCHMARKS.md), so it is off by default. Text under ``min_height`` px (4 by default) cannot be
+read in the image as given and is not looked for: run the check on the pixels a reader will see (the audit runs it on
 the ingested images its galleries show). Detection and false-alarm rates on real radiographs:
 ``benchmarks/burned_text_detection.py`` and BENCHMARKS.md.
 """
@@ -91,8 +95,8 @@ class _LineTests(NamedTuple):
 def find_burned_in_text(image, *, min_height: int = 4, max_height: float = 0.1, min_contrast: float = 0.05,
                         ink_levels: tuple[float, ...] = (0.25, 0.5), min_peak: float = 0.6, min_snr: float = 15.0,
                         min_aspect: float = 2.5, min_strokes: int = 4,
-                        min_strokes_per_height: float = 0.9) -> BurnedInText:
-    """Lines of bright, character-like marks in a radiograph (see the module docstring for the steps).
+                        min_strokes_per_height: float = 0.9, dark: bool = False) -> BurnedInText:
+    """Lines of bright (and with ``dark``, dark) character-like marks in a radiograph (module docstring: the steps).
 
     Args:
         image: (H, W) grey image, float in [0, 1] (display orientation, white = dense) or uint8.
@@ -107,6 +111,7 @@ def find_burned_in_text(image, *, min_height: int = 4, max_height: float = 0.1, 
         min_aspect: smallest width / height of a line of two marks.
         min_strokes: fewest strokes a line's middle rows cross.
         min_strokes_per_height: fewest strokes per height of the line's width.
+        dark: also look for dark text on bright areas (the same steps and thresholds on ``1 - image``).
 
     Returns:
         :class:`BurnedInText`.
@@ -120,19 +125,33 @@ def find_burned_in_text(image, *, min_height: int = 4, max_height: float = 0.1, 
     pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32)
     tallest = max(min_height + 2, int(round(max_height * max(pixels.shape))))
     tests = _LineTests(tallest, min_aspect, min_peak, min_snr, min_strokes, min_strokes_per_height)
+    image_pixels = pixels > 0  # letterbox padding (exact zeros) is not image
+    lines: list[TextLine] = []
+    for ink_side in (pixels, 1.0 - pixels) if dark else (pixels,):
+        # A line found again (at another ink level, or a bright line's dark gaps) is the same line.
+        lines += [line for line in _bright_lines(ink_side, image_pixels, min_height, min_contrast, ink_levels, tests)
+                  if not any(_overlap(line.box, seen.box) for seen in lines)]
+    lines.sort(key=lambda line: (line.box[1], line.box[0]))
+    return BurnedInText(lines=tuple(lines), min_height=min_height, max_height=tallest)
+
+
+def _bright_lines(pixels: np.ndarray, image_pixels: np.ndarray, min_height: int, min_contrast: float,
+                  ink_levels: tuple[float, ...], tests: _LineTests) -> list[TextLine]:
+    """Steps 1-5 for bright ink on ``pixels`` (H, W) float32; ``image_pixels``: the pixels that are not padding."""
+    tallest = tests.tallest
     side = max(7, (tallest // 2) | 1)
     tophat = white_tophat(pixels, footprint_rectangle((side, side), decomposition="separable"))
     # Stroke contrast as a share of the headroom above the local background (the opening).
     contrast = tophat / np.maximum(1.0 - (pixels - tophat), 1e-6)
-    snr = tophat / _local_noise(pixels, (tophat >= min_contrast) & (contrast >= min(ink_levels)), 2 * tallest + 1)
+    snr = tophat / _local_noise(pixels, (tophat >= min_contrast) & (contrast >= min(ink_levels)), 2 * tallest + 1,
+                                image_pixels)
     lines: list[TextLine] = []
     for level in ink_levels:
         ink = (tophat >= min_contrast) & (contrast >= level)
         # A line found again at a higher level (same text, other box) is the same line.
         lines += [line for line in _text_lines(_rows_of_marks(ink, min_height, tallest), contrast, snr, tests)
                   if not any(_overlap(line.box, seen.box) for seen in lines)]
-    lines.sort(key=lambda line: (line.box[1], line.box[0]))
-    return BurnedInText(lines=tuple(lines), min_height=min_height, max_height=tallest)
+    return lines
 
 
 def _rows_of_marks(ink: np.ndarray, min_height: int, tallest: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -199,13 +218,14 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _local_noise(pixels: np.ndarray, ink: np.ndarray, window: int) -> np.ndarray:
+def _local_noise(pixels: np.ndarray, ink: np.ndarray, window: int, image_pixels: np.ndarray) -> np.ndarray:
     """(H, W) standard deviation of the pixel noise around each pixel, from the pixels that are not ink.
 
     About sigma: 1.25 x the mean absolute difference from the 3 x 3 median (a Gaussian's mean absolute
-    deviation is 0.8 sigma) over a ``window`` x ``window`` square; letterbox padding (exact zeros) is left out.
+    deviation is 0.8 sigma) over a ``window`` x ``window`` square; pixels outside ``image_pixels`` (letterbox
+    padding) are left out.
     """
     residual = np.abs(pixels - ndimage.median_filter(pixels, size=3))
-    quiet = (~ink & (pixels > 0)).astype(np.float32)
+    quiet = (~ink & image_pixels).astype(np.float32)
     mean = ndimage.uniform_filter(residual * quiet, window) / np.maximum(ndimage.uniform_filter(quiet, window), 1e-6)
     return np.maximum(1.25 * mean, 1e-4)

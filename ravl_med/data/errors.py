@@ -36,6 +36,8 @@ WARNINGS: dict[str, str] = {
     "unexpected_modality": "the DICOM modality is not one expected for chest radiographs",
     "burned_in_annotation": "the DICOM header says the pixels hold burned-in text (BurnedInAnnotation YES): names or "
                             "dates may show in gallery thumbnails; audit with report.crops_only: true",
+    "burned_in_text": "names or dates may show in gallery thumbnails; look at the image, and audit with "
+                      "report.crops_only: true if it holds text",
 }
 
 

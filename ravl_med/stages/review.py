@@ -5,8 +5,10 @@ shortcut) from the lung apex (part of the anatomy the class is about). :func:`ru
 ``review.yaml`` into the audit folder: one entry per kept cluster of the audit's primary method,
 numbered by its rank, the report's numbering (``gallery-cluster-<rank>.png``, "cluster <rank>" in
 ``report.html``, ``rank`` in ``clusters.csv``; the clustering's internal cluster ids appear nowhere a
-reviewer reads). Each entry's ``spurious`` is ``null`` until reviewed, then ``yes`` or ``no``; the
-file may be edited by hand or filled by ``ravl-med review AUDIT_DIR --spurious 1,3``.
+reviewer reads), with its gallery and its counter-example gallery (``gallery-cluster-<rank>-counter.png``:
+regions of images of the same class outside the cluster; or a line saying why there is none). Each
+entry's ``spurious`` is ``null`` until reviewed, then ``yes`` or ``no``; the file may be edited by hand
+or filled by ``ravl-med review AUDIT_DIR --spurious 1,3``.
 :func:`~ravl_med.stages.mitigate.run_mitigation` reads it (:func:`read_review`) and fine-tunes away
 the clusters marked ``yes``.
 
@@ -36,7 +38,8 @@ AUDIT_JSON = "audit.json"
 _HEADER = """\
 # Review of a shortcut audit (ravl-med). Clusters are numbered by their rank, as in report.html,
 # clusters.csv and the gallery files (gallery-cluster-<rank>.png).
-# For each cluster, open its gallery and set
+# For each cluster, open its gallery and its counter-examples (counter_gallery: images of the same class
+# that are not in the cluster; if they show the same thing, the cluster is not a distinct feature), then set
 #   spurious: yes   the boxed regions show something that is not part of the disease (a device, a
 #                   marker, burned-in text, a positioning aid): the model may use it as a shortcut;
 #   spurious: no    they show anatomy or the finding itself.
@@ -60,6 +63,9 @@ class ReviewedCluster:
         adjusted_p: Holm-adjusted permutation p-value of its accuracy gap (``None``: not computed).
         stability: share of half-sample refits that kept a matching cluster, 0-1 (``None``: not measured).
         gallery: the gallery file in the audit folder (``None``: not rendered).
+        counter_gallery: the counter-example gallery file in the audit folder (``None``: none, see
+            ``counter_note``).
+        counter_note: one line on the counter-examples: how many the gallery shows, or why there is none.
         spurious: the reviewer's verdict; ``None`` until reviewed.
     """
 
@@ -70,6 +76,8 @@ class ReviewedCluster:
     adjusted_p: float | None
     stability: float | None
     gallery: str | None
+    counter_gallery: str | None = None
+    counter_note: str = ""
     spurious: bool | None = None
 
 
@@ -119,9 +127,10 @@ class Review:
         """Writes ``review.yaml`` in the audit folder (atomically) and returns its path."""
         body = {
             "audit": {"method": self.method, "outcome": self.outcome, "sha256": self.audit_sha256},
-            "clusters": [{"rank": c.rank, "tied_to": c.tied_to, "gallery": c.gallery, "regions": c.regions,
-                          "images": c.images, "adjusted_p": c.adjusted_p, "stability": c.stability,
-                          "spurious": c.spurious} for c in self.clusters],
+            "clusters": [{"rank": c.rank, "tied_to": c.tied_to, "gallery": c.gallery,
+                          "counter_gallery": c.counter_gallery, "counter_examples": c.counter_note,
+                          "regions": c.regions, "images": c.images, "adjusted_p": c.adjusted_p,
+                          "stability": c.stability, "spurious": c.spurious} for c in self.clusters],
         }
         path = self.audit_dir / REVIEW_FILE
         with atomic_path(path) as tmp:
@@ -154,9 +163,27 @@ def _fresh(audit_dir: Path) -> Review:
         clusters.append(ReviewedCluster(
             rank=rank, tied_to=cluster.get("attribute_name"), regions=int(cluster["n_regions"]),
             images=int(cluster["n_images"]), adjusted_p=cluster.get("p_adjusted"), stability=cluster.get("stability"),
-            gallery=gallery if (audit_dir / gallery).is_file() else None))
+            gallery=gallery if (audit_dir / gallery).is_file() else None, **_counter(audit_dir, cluster)))
     return Review(audit_dir=audit_dir, method=audit["primary"], outcome=str(audit["outcome"]), audit_sha256=sha,
                   clusters=tuple(clusters))
+
+
+def _counter(audit_dir: Path, cluster: dict) -> dict:
+    """``counter_gallery`` and ``counter_note`` of one ``audit.json`` cluster (see ``stages.audit``)."""
+    name, tied_to = cluster.get("counter_gallery"), cluster.get("attribute_name")
+    if name and (audit_dir / name).is_file():
+        shown = cluster.get("n_counter_gallery")
+        return {"counter_gallery": name,
+                "counter_note": f"{shown} region(s) of {tied_to} images outside the cluster, the most similar first"}
+    if name:
+        note = f"none: {name} is missing from the audit folder"
+    elif "n_counter_gallery" not in cluster:
+        note = "none: the audit recorded no counter-examples (written by an older ravl-med?)"
+    elif tied_to is None:
+        note = "none: the cluster is not tied to a class"
+    else:  # counter_examples() found no image of the class outside the cluster
+        note = f"none: every {tied_to} image has a region in this cluster, so there is no image to compare with"
+    return {"counter_gallery": None, "counter_note": note}
 
 
 def read_review(audit_dir: str | Path) -> Review | None:
