@@ -192,19 +192,14 @@ def main() -> None:
               f"| {sum(r['found'] for r in grey)}/{len(grey)} |"
               + (f" {sum(r['found'] for r in black)}/{len(black)} ({sum(r['found_bright_search'] for r in black)}) |"
                  if args.dark else ""))
-    print("\nwhite text by its height in the checked image (px), all sizes:\n")
-    print("| height px | detected |\n|---|---|")
-    for low, high in HEIGHT_BINS:
-        rows = [r for r in drawn if r["level"] == 1.0 and low <= r["height_px"] < high]
-        label = f"{low}-{high - 1}" if high < 10_000 else f">= {low}"
-        print(f"| {label} | {sum(r['found'] for r in rows)}/{len(rows)} |")
-    if args.dark:
-        print("\nblack text by its height in the checked image (px), all sizes:\n")
+    for colour, level in (("white", 1.0), ("black", 0.0))[: 2 if args.dark else 1]:
+        print(f"\n{colour} text by its height in the checked image (px), all sizes:\n")
         print("| height px | detected |\n|---|---|")
         for low, high in HEIGHT_BINS:
-            rows = [r for r in drawn if r["level"] == 0.0 and low <= r["height_px"] < high]
+            rows = [r for r in drawn if r["level"] == level and low <= r["height_px"] < high]
             label = f"{low}-{high - 1}" if high < 10_000 else f">= {low}"
             print(f"| {label} | {sum(r['found'] for r in rows)}/{len(rows)} |")
+    if args.dark:
         print("\nblack text >= 6 px by the background it was drawn on (median grey of its box), all sizes:\n")
         print("| background | detected | bright-only search |\n|---|---|---|")
         for low, high in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
