@@ -262,6 +262,7 @@ class MitigationTrainer(Trainer):
                  train_wrapper: Callable[[Dataset], Dataset] | None = None, **kwargs) -> None:
         super().__init__(config, objective=objective, **kwargs)
         self.train_wrapper = train_wrapper
+        self.images_fixed = train_wrapper is None  # counterfactual swaps paste anew every epoch
         self.needs = set(getattr(objective, "needs", ()))
         self.region_labels = dict(region_labels or {})
         self.spurious_prompts = list(spurious_prompts)

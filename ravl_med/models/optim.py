@@ -66,12 +66,20 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 def freeze_text_tower(model: nn.Module) -> int:
-    """Stops gradients into everything but the image tower and the logit scale/bias; returns the count."""
+    """Stops gradients into everything but the image tower and the logit scale/bias; returns the count.
+
+    A hybrid's text tower (:class:`~ravl_med.models.hybrid.HybridCLIP`, a Hugging Face encoder with
+    dropout) also stays in eval mode from then on: frozen means a fixed function of the text, not one
+    with dropout noise in every step (open_clip's text towers have no dropout by default).
+    """
     frozen = 0
     for name, param in model.named_parameters():
         if not (name.startswith("visual.") or name.startswith("logit_")):
             param.requires_grad_(False)
             frozen += param.numel()
+    if hasattr(model, "text_eval"):
+        model.text_eval = True
+        model.train(model.training)
     return frozen
 
 

@@ -14,6 +14,10 @@ What a run does (:meth:`Trainer.fit`):
 * micro-batches of ``batch_size`` per process, ``grad_accum_steps`` of them per optimizer step (a
   short last group of an epoch is averaged over its own size);
 * CUDA: bf16 autocast (``precision: auto``) and TF32 matmuls; CPU: fp32;
+* optionally (``lock_image``) the image backbone frozen but its last groups, and the outputs of
+  frozen parts computed once and reused (``cache_text``, ``cache_frozen_features``,
+  :mod:`ravl_med.models.feature_cache`; single process only, and frozen features only while
+  :attr:`Trainer.images_fixed`); ``channels_last`` convolutions on the CPU;
 * ``torchrun``: reads ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, starts the process group (nccl on
   CUDA, gloo on CPU) (:mod:`ravl_med.models.runtime`), shards with ``DistributedSampler``, wraps
   the model in DDP and gathers features across processes for the loss; only rank 0 writes files and
@@ -48,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -57,6 +62,7 @@ from ravl_med.data.atomic import atomic_path
 from ravl_med.data.dataset import RadiographDataset, collate
 from ravl_med.data.manifest import Manifest, empty_split_message, feature_presence
 from ravl_med.evaluate.groups import worst_group_accuracy
+from ravl_med.models.feature_cache import FrozenFeatureCache, TextEmbeddingCache
 from ravl_med.models.losses import LabelAwareClipLoss
 from ravl_med.models.optim import (
     clamp_logit_scale,
@@ -205,22 +211,55 @@ class Trainer:
         self.sampler_factory = sampler_factory or _default_sampler
         self.progress = progress
         self.on_step = on_step
+        self._text_cache: TextEmbeddingCache | None = None
+        self._feature_cache: FrozenFeatureCache | None = None
 
     # -- pieces a subclass may override ---------------------------------------------------------
 
+    #: Whether an image key names the same pixels in every epoch (frozen features may then be cached);
+    #: a subclass whose training set changes images between epochs says ``False``.
+    images_fixed: bool = True
+
     def forward(self, model: nn.Module, batch: dict[str, Any], ctx: DistributedContext) -> dict[str, torch.Tensor]:
         """Runs the (possibly DDP-wrapped) model on a batch.
+
+        With ``cache_text`` / ``cache_frozen_features`` (single process), the frozen parts' outputs
+        come from :mod:`~ravl_med.models.feature_cache` instead of being recomputed.
 
         Returns:
             ``image_features`` (B, D), ``text_features`` (B, D), both L2-normalised, and
             ``logit_scale`` (scalar, exponentiated).
         """
-        images = self.preprocess_(batch["image"].to(ctx.device, non_blocking=True))
+        if self._text_cache is not None or self._feature_cache is not None:
+            return self._forward_cached(model, batch, ctx)
+        images = self._layout(self.preprocess_(batch["image"].to(ctx.device, non_blocking=True)))
         tokens = batch["tokens"].to(ctx.device, non_blocking=True)
         out = model(images, tokens)
         if isinstance(out, dict):
             return out
         return {"image_features": out[0], "text_features": out[1], "logit_scale": out[2]}
+
+    def _forward_cached(self, model: nn.Module, batch: dict[str, Any], ctx: DistributedContext) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with cached text embeddings and/or frozen image features (never under DDP)."""
+        if self._feature_cache is not None:
+            raw = batch["image"]
+            features = self._feature_cache(
+                batch["key"], lambda rows: self._layout(self.preprocess_(raw[rows].to(ctx.device, non_blocking=True))),
+                ctx.device,
+            )
+            image = model.visual.forward_from_frozen(self._layout(features))
+        else:
+            image = model.encode_image(self._layout(self.preprocess_(batch["image"].to(ctx.device, non_blocking=True))))
+        if self._text_cache is not None:
+            text = self._text_cache(batch["text"], ctx.device)
+        else:
+            text = model.encode_text(batch["tokens"].to(ctx.device, non_blocking=True))
+        return {"image_features": F.normalize(image, dim=-1), "text_features": F.normalize(text, dim=-1),
+                "logit_scale": model.logit_scale.exp()}
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) batch in the memory layout of the model's convolutions (``channels_last``)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.config.channels_last else images
 
     def datasets(self) -> tuple[RadiographDataset, RadiographDataset | None]:
         """The train and val datasets from the manifest (val is ``None`` when that split is empty)."""
@@ -331,7 +370,29 @@ class Trainer:
             raise ConfigError(f"checkpoint: {' '.join(str(err).split())}") from None
         if cfg.freeze_text:
             freeze_text_tower(model)
+        if cfg.lock_image:
+            try:
+                model.lock_image_tower(cfg.lock_image_unlocked_groups)
+            except (AssertionError, NotImplementedError, ValueError) as err:
+                raise ConfigError(f"lock_image_unlocked_groups: {cfg.lock_image_unlocked_groups} for {cfg.backbone}: "
+                                  f"{err or 'not supported by this tower'}") from None
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         model.train()
+        self._text_cache, self._feature_cache = None, None
+        if cfg.cache_text or cfg.cache_frozen_features:
+            if ctx.distributed:
+                log.info("cache_text / cache_frozen_features: off under torchrun (each process would cache its shard)")
+            else:
+                if cfg.cache_text:
+                    self._text_cache = TextEmbeddingCache(model, self.tokenizer_)
+                if cfg.cache_frozen_features and not self.images_fixed:
+                    log.info("cache_frozen_features: off, the training images change between epochs")
+                elif cfg.cache_frozen_features:
+                    try:
+                        self._feature_cache = FrozenFeatureCache(model.visual)
+                    except TypeError as err:
+                        raise ConfigError(f"cache_frozen_features: {err}") from None
         self.model_ = model
         return model
 

@@ -58,7 +58,8 @@ STATE_RE = re.compile(r"^state-(\d{8})\.pt$")
 #: Config keys that fix a run's trajectory; resuming with other values would not reproduce it.
 TRAJECTORY_KEYS = (
     "backbone", "checkpoint", "classes", "batch_size", "lr", "weight_decay", "warmup_steps",
-    "grad_accum_steps", "freeze_text", "label_aware", "seed",
+    "grad_accum_steps", "freeze_text", "label_aware", "seed", "lock_image", "lock_image_unlocked_groups",
+    "channels_last",
 )  # fmt: skip
 
 
@@ -268,7 +269,9 @@ def load_training_state(
     """
     payload = torch.load(path, map_location="cpu", weights_only=False)
     saved, current = payload["config"], config.model_dump(mode="json")
-    changed = [k for k in TRAJECTORY_KEYS if saved.get(k) != current.get(k)]
+    # A key newer than the state reads as its default (states written before it existed stay resumable).
+    defaults = {k: FinetuneConfig.model_fields[k].default for k in TRAJECTORY_KEYS}
+    changed = [k for k in TRAJECTORY_KEYS if saved.get(k, defaults[k]) != current.get(k)]
     if payload.get("world_size", 1) != ctx.world_size:
         changed.append(f"world size ({payload.get('world_size')} -> {ctx.world_size})")
     if changed:

@@ -172,6 +172,68 @@ class CNNImageTower(nn.Module):
         """(B, K, H, W) preprocessed images -> (B, D) unnormalised embeddings."""
         return self.embed_feature_map(self.trunk(x))
 
+    # -- locking (open_clip's ``lock_image_tower``) ---------------------------------------------
+
+    def parameter_groups(self) -> list[list[str]]:
+        """The backbone's parameter names in layer groups, input side first (what ``lock`` counts)."""
+        return [[name for name, _ in self.backbone.named_parameters()]]
+
+    def lock(self, unlocked_groups: int = 0) -> int:
+        """Freezes the backbone but its last ``unlocked_groups`` groups (:meth:`parameter_groups`).
+
+        The projection head always stays trainable. BatchNorm layers whose parameters are all frozen
+        are kept in eval mode from now on (:meth:`train` leaves them there): they normalise with
+        their pretrained running statistics, which no longer change. A frozen input-side prefix of
+        the trunk therefore computes a fixed function of the image, run under ``torch.no_grad``
+        (:meth:`frozen_features`) and cacheable per image.
+
+        Args:
+            unlocked_groups: trailing groups left trainable, 0 (whole backbone frozen) to the
+                number of groups (nothing frozen).
+
+        Returns:
+            the number of frozen groups.
+
+        Raises:
+            ValueError: ``unlocked_groups`` outside [0, number of groups].
+        """
+        groups = self.parameter_groups()
+        if not 0 <= unlocked_groups <= len(groups):
+            raise ValueError(f"unlocked_groups must be in [0, {len(groups)}] for this tower, got {unlocked_groups}")
+        frozen = len(groups) - unlocked_groups
+        parameters = dict(self.backbone.named_parameters())
+        for group in groups[:frozen]:
+            for name in group:
+                parameters[name].requires_grad_(False)
+        self._frozen_norms = [
+            module for module in self.backbone.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in module.parameters(recurse=False))
+        ]  # fmt: skip
+        self.train(self.training)
+        return frozen
+
+    def train(self, mode: bool = True) -> "CNNImageTower":
+        super().train(mode)
+        for module in getattr(self, "_frozen_norms", ()):
+            module.eval()  # frozen statistics: running mean/var, never batch statistics
+        return self
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) images -> the output of the trunk's frozen input-side prefix (no gradient).
+
+        Without a frozen prefix, the images themselves. ``trunk(x) == trunk_from_frozen(frozen_features(x))``.
+        """
+        return x
+
+    def trunk_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        """The rest of the trunk after :meth:`frozen_features` -> (B, C', h, w)."""
+        return self.trunk(features)
+
+    def forward_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`frozen_features` output (e.g. cached per image) -> (B, D), as :meth:`forward`."""
+        return self.embed_feature_map(self.trunk_from_frozen(features))
+
 
 class TimmImageTower(CNNImageTower):
     """A timm CNN (``pretrained=False``) with optional local weights, pooling and projection.
@@ -227,11 +289,49 @@ class TimmImageTower(CNNImageTower):
         _load_strict(self.model, state, file)
         return file
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+    def parameter_groups(self) -> list[list[str]]:
+        """timm's coarse layer groups of the model (``group_matcher(coarse=True)``), as open_clip's
+        ``TimmModel.lock`` counts them. EfficientNet-Lite0: the stem, then one group per block stage,
+        the last stage together with ``conv_head``/``bn2`` (8 groups)."""
+        from timm.models import group_parameters
+
+        grouped = group_parameters(self.model, self.model.group_matcher(coarse=True))
+        return [list(grouped[index]) for index in sorted(grouped)]
+
+    def _frozen_prefix(self) -> tuple[bool, int]:
+        """(stem frozen, number of leading block stages frozen) of an EfficientNet split."""
         m = self.model
+        if not self._split_at_conv_head or any(p.requires_grad for p in (*m.conv_stem.parameters(), *m.bn1.parameters())):
+            return False, 0
+        count = 0
+        for stage in m.blocks:
+            if any(p.requires_grad for p in stage.parameters()):
+                break
+            count += 1
+        return True, count
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        stem_frozen, stages = self._frozen_prefix()
+        if not stem_frozen:
+            return x
+        m = self.model
+        with torch.no_grad():
+            return m.blocks[:stages](m.bn1(m.conv_stem(x)))
+
+    def trunk_from_frozen(self, features: torch.Tensor) -> torch.Tensor:
+        if not self._split_at_conv_head:
+            return self.model.forward_features(features)
+        stem_frozen, stages = self._frozen_prefix()
+        m = self.model
+        if not stem_frozen:
+            features = m.bn1(m.conv_stem(features))
+        return m.blocks[stages:](features)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        # EfficientNet-Lite0: (B, 320, H/32, W/32), the last block's output; a frozen prefix runs without gradient.
         if self._split_at_conv_head:
-            return m.blocks(m.bn1(m.conv_stem(x)))  # (B, 320, H/32, W/32) for EfficientNet-Lite0
-        return m.forward_features(x)
+            return self.trunk_from_frozen(self.frozen_features(x))
+        return self.model.forward_features(x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         if self._split_at_conv_head:

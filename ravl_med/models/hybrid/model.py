@@ -55,6 +55,15 @@ class HybridCLIP(nn.Module):
         self.embed_dim = visual.output_dim
         self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
         self.output_dict = False
+        #: Keep the text tower in eval mode whatever ``train()`` says (set when it is frozen): its dropout
+        #: off, so that a frozen tower is a fixed function of the text (and its outputs can be cached).
+        self.text_eval = False
+
+    def train(self, mode: bool = True) -> "HybridCLIP":
+        super().train(mode)
+        if self.text_eval:
+            self.text.eval()
+        return self
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, K, H, W) preprocessed images -> (B, D) embeddings (unit rows if ``normalize``)."""
@@ -82,20 +91,26 @@ class HybridCLIP(nn.Module):
             }
         return image_features, text_features, self.logit_scale.exp()
 
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        """Freezes the pretrained image backbone (the projection head stays trainable).
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> int:
+        """Freezes the image backbone but its last ``unlocked_groups`` layer groups (as open_clip).
 
-        Only ``unlocked_groups=0`` is supported. ``freeze_bn_stats`` also keeps its BatchNorm layers
-        in eval mode by freezing their statistics (momentum 0).
+        The projection head stays trainable. BatchNorm layers of the frozen groups stay in eval mode
+        (pretrained running statistics, never updated, never batch statistics), whatever
+        ``freeze_bn_stats`` says: it is accepted for open_clip's signature; a frozen prefix must be
+        a fixed function of the image to run without gradient and to be cached
+        (:meth:`CNNImageTower.lock`).
+
+        Args:
+            unlocked_groups: trailing groups left trainable (0: the whole backbone is frozen); for
+                timm towers the groups are timm's coarse ones (EfficientNet-Lite0: stem, 7 stages,
+                the last with ``conv_head``: 8).
+            freeze_bn_stats: kept for open_clip's signature; frozen groups' statistics are always frozen.
+
+        Returns:
+            the number of frozen groups.
         """
-        if unlocked_groups:
-            raise NotImplementedError("HybridCLIP locks the whole image backbone (unlocked_groups=0)")
-        for parameter in self.visual.backbone.parameters():
-            parameter.requires_grad = False
-        if freeze_bn_stats:
-            for module in self.visual.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.momentum = 0.0
+        del freeze_bn_stats
+        return self.visual.lock(unlocked_groups)
 
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         """Freezes the pretrained text encoder (the projection head stays trainable)."""
