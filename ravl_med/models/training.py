@@ -232,30 +232,30 @@ class Trainer:
         """
         if self._text_cache is not None or self._feature_cache is not None:
             return self._forward_cached(model, batch, ctx)
-        images = self._layout(self.preprocess_(batch["image"].to(ctx.device, non_blocking=True)))
         tokens = batch["tokens"].to(ctx.device, non_blocking=True)
-        out = model(images, tokens)
+        out = model(self._model_input(batch["image"], ctx), tokens)
         if isinstance(out, dict):
             return out
         return {"image_features": out[0], "text_features": out[1], "logit_scale": out[2]}
 
     def _forward_cached(self, model: nn.Module, batch: dict[str, Any], ctx: DistributedContext) -> dict[str, torch.Tensor]:
         """:meth:`forward` with cached text embeddings and/or frozen image features (never under DDP)."""
+        raw = batch["image"]
         if self._feature_cache is not None:
-            raw = batch["image"]
-            features = self._feature_cache(
-                batch["key"], lambda rows: self._layout(self.preprocess_(raw[rows].to(ctx.device, non_blocking=True))),
-                ctx.device,
-            )
+            features = self._feature_cache(batch["key"], lambda rows: self._model_input(raw[rows], ctx), ctx.device)
             image = model.visual.forward_from_frozen(self._layout(features))
         else:
-            image = model.encode_image(self._layout(self.preprocess_(batch["image"].to(ctx.device, non_blocking=True))))
+            image = model.encode_image(self._model_input(raw, ctx))
         if self._text_cache is not None:
             text = self._text_cache(batch["text"], ctx.device)
         else:
             text = model.encode_text(batch["tokens"].to(ctx.device, non_blocking=True))
         return {"image_features": F.normalize(image, dim=-1), "text_features": F.normalize(text, dim=-1),
                 "logit_scale": model.logit_scale.exp()}
+
+    def _model_input(self, raw: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+        """Raw batch images (B, C, H, W) -> the model's preprocessed input on the device, in its layout."""
+        return self._layout(self.preprocess_(raw.to(ctx.device, non_blocking=True)))
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) batch in the memory layout of the model's convolutions (``channels_last``)."""
