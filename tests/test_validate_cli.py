@@ -184,15 +184,19 @@ def test_the_pixel_check_sees_an_enlarged_image_at_its_stored_resolution(tmp_pat
     """Ingestion enlarges a 100 x 90 image to 224 px; the pixel check gets it back at 100 px (its smoothed edges gave
     false alarms on 128 px phantoms at 224 px); a larger image is checked at the ingest size."""
     from ravl_med.config import IngestConfig
+    from ravl_med.data.burned_text import at_stored_resolution
     from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
-    from ravl_med.data.scan import _text_check_pixels
+
+    def checked(path):  # what scan_manifest and the audit's galleries hand the pixel check
+        image = run_ingest_transforms(transform, {"image": str(path)})["image"]
+        return at_stored_resolution(np.asarray(image, dtype=np.float32)[0], max(image.meta["original_shape"].tolist()))
 
     transform = ingest_transforms(IngestConfig(image_size=224), regions=False)
     small = write_cr_dicom(tmp_path / "small.dcm", chest_like(100, 90, seed=1))
     large = write_cr_dicom(tmp_path / "large.dcm", chest_like(320, 280, seed=1))
-    pixels = _text_check_pixels(run_ingest_transforms(transform, {"image": str(small)})["image"])
+    pixels = checked(small)
     assert pixels.shape == (100, 100) and pixels.dtype == np.float32 and 0.0 <= pixels.min() <= pixels.max() <= 1.0
-    assert _text_check_pixels(run_ingest_transforms(transform, {"image": str(large)})["image"]).shape == (224, 224)
+    assert checked(large).shape == (224, 224)
 
 
 def test_validate_exits_1_with_a_clear_message_when_nothing_is_usable(tmp_path, capsys):

@@ -130,13 +130,15 @@ class RadiographDataset(Dataset):
                 "and remove or fix the refused rows before training",
             ) from err
         burned = sample["image"].meta.get("burned_in_annotation") == "YES"
+        stored_side = max(int(v) for v in sample["image"].meta["original_shape"])
         image = convert_to_tensor(sample["image"], dtype=torch.float32, track_meta=False)
         regions = convert_to_tensor(sample["regions"], dtype=torch.float32, track_meta=False)
-        return {"image": image, "regions": regions, "burned_in_annotation": burned}
+        return {"image": image, "regions": regions, "burned_in_annotation": burned, "stored_side": stored_side}
 
     def loaded(self, index: int) -> dict[str, Any]:
-        """Row ``index`` after ingestion: ``image`` (1, S, S) float32, ``regions`` (R, 4) pixel boxes and
-        ``burned_in_annotation`` (kept in memory when ``cache``)."""
+        """Row ``index`` after ingestion: ``image`` (1, S, S) float32, ``regions`` (R, 4) pixel boxes,
+        ``burned_in_annotation`` and ``stored_side`` (the file's longer side, pixels) (kept in memory when
+        ``cache``)."""
         if index < 0 or index >= len(self):
             raise IndexError(f"index {index} out of range for {len(self)} rows")
         loaded = self._items.get(index)

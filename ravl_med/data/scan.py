@@ -78,9 +78,10 @@ class _ScanDataset(Dataset):
             return "error", Problem.from_error(err, path=row["path"], key=row["key"])
         record = _record(sample["image"].meta, row)
         if self.text_check:
-            from ravl_med.data.burned_text import find_burned_in_text
+            from ravl_med.data.burned_text import at_stored_resolution, find_burned_in_text
 
-            pixels = _text_check_pixels(sample["image"])
+            stored = max(int(v) for v in sample["image"].meta["original_shape"])
+            pixels = at_stored_resolution(np.asarray(sample["image"], dtype=np.float32)[0], stored)
             found = find_burned_in_text(pixels)
             record["text_lines"] = len(found.lines)
             record["text_line_box"] = ",".join(map(str, found.lines[0].box)) if found.lines else ""
@@ -91,20 +92,6 @@ class _ScanDataset(Dataset):
             except OSError as err:  # an output problem is the run's problem, not the image's
                 raise RuntimeError(f"cannot write the output for image {row['key']}: {err}") from err
         return "ok", record
-
-
-def _text_check_pixels(image) -> np.ndarray:
-    """(S', S') float32: the ingested (1, S, S) image for the pixel check, at no more than its stored resolution.
-
-    An image stored smaller than the ingest size is scaled back down (area averaging) to its stored longer
-    side: upscaling shows no text the file does not hold, and its smoothed edges gave false alarms (2 of 48
-    phantoms stored at 128 px, checked at 224 px; none at 128 px).
-    """
-    stored = int(max(int(v) for v in image.meta["original_shape"]))
-    pixels = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    if stored < pixels.shape[-1]:
-        pixels = torch.nn.functional.interpolate(pixels[None], size=(stored, stored), mode="area")[0]
-    return pixels[0].numpy()
 
 
 def _record(meta: dict, row: dict) -> dict:

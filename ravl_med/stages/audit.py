@@ -484,7 +484,8 @@ class _GalleryImages:
     Attributes:
         declared: images whose DICOM header says BurnedInAnnotation YES.
         text_like: images in whose pixels :func:`~ravl_med.data.burned_text.find_burned_in_text` finds lines
-            of text-like marks (checked on the ingested image the gallery shows).
+            of text-like marks (checked on the ingested image the gallery shows, at no more than its stored
+            resolution, as ``validate`` checks it).
     """
 
     def __init__(self, dataset) -> None:
@@ -495,14 +496,14 @@ class _GalleryImages:
 
     def __call__(self, index: int) -> np.ndarray:
         """(S, S) float32 ingested image ``index`` of the dataset."""
-        from ravl_med.data.burned_text import find_burned_in_text
+        from ravl_med.data.burned_text import at_stored_resolution, find_burned_in_text
 
         if index not in self.pixels:
-            item = self.dataset[index]
+            item = self.dataset.loaded(index)
             image = np.asarray(item["image"], dtype=np.float32)[0]
             if item["burned_in_annotation"]:
                 self.declared.add(index)
-            if find_burned_in_text(image).found:
+            if find_burned_in_text(at_stored_resolution(image, item["stored_side"])).found:
                 self.text_like.add(index)
             self.pixels[index] = image
         return self.pixels[index]
