@@ -72,7 +72,8 @@ def test_finetune_lowers_loss_and_beats_chance(phantom_manifest, tmp_path):
     # and zero-shot uses that one template: a randomly initialised text tower cannot learn the
     # wording of free-text reports in the few steps a CPU test allows.
     manifest = _derived(phantom_manifest, tmp_path / "pairs.csv", blank_reports=True)
-    config = _config(manifest, tmp_path / "run", epochs=20, templates=["a chest x-ray showing {}."])
+    config = _config(manifest, tmp_path / "run", epochs=20, templates=["a chest x-ray showing {}."],
+                     cache_images=True, threads=1)
     result = Trainer(config, progress=False).fit()
     history = result.history
     assert len(history) == 20 and result.steps == 20 * 6
