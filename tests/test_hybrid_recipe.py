@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,7 +19,7 @@ pytestmark = requires(HYBRID_PACKAGES)
 
 from ravl_med.config import ConfigError, FinetuneConfig, IngestConfig  # noqa: E402
 from ravl_med.data.dataset import collate  # noqa: E402
-from ravl_med.mitigate.methods import MitigationTrainer  # noqa: E402
+from ravl_med.mitigate.methods import MitigationTrainer, RaVLObjective  # noqa: E402
 from ravl_med.models import create_backbone, load_state_dict  # noqa: E402
 from ravl_med.models.feature_cache import FrozenFeatureCache, TextEmbeddingCache, trim_padding  # noqa: E402
 from ravl_med.models.optim import freeze_text_tower, seed_everything  # noqa: E402
@@ -177,6 +178,42 @@ def test_cached_step_equals_uncached_step(manifest, tmp_path):
         torch.testing.assert_close(reading[key], plain[key], atol=1e-5, rtol=1e-5)
     assert {n for n, _ in trainable} >= {"visual.model.blocks.6.0.conv_pw.weight", "logit_scale"}
     assert not any(n.startswith(("visual.model.blocks.4.", "text.")) for n, _ in trainable)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_ravl_step_with_caches_equals_the_plain_step(manifest, tmp_path):
+    # RaVL's loss embeds the regions: with both caches the trunk runs on after the cached frozen maps and
+    # the reports come from the text cache; loss and gradients equal the uncached region path's.
+    config = _config(manifest, tmp_path, cache_text=True, cache_frozen_features=True)
+    trainer = MitigationTrainer(config, objective=RaVLObjective(label_aware=True), progress=False)
+    ctx, _ = start_processes("cpu", "fp32")
+    seed_everything(0)
+    model = trainer._build_model(ctx)
+    train, _ = trainer.datasets()
+    batch = collate([train[i] for i in range(8)])
+    rng = np.random.default_rng(0)
+    trainer.region_labels = {str(k): rng.random(len(r)) < 0.3 for k, r in zip(batch["key"], batch["regions"])}
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+    def step():
+        outputs = trainer.forward(model, batch, ctx)
+        loss = trainer.objective(batch, outputs)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in trainable}
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach()), outputs, grads
+
+    step()  # fills both caches
+    cached_loss, cached, cached_grads = step()
+    assert len(trainer._text_cache) == 8 and len(trainer._feature_cache) == 8
+    trainer._text_cache = trainer._feature_cache = None
+    plain_loss, plain, plain_grads = step()
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    for key in ("image_features", "text_features"):
+        torch.testing.assert_close(cached[key], plain[key], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cached["region_features"], plain["region_features"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(cached_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
 

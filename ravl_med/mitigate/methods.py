@@ -305,9 +305,9 @@ class MitigationTrainer(Trainer):
     def _forward_with_regions(self, model, inner, batch, ctx) -> dict[str, Any]:
         if self._embedder is None:
             self._embedder = RegionEmbedder(inner, mode="one_pass")
-        raw = batch["image"].to(ctx.device, non_blocking=True)
+        raw = batch["image"]
         height, width = raw.shape[-2:]
-        images = self.preprocess_(raw)
+        side = self.preprocess_.image_size
         boxes = [self.preprocess_.scale_boxes(b.to(ctx.device), height, width) for b in batch["regions"]]
         spurious = []
         for index, (key, b) in enumerate(zip(batch["key"], boxes)):
@@ -322,16 +322,25 @@ class MitigationTrainer(Trainer):
                           and isinstance(tower, (ModifiedResNet, CNNImageTower)))
         if one_pass_image:
             # A whole-image box reproduces encode_image for CNN towers: one trunk pass for image and regions.
-            whole = torch.tensor([[0.0, 0.0, float(images.shape[-1]), float(images.shape[-2])]], device=ctx.device)
-            out = self._embedder(images, [torch.cat([whole, b]) for b in boxes])
+            whole = torch.tensor([[0.0, 0.0, float(side), float(side)]], device=ctx.device)
+            with_whole = [torch.cat([whole, b]) for b in boxes]
+            if self._feature_cache is not None:  # the frozen prefix's maps, computed once per image
+                prefix = self._feature_cache(batch["key"], lambda rows: self._model_input(raw[rows], ctx), ctx.device)
+                trunk = tower.trunk_from_frozen(self._layout(prefix))
+                out = self._embedder.from_cnn_trunk(trunk, with_whole, side)
+            else:
+                out = self._embedder(self._model_input(raw, ctx), with_whole)
             image_features = torch.stack([o[0] for o in out])
             regions = [o[1:] for o in out]
-            text = F.normalize(inner.encode_text(batch["tokens"].to(ctx.device, non_blocking=True)), dim=-1)
+            if self._text_cache is not None:  # a frozen text tower: each report encoded once
+                text = self._text_cache(batch["text"], ctx.device)
+            else:
+                text = F.normalize(inner.encode_text(batch["tokens"].to(ctx.device, non_blocking=True)), dim=-1)
             outputs = {"image_features": image_features, "text_features": text, "logit_scale": inner.logit_scale.exp()}
         else:
             # DDP: the image-report pass goes through the wrapper (gradient hooks); regions take a second pass.
             outputs = dict(super().forward(model, batch, ctx))
-            regions = self._embedder(images, boxes)
+            regions = self._embedder(self._model_input(raw, ctx), boxes)
         outputs["region_features"] = regions
         outputs["region_is_spurious"] = spurious
         return outputs

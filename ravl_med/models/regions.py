@@ -177,19 +177,41 @@ class RegionEmbedder:
         )  # (sum R, C, grid, grid)
         return _attention_pool_first_token(tower.attnpool, pooled)
 
+    def from_cnn_trunk(self, features: torch.Tensor, boxes: Sequence[torch.Tensor], image_side: int) -> list[torch.Tensor]:
+        """``one_pass`` regions of a hybrid CNN tower from its trunk output, computed elsewhere.
+
+        For a trunk output that does not come from ``tower.trunk(images)`` in this call, e.g.
+        ``tower.trunk_from_frozen`` of cached frozen-prefix maps (:mod:`~ravl_med.models.feature_cache`).
+
+        Args:
+            features: (B, C', h, w) ``tower.trunk`` output of (B, K, image_side, image_side) images.
+            boxes: B tensors (R_i, 4), x0, y0, x1, y1 in pixels of those images.
+            image_side: the images' side N, pixels.
+
+        Returns:
+            B tensors (R_i, D), L2-normalised rows (as :meth:`__call__`).
+        """
+        if self.mode != "one_pass" or not isinstance(self.tower, CNNImageTower):
+            raise NotImplementedError("from_cnn_trunk needs mode='one_pass' and a CNNImageTower tower")
+        rois = [torch.as_tensor(b, dtype=torch.float32, device=features.device).reshape(-1, 4) for b in boxes]
+        flat = self._pool_cnn_trunk(features, rois, image_side)
+        return list(F.normalize(flat.float(), dim=-1).split([r.shape[0] for r in rois]))
+
     def _one_pass_cnn_tower(self, images: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
-        tower = self.tower
-        features = tower.trunk(images)  # (B, C', h, w), stride 32 for EfficientNet and DenseNet
+        # (B, C', h, w), stride 32 for EfficientNet and DenseNet
+        return self._pool_cnn_trunk(self.tower.trunk(images), rois, images.shape[-1])
+
+    def _pool_cnn_trunk(self, features: torch.Tensor, rois: list[torch.Tensor], image_side: int) -> torch.Tensor:
         # Pool each box to the whole image's grid, so a whole-image box samples every cell at its centre.
         pooled = roi_align(
             features,
             [r.to(features.dtype) for r in rois],
             output_size=tuple(features.shape[-2:]),
-            spatial_scale=features.shape[-1] / images.shape[-1],
+            spatial_scale=features.shape[-1] / image_side,
             sampling_ratio=self.sampling_ratio,
             aligned=True,
         )  # (sum R, C', h, w)
-        return tower.embed_feature_map(pooled)
+        return self.tower.embed_feature_map(pooled)
 
     def _token_weights(self, box: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """(R, 4) boxes, (N, 2) token centres (x, y) -> (R, N) averaging weights, rows sum to 1."""
