@@ -38,7 +38,7 @@ from ravl_med.models.training_records import latest_state
 from ravl_med.models.weights import save_checkpoint
 from ravl_med.phantom import PhantomSetting, write_setting
 from ravl_med.stages.config import MitigateConfig, MitigationEvaluation
-from ravl_med.stages.mitigate import labelling_agreement, run_mitigation
+from ravl_med.stages.mitigate import STAGE1_REGION_CACHE, labelling_agreement, run_mitigation
 from ravl_med.stages.review import run_review
 
 CLASSES = ["no finding", "cardiomegaly", "pleural effusion"]
@@ -175,6 +175,21 @@ def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     assert truth["n_labelled_images"] == sum(stats["group_sizes"][g] for g in stats["group_sizes"] if g.endswith("|with"))
     assert (tmp_path / "out" / "ravl" / "model.safetensors").is_file()
     assert (tmp_path / "out" / "ravl" / "mitigate.json").is_file()
+
+
+def test_methods_of_one_folder_embed_the_training_regions_once(stage1, tmp_path):
+    # The first method that labels regions embeds them with the stage-1 model into the folder's cache; a
+    # second method reads those shards (none written or rewritten) and gets the same labels.
+    def shards(out: Path) -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in (out / STAGE1_REGION_CACHE).rglob("shard-*.npz")}
+
+    first = run_mitigation(_config(stage1, tmp_path / "out", "upsampled"), max_steps=1, progress=False)
+    written = shards(tmp_path / "out")
+    assert written
+    second = run_mitigation(_config(stage1, tmp_path / "out", "vl_gdro"), max_steps=1, progress=False)
+    assert shards(tmp_path / "out") == written
+    assert second.region_labels["group_sizes"] == first.region_labels["group_sizes"]
+    assert second.region_labels["spurious_fraction"] == first.region_labels["spurious_fraction"]
 
 
 @pytest.mark.parametrize("method", [m for m, spec in MITIGATION_METHODS.items() if m != "ravl" and not spec.counterfactual])

@@ -13,6 +13,7 @@ look them up.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -63,7 +64,8 @@ def label_training_regions(
 
 def training_region_labels(
     model, preprocess, dataset, medoids: Stage1Medoids, *, batch_size: int = 32, device: str = "cpu",
-    precision: str = "auto", progress: bool = False,
+    precision: str = "auto", progress: bool = False, cache_dir: str | Path | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeds every region of ``dataset`` with the stage-1 ``model`` and labels it (no gradients).
 
@@ -72,6 +74,9 @@ def training_region_labels(
         dataset: a :class:`~ravl_med.data.dataset.RadiographDataset` (the training split).
         medoids: the audit's :class:`Stage1Medoids`.
         batch_size, device, precision, progress: as :func:`~ravl_med.models.embed.embed_dataset`.
+        cache_dir, fingerprint: as :func:`~ravl_med.models.embed.embed_dataset`: with a cache folder,
+            the embeddings are computed once per stage-1 model, split and ingestion settings, and every
+            later method of the same setting reads them (the labels then cost a nearest-medoid search).
 
     Returns:
         image key -> (R_i,) bool, True for spurious regions, in the dataset's region order.
@@ -79,7 +84,7 @@ def training_region_labels(
     from ravl_med.models.embed import embed_dataset
 
     embeddings = embed_dataset(model, preprocess, dataset, mode="one_pass", batch_size=batch_size, device=device,
-                               precision=precision, progress=progress)
+                               precision=precision, progress=progress, cache_dir=cache_dir, fingerprint=fingerprint)
     flags = medoids.spurious[medoids.predict(embeddings.region_embeddings)]
     return {str(key): flags[embeddings.regions_of(i)] for i, key in enumerate(embeddings.keys)}
 

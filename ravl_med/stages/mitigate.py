@@ -1,7 +1,9 @@
 """The mitigation stage: stage-1 region labels -> one mitigation method -> its test evaluation.
 
 :func:`run_mitigation` writes to ``finetune.output_dir/<method>``, whoever calls it (``ravl-med
-mitigate``, the benchmark, the demo): what the trainer writes (``checkpoints/``,
+mitigate``, the benchmark, the demo), and the stage-1 embeddings of the training regions to
+``finetune.output_dir/stage1-region-cache`` (computed by the first method that labels regions, read by
+the others): what the trainer writes (``checkpoints/``,
 ``model.safetensors``, ``metrics.json``), ``mitigate.json`` (method, parameters, region-label
 statistics, stage-1 group sizes and, when the manifest says which images carry the planted feature,
 how well the labelling finds them) and, when the manifest has rows of ``evaluation.split``,
@@ -33,9 +35,13 @@ from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
 from ravl_med.stages.review import REVIEW_FILE, read_review
 
-__all__ = ["MitigationResult", "labelling_agreement", "run_mitigation"]
+__all__ = ["STAGE1_REGION_CACHE", "MitigationResult", "labelling_agreement", "run_mitigation"]
 
 log = logging.getLogger(__name__)
+
+#: Folder under ``finetune.output_dir`` caching the stage-1 model's embeddings of the training regions,
+#: shared by the methods of one output folder (keyed by the stage-1 weights, the split and the ingestion).
+STAGE1_REGION_CACHE = "stage1-region-cache"
 
 
 @dataclass(frozen=True)
@@ -309,7 +315,9 @@ def _stage1_region_labels(config: MitigateConfig, marked: tuple[Stage1Medoids, s
     manifest = Manifest.read(ft.manifest, classes=ft.classes)
     train = RadiographDataset(manifest, ft.ingest, ft.classes, split="train")
     region_labels = training_region_labels(model, preprocess, train, medoids, batch_size=config.label_batch_size,
-                                           device=device, precision=ft.precision, progress=progress)
+                                           device=device, precision=ft.precision, progress=progress,
+                                           cache_dir=Path(ft.output_dir) / STAGE1_REGION_CACHE,
+                                           fingerprint=config.stage1_sha256)
     del model
     flags = np.concatenate(list(region_labels.values())) if region_labels else np.zeros(0, dtype=bool)
     groups = stage1_groups(train.labels.numpy(), train.keys, region_labels)
