@@ -1,0 +1,113 @@
+"""Benchmark report: two models' benchmark runs on the same phantom settings, side by side (issue 15).
+
+Usage::
+
+    ravl-med benchmark --config datasets/benchmarks/side-by-side-tiny.yaml      # tiny-rn, 128 px
+    ravl-med benchmark --config datasets/benchmarks/side-by-side-hybrid.yaml    # the pretrained hybrid, 224 px
+    python benchmarks/side_by_side.py outputs/side-by-side-tiny outputs/side-by-side-hybrid
+
+Reads each setting's ``result.json``, ``groups/stage1.csv`` and ``audit/audit.json`` under both
+folders (``ravl-med benchmark`` outputs) and prints, per artefact x class x strength, over the seeds
+both models finished (finished: ``result.json`` with every mitigation method of the other model),
+mean and 95% Student-t interval of each model's value and of the paired difference (second minus
+first):
+
+* stage 1: shortcut gap (validity), zero-shot image accuracy, accuracy on the spurious class's
+  images *without* the artefact (the true finding), and training wall time;
+* discovery: Precision@10 of each method's top cluster (the audit's hit rule);
+* mitigation: image worst-group and core-region worst-group accuracy, overall image accuracy and
+  training wall time of each method.
+
+Wall times are those ``result.json`` recorded: comparable only between runs made under the same load.
+Nothing here is hard-coded; every figure is read from the two folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def _interval(values) -> str:
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(a) == 0:
+        return "-"
+    if len(a) == 1:
+        return f"{a[0]:.3g} (n = 1)"
+    half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
+    return f"{a.mean():.3f} [{a.mean() - half:.3f}, {a.mean() + half:.3f}]"
+
+
+def _metrics(setting: Path) -> dict[str, float] | None:
+    """Every figure of one finished setting folder, flat: ``"stage1/gap"``, ``"discovery/ravl"``, ..."""
+    if not (setting / "result.json").is_file():
+        return None
+    result = json.loads((setting / "result.json").read_text())
+    out = {"stage1/gap": result["shortcut_gap"], "stage1/zero-shot accuracy": result["stage1"]["image_accuracy"],
+           "stage1/train s": result["stage1"].get("train_s")}
+    groups = pd.read_csv(setting / "groups" / "stage1.csv")
+    clean = groups[(groups["class"] == result["spurious_class"]) & (~groups["feature_present"].astype(bool))]
+    out[f"stage1/{result['spurious_class']} without artefact"] = float(clean["accuracy"].iloc[0])
+    audit = json.loads((setting / "audit" / "audit.json").read_text())["methods"]
+    for method, found in audit.items():
+        ranked = found.get("ranked_clusters") or []
+        out[f"discovery/{method} P@10"] = ranked[0].get("precision_at_k") if ranked else 0.0
+    for method, scores in (result.get("mitigation") or {}).items():
+        out[f"mitigation/{method}/image WGA"] = scores["image_worst_group"]
+        out[f"mitigation/{method}/core-region WGA"] = scores["region_worst_group"]
+        out[f"mitigation/{method}/overall"] = scores["image_accuracy"]
+        out[f"mitigation/{method}/train s"] = scores.get("train_s")
+    return out
+
+
+def _group(name: str) -> str:
+    """Setting name without its seed: the unit the seeds are pooled over."""
+    return re.sub(r"-s\d+$", "", name)
+
+
+def compare(first: Path, second: Path) -> None:
+    settings = sorted({p.name for p in first.glob("*/result.json") for p in [p.parent]}
+                      & {p.name for p in second.glob("*/result.json") for p in [p.parent]})
+    pooled: dict[str, list[tuple[str, dict, dict]]] = defaultdict(list)
+    for name in settings:
+        a, b = _metrics(first / name), _metrics(second / name)
+        if a is None or b is None:
+            continue
+        pooled[_group(name)].append((name, a, b))
+    if not pooled:
+        print(f"no setting finished in both {first} and {second}")
+        return
+    for group, rows in pooled.items():
+        seeds = ", ".join(name.rsplit("-", 1)[1] for name, _, _ in rows)
+        print(f"\n### {group} ({len(rows)} seeds: {seeds})\n")
+        print(f"| measure | {first.name} | {second.name} | {second.name} - {first.name} (paired) |")
+        print("|---|---|---|---|")
+        keys = [k for k in rows[0][1] if all(k in a and k in b for _, a, b in rows)]
+        for key in keys:
+            left = [a[key] for _, a, _ in rows]
+            right = [b[key] for _, _, b in rows]
+            both = [(x, y) for x, y in zip(left, right) if x is not None and y is not None]
+            diff = [y - x for x, y in both]
+            print(f"| {key} | {_interval(left)} | {_interval(right)} | {_interval(diff)} |")
+        missing = sorted({k for _, a, b in rows for k in set(a) ^ set(b)})
+        if missing:
+            print(f"\nOnly in one of the two runs (not compared): {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("first", type=Path, help="benchmark output folder of the first model (e.g. tiny-rn)")
+    parser.add_argument("second", type=Path, help="benchmark output folder of the second model (e.g. the hybrid)")
+    args = parser.parse_args(argv)
+    compare(args.first, args.second)
+
+
+if __name__ == "__main__":
+    main()
