@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
+from ravl_med.evaluate.intervals import mean_interval
 from ravl_med.stages.audit import run_audit
 from ravl_med.stages.config import AuditConfig
+
 
 
 def _crop_audit(setting: Path) -> Path:
@@ -57,14 +58,6 @@ def _top(audit_dir: Path) -> dict[str, tuple[str | None, float | None, str]]:
     return top
 
 
-def _interval(values: list[float]) -> str:
-    a = np.asarray(values, dtype=float)
-    if len(a) < 2:
-        return f"{a.mean():.2f} (n = {len(a)})"
-    half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
-    return f"{a.mean():.2f} [{a.mean() - half:.2f}, {a.mean() + half:.2f}]"
-
-
 def report(settings: list[Path]) -> None:
     rows = {}
     for setting in settings:
@@ -87,7 +80,7 @@ def report(settings: list[Path]) -> None:
     for method in methods:
         one = [r[0][method][1] or 0.0 for r in rows.values()]
         crop = [r[1][method][1] or 0.0 for r in rows.values()]
-        print(f"| {method} | {_interval(one)} | {_interval(crop)} | {_interval(list(np.subtract(crop, one)))} |")
+        print(f"| {method} | {mean_interval(one)} | {mean_interval(crop)} | {mean_interval(list(np.subtract(crop, one)))} |")
 
 
 def main(argv: list[str] | None = None) -> None:

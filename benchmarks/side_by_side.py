@@ -30,19 +30,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ravl_med.evaluate.intervals import mean_interval
 
-def _interval(values) -> str:
-    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if len(a) == 0:
-        return "-"
-    if len(a) == 1:
-        return f"{a[0]:.3g} (n = 1)"
-    half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
-    return f"{a.mean():.3f} [{a.mean() - half:.3f}, {a.mean() + half:.3f}]"
 
 
 def _metrics(setting: Path) -> dict[str, float] | None:
@@ -95,7 +86,7 @@ def compare(first: Path, second: Path) -> None:
             right = [b[key] for _, _, b in rows]
             both = [(x, y) for x, y in zip(left, right) if x is not None and y is not None]
             diff = [y - x for x, y in both]
-            print(f"| {key} | {_interval(left)} | {_interval(right)} | {_interval(diff)} |")
+            print(f"| {key} | {mean_interval(left)} | {mean_interval(right)} | {mean_interval(diff)} |")
         missing = sorted({k for _, a, b in rows for k in set(a) ^ set(b)})
         if missing:
             print(f"\nOnly in one of the two runs (not compared): {', '.join(missing)}")
