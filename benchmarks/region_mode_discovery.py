@@ -32,7 +32,6 @@ from ravl_med.stages.audit import run_audit
 from ravl_med.stages.config import AuditConfig
 
 
-
 def _crop_audit(setting: Path) -> Path:
     out = setting / "audit-crop"
     if (out / "audit.json").is_file():

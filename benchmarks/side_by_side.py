@@ -35,7 +35,6 @@ import pandas as pd
 from ravl_med.evaluate.intervals import mean_interval
 
 
-
 def _metrics(setting: Path) -> dict[str, float] | None:
     """Every figure of one finished setting folder, flat: ``"stage1/gap"``, ``"discovery/ravl"``, ..."""
     if not (setting / "result.json").is_file():
