@@ -29,6 +29,7 @@ from ravl_med.mitigate.regions import (
     Stage1Medoids,
     label_training_regions,
     stage1_medoids,
+    training_region_labels,
 )
 from ravl_med.mitigate.registry import MITIGATION_METHODS
 from ravl_med.models import create_backbone
@@ -120,6 +121,30 @@ def test_stage1_medoids_from_a_discoverer_and_round_trip(tmp_path):
     grid = {"image_size": 128, "regions": {"grid_sizes": [3], "overlap": 0.0, "within": "content"}}
     assert Stage1Medoids.load(stage1_medoids(disc, regions, regions=grid).save(tmp_path)).regions == grid
     assert stage1_medoids(disc, regions, outcome="too_little_data").outcome == "too_little_data"
+    assert loaded.region_mode == "one_pass"
+    assert Stage1Medoids.load(stage1_medoids(disc, regions, region_mode="crop").save(tmp_path)).region_mode == "crop"
+    with np.load(tmp_path / "medoids.npz") as data:  # a file of an earlier version: no region_mode recorded
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "region_mode"})
+    assert Stage1Medoids.load(tmp_path / "old.npz").region_mode == "one_pass"
+
+
+def test_training_regions_are_embedded_as_the_audit_embedded_them(stage1):
+    # Medoids from a crop-mode audit: the training regions are embedded as crops before the nearest-medoid
+    # search (one-pass embeddings of the same boxes differ), so a medoid equal to a region's crop
+    # embedding claims that region.
+    model, preprocess, _ = create_backbone("tiny-rn", checkpoint=stage1.checkpoint)
+    train = RadiographDataset(stage1.manifest, IngestConfig(image_size=128), CLASSES, split="train")
+    crops = embed_dataset(model, preprocess, train, mode="crop", batch_size=16, progress=False)
+    one_pass = embed_dataset(model, preprocess, train, mode="one_pass", batch_size=16, progress=False)
+    chosen = [0, 7, 30]  # three regions of the first two images
+    medoids = Stage1Medoids(crops.region_embeddings[chosen], [0, 1, 2], [1, 2, 3], [True, False, False],
+                            region_mode="crop")
+    labels = training_region_labels(model, preprocess, train, medoids, batch_size=16)
+    flags = np.concatenate([labels[str(k)] for k in crops.keys])
+    assert np.array_equal(flags, medoids.spurious[medoids.predict(crops.region_embeddings)])
+    assert flags[0] and not flags[7] and not flags[30]
+    one_pass_flags = medoids.spurious[medoids.predict(one_pass.region_embeddings)]
+    assert not np.array_equal(flags, one_pass_flags)  # the mode matters on this model
 
 
 def test_labelling_agreement_counts():

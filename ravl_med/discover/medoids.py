@@ -39,6 +39,9 @@ class Stage1Medoids:
         outcome: the audit's outcome (one of ``ravl_med.discover.OUTCOMES``); ``None``: not recorded
             (files of earlier versions).
         tied_to: (K,) str, the class each kept cluster is tied to ("" when not kept or tied to none).
+        region_mode: how the audit embedded the regions (``"one_pass"`` or ``"crop"``,
+            :class:`~ravl_med.models.regions.RegionEmbedder`); mitigation embeds training regions the
+            same way before the nearest-medoid search. Files of earlier versions: ``"one_pass"``.
     """
 
     embeddings: np.ndarray
@@ -48,6 +51,7 @@ class Stage1Medoids:
     regions: dict | None = None
     outcome: str | None = None
     tied_to: np.ndarray | None = None
+    region_mode: str = "one_pass"
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -101,7 +105,7 @@ class Stage1Medoids:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, embeddings=self.embeddings, clusters=self.clusters, rank=self.rank, spurious=self.spurious,
                      regions=np.array(json.dumps(self.regions, sort_keys=True)), outcome=np.array(self.outcome or ""),
-                     tied_to=self.tied_to)
+                     tied_to=self.tied_to, region_mode=np.array(self.region_mode))
         return path
 
     @classmethod
@@ -115,11 +119,14 @@ class Stage1Medoids:
             regions = json.loads(str(data["regions"])) if "regions" in data else None
             outcome = (str(data["outcome"]) or None) if "outcome" in data else None
             tied_to = data["tied_to"] if "tied_to" in data else None
-            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"], regions, outcome, tied_to)
+            region_mode = str(data["region_mode"]) if "region_mode" in data else "one_pass"
+            return cls(data["embeddings"], data["clusters"], data["rank"], data["spurious"], regions, outcome, tied_to,
+                       region_mode)
 
 
 def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: Iterable[int] | None = None, *,
-                   regions: dict | None = None, outcome: str | None = None) -> Stage1Medoids:
+                   regions: dict | None = None, outcome: str | None = None,
+                   region_mode: str = "one_pass") -> Stage1Medoids:
     """The medoids of a fitted RaVL discoverer.
 
     Args:
@@ -129,6 +136,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
         spurious_ranks: 1-based ranks of the kept clusters to treat as spurious; ``None``: all kept.
         regions: how the regions were made (see :attr:`Stage1Medoids.regions`).
         outcome: the audit's outcome when it overrides the discoverer's (e.g. too little data).
+        region_mode: how the regions were embedded (see :attr:`Stage1Medoids.region_mode`).
 
     Returns:
         the :class:`Stage1Medoids` (no row spurious when the audit kept no cluster).
@@ -144,7 +152,7 @@ def stage1_medoids(discoverer, region_embeddings: np.ndarray, spurious_ranks: It
         tied_to[int(cluster.cluster)] = cluster.attribute_name or ""
     embeddings = np.asarray(region_embeddings, dtype=np.float32)[medoids]
     stage1 = Stage1Medoids(embeddings, np.arange(len(medoids)), rank, rank > 0, regions, outcome or discoverer.outcome_,
-                           tied_to.astype(str))
+                           tied_to.astype(str), region_mode)
     return stage1.with_spurious_ranks(spurious_ranks)
 
 

@@ -67,7 +67,10 @@ def training_region_labels(
     precision: str = "auto", progress: bool = False, cache_dir: str | Path | None = None,
     fingerprint: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Embeds every region of ``dataset`` with the stage-1 ``model`` and labels it (no gradients).
+    """Embeds every region of ``dataset`` with the stage-1 ``model`` as the audit did and labels it (no gradients).
+
+    The regions are embedded in ``medoids.region_mode``, the audit's: nearest medoids are only meaningful
+    between embeddings made the same way (one-pass and crop embeddings of the same box differ).
 
     Args:
         model, preprocess: the stage-1 backbone and its preprocessing.
@@ -83,8 +86,9 @@ def training_region_labels(
     """
     from ravl_med.models.embed import embed_dataset
 
-    embeddings = embed_dataset(model, preprocess, dataset, mode="one_pass", batch_size=batch_size, device=device,
-                               precision=precision, progress=progress, cache_dir=cache_dir, fingerprint=fingerprint)
+    embeddings = embed_dataset(model, preprocess, dataset, mode=medoids.region_mode, batch_size=batch_size,
+                               device=device, precision=precision, progress=progress, cache_dir=cache_dir,
+                               fingerprint=fingerprint)
     flags = medoids.spurious[medoids.predict(embeddings.region_embeddings)]
     return {str(key): flags[embeddings.regions_of(i)] for i, key in enumerate(embeddings.keys)}
 

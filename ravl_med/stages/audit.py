@@ -341,7 +341,8 @@ def _audit(config: AuditConfig, ctx, progress: bool) -> AuditResult | None:
     if discoverers.get("ravl") is not None and getattr(discoverers["ravl"], "medoids_", None) is not None:
         # Mitigation labels training regions by their nearest stage-1 medoid (all k of them).
         stage1_medoids(discoverers["ravl"], embeddings.region_embeddings, regions=config.ingest.region_setting(),
-                       outcome=TOO_LITTLE_DATA if inconclusive else None).save(out / MEDOIDS_FILE)
+                       outcome=TOO_LITTLE_DATA if inconclusive else None,
+                       region_mode=config.region_mode).save(out / MEDOIDS_FILE)
 
     n_batches = -(-len(dataset) // config.batch_size)
     result = AuditResult(config=config, output_dir=out, embeddings=embeddings, text_embeddings=text,
