@@ -1,13 +1,13 @@
 """The mitigation stage: stage-1 region labels -> one mitigation method -> its test evaluation.
 
 :func:`run_mitigation` writes to ``finetune.output_dir/<method>``, whoever calls it (``ravl-med
-mitigate``, the benchmark, the demo), and the stage-1 embeddings of the training regions to
-``finetune.output_dir/stage1-region-cache`` (computed by the first method that labels regions, read by
-the others): what the trainer writes (``checkpoints/``,
+mitigate``, the benchmark, the demo): what the trainer writes (``checkpoints/``,
 ``model.safetensors``, ``metrics.json``), ``mitigate.json`` (method, parameters, region-label
 statistics, stage-1 group sizes and, when the manifest says which images carry the planted feature,
 how well the labelling finds them) and, when the manifest has rows of ``evaluation.split``,
 ``evaluation.json`` and ``groups.csv`` (:class:`~ravl_med.stages.evaluate.EvaluationResult`).
+The stage-1 embeddings of the training regions go to ``finetune.output_dir/stage1-region-cache``,
+computed by the first method that labels regions and read by the others.
 """
 
 from __future__ import annotations
