@@ -96,3 +96,22 @@ def test_threshold_none_is_the_rules_own():
     for rule, threshold in RULE_THRESHOLDS.items():
         assert region_overlaps_mask(boxes, region_image, [mask], rule=rule).tolist() == \
             region_overlaps_mask(boxes, region_image, [mask], rule=rule, threshold=threshold).tolist()
+
+
+def test_contrast_prototype_keeps_only_the_pixels_that_stand_out():
+    # benchmarks/hit_rule_agreement.py's prototype: a feature drawn as bright as its surroundings is in
+    # the mask but not in the picture, so none of its pixels count; a bright one counts whole.
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hit_rule_agreement.py"
+    spec = importlib.util.spec_from_file_location("hit_rule_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    image = np.full((32, 32), 0.5)
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8, 4:28] = True   # a faint wire: intensity unchanged
+    mask[20, 4:28] = True  # a bright wire
+    image[20, 4:28] = 0.9
+    kept = module.contrast_mask(image, mask, delta=0.12)
+    assert kept[20, 4:28].all() and not kept[8].any() and not (kept & ~mask).any()
+    assert module.contrast_mask(image, mask, delta=0.0).sum() == mask.sum()
