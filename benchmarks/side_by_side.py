@@ -18,7 +18,8 @@ first):
 * mitigation: image worst-group and core-region worst-group accuracy, overall image accuracy and
   training wall time of each method.
 
-Wall times are those ``result.json`` recorded: comparable only between runs made under the same load.
+Wall times are those ``result.json`` recorded: comparable only between runs made under the same load,
+and a step the benchmark reused or resumed records the time of that run, not of the training.
 Nothing here is hard-coded; every figure is read from the two folders.
 """
 
