@@ -6,7 +6,7 @@ Usage::
     ravl-med benchmark --config datasets/benchmarks/side-by-side-hybrid.yaml    # the pretrained hybrid, 224 px
     python benchmarks/side_by_side.py outputs/side-by-side-tiny outputs/side-by-side-hybrid
 
-Reads each setting's ``result.json``, ``groups/stage1.csv`` and ``audit/audit.json`` under both
+Reads each setting's ``result.json`` and ``groups/stage1.csv`` under both
 folders (``ravl-med benchmark`` outputs) and prints, per artefact x class x strength, over the seeds
 both models finished (finished: ``result.json`` with every mitigation method of the other model),
 mean and 95% Student-t interval of each model's value and of the paired difference (second minus
@@ -46,10 +46,8 @@ def _metrics(setting: Path) -> dict[str, float] | None:
     groups = pd.read_csv(setting / "groups" / "stage1.csv")
     clean = groups[(groups["class"] == result["spurious_class"]) & (~groups["feature_present"].astype(bool))]
     out[f"stage1/{result['spurious_class']} without artefact"] = float(clean["accuracy"].iloc[0])
-    audit = json.loads((setting / "audit" / "audit.json").read_text())["methods"]
-    for method, found in audit.items():
-        ranked = found.get("ranked_clusters") or []
-        out[f"discovery/{method} P@10"] = ranked[0].get("precision_at_k") if ranked else 0.0
+    for method, precision in (result.get("discovery") or {}).items():  # the top cluster's P@10 per method
+        out[f"discovery/{method} P@10"] = precision
     for method, scores in (result.get("mitigation") or {}).items():
         out[f"mitigation/{method}/image WGA"] = scores["image_worst_group"]
         out[f"mitigation/{method}/core-region WGA"] = scores["region_worst_group"]
@@ -64,8 +62,8 @@ def _group(name: str) -> str:
 
 
 def compare(first: Path, second: Path) -> None:
-    settings = sorted({p.name for p in first.glob("*/result.json") for p in [p.parent]}
-                      & {p.name for p in second.glob("*/result.json") for p in [p.parent]})
+    settings = sorted({p.parent.name for p in first.glob("*/result.json")}
+                      & {p.parent.name for p in second.glob("*/result.json")})
     pooled: dict[str, list[tuple[str, dict, dict]]] = defaultdict(list)
     for name in settings:
         a, b = _metrics(first / name), _metrics(second / name)
