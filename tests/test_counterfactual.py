@@ -69,6 +69,42 @@ def test_plan_gives_every_class_the_overall_share():
         decorrelating_plan([0, 1, -1], [False, False, True], 2)  # the only carrier has no label
 
 
+
+def test_paste_only_plan_removes_nothing_and_takes_donors_outside_the_tied_class():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(-1, 4, 600)
+    carriers = rng.random(600) < np.array([0.5, 0.9, 0.05, 0.1, 0.2])[labels + 1]
+    plan = decorrelating_plan(labels, carriers, 4, remove=False)
+    known = labels >= 0
+    shares = np.array([carriers[labels == k].mean() for k in range(4)])
+    assert not plan.remove_prob.any() and plan.paste_prob[0] == 0  # class 0 (90%) is never changed
+    assert np.allclose(plan.expected_shares(labels), shares.max())  # every class at the largest share
+    overall = carriers[known].mean()
+    assert np.array_equal(plan.donors, carriers & known & (shares <= overall)[labels.clip(0)])
+    assert not plan.donors[labels == 0].any() and plan.donors.any()
+    assert np.array_equal(decorrelating_plan(labels, carriers, 4).donors, carriers)  # remove and paste: all carriers
+    with pytest.raises(ValueError, match="outside the class"):  # every carrier in the tied class: no donor
+        decorrelating_plan([0, 0, 1, 1], [True, True, False, False], 2, remove=False)
+
+
+def test_paste_only_swaps_never_cut_an_image_nor_paste_from_the_tied_class():
+    base, flags, carriers = _setting(shares=(0.9, 0.2))
+    data = CounterfactualDataset(base, flags, n_classes=2, seed=0, remove=False)
+    labels = base.labels.numpy()
+    pasted = 0
+    for epoch in range(5):
+        data.set_epoch(epoch)
+        for i in range(len(data)):
+            item = data[i]
+            changed = ~torch.isclose(item["image"][0], base.images[i][0])
+            if not changed.any():
+                continue
+            assert not carriers[i] and labels[i] == 1  # only class 1's non-carriers receive
+            source = round(float(item["image"][0][0, 0]) - 1)
+            assert carriers[source] and labels[source] == 1  # from a carrier of class 1, never of class 0
+            pasted += 1
+    assert pasted > 0
+
 def test_box_mask_rounds_outwards():
     mask = box_mask(torch.tensor([[1.5, 2.0, 3.2, 4.0]]), 6, 6)
     assert mask.sum() == 3 * 2 and mask[2:4, 1:4].all() and mask.dtype == torch.float32

@@ -242,7 +242,8 @@ def test_counterfactual_methods_run_without_ground_truth(stage1, tmp_path):
     blind = table.drop(columns=[c for c in table.columns if c.startswith("mask_") or c.startswith("artefact")])
     blind.to_csv(tmp_path / "manifest.csv", index=False)
     audit = _partial_audit(stage1, tmp_path / "audit")
-    for method in ("counterfactual", "counterfactual_upsampled", "counterfactual_ravl"):
+    for method in ("counterfactual", "counterfactual_upsampled", "counterfactual_ravl", "counterfactual_paste",
+                   "counterfactual_paste_upsampled"):
         config = _config(stage1, tmp_path / "out", method, audit_dir=audit)
         config.finetune.manifest = tmp_path / "manifest.csv"
         summary = run_mitigation(config, max_steps=2, progress=False).to_json()

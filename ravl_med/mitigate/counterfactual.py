@@ -14,6 +14,15 @@ In expectation every class then has carrier share ``f``: the feature no longer p
 hyperparameter: the probabilities follow from the labels (:func:`decorrelating_plan`). The texts are
 unchanged (the pasted or removed feature is not the finding the report describes).
 
+**Paste only** (``remove=False``): boxes are a coarse unit. When the feature sits where the tied class's
+finding is (a chest drain over a pneumothorax), a carrier of the tied class has the finding inside its
+spurious boxes too: removing them erases the finding from an image still labelled with it, and pasting
+them carries the finding into images labelled otherwise (measured: ``benchmarks/counterfactual_overlap.py``).
+The paste-only plan therefore never cuts an image and takes the pasted boxes only from carriers of the
+classes where the feature is no more frequent than overall (the *donors*); every other class's
+non-carriers receive the feature with probability ``(f_max - f_k) / (1 - f_k)``, so that in expectation
+every class has the carrier share ``f_max`` of the class the feature is most frequent in.
+
 The ``oracle`` variant swaps the pixels of the ground-truth artefact masks instead of boxes, with carriers
 taken from the masks: it reads ground truth, so it is a ceiling for the method, never a method.
 """
@@ -43,11 +52,13 @@ class SwapPlan:
 
     Attributes:
         carriers: (N,) bool per dataset row.
+        donors: (N,) bool, the rows whose spurious boxes may be pasted into another image.
         remove_prob: (C,) probability that a carrier of class k has its feature removed.
         paste_prob: (C,) probability that a non-carrier of class k receives a carrier's feature.
     """
 
     carriers: np.ndarray
+    donors: np.ndarray
     remove_prob: np.ndarray
     paste_prob: np.ndarray
 
@@ -64,16 +75,19 @@ class SwapPlan:
 
 
 def decorrelating_plan(labels: Sequence[int] | np.ndarray, carriers: Sequence[bool] | np.ndarray,
-                       n_classes: int) -> SwapPlan:
-    """The swap probabilities that give every class the overall carrier share (module docstring).
+                       n_classes: int, remove: bool = True) -> SwapPlan:
+    """The swap probabilities that give every class the same carrier share (module docstring).
 
     Args:
         labels: (N,) class index per row (< 0: unknown, never changed, left out of the shares).
         carriers: (N,) bool, the row carries the feature.
         n_classes: C.
+        remove: ``True``: remove and paste towards the overall share, every carrier a donor; ``False``:
+            paste only, towards the largest class share, from donors of classes at or below the overall share.
 
     Raises:
-        ValueError: mismatched lengths, no carrier or no non-carrier among the labelled rows (nothing to swap).
+        ValueError: mismatched lengths, no carrier or no non-carrier among the labelled rows (nothing to swap),
+            or paste only without a donor (every carrier in a class where the feature is over-represented).
     """
     labels, carriers = np.asarray(labels, dtype=np.int64), np.asarray(carriers, dtype=bool)
     if labels.shape != carriers.shape:
@@ -83,17 +97,24 @@ def decorrelating_plan(labels: Sequence[int] | np.ndarray, carriers: Sequence[bo
         raise ValueError("counterfactual swaps need images with and without the audit's spurious regions; "
                          f"{int(carriers[known].sum())} of {int(known.sum())} labelled training images carry them")
     overall = carriers[known].mean()
-    remove, paste = np.zeros(n_classes), np.zeros(n_classes)
-    for k in range(n_classes):
-        own = carriers[labels == k]
-        if not len(own):
-            continue
-        f = own.mean()
-        if f > overall:
-            remove[k] = (f - overall) / f
-        elif f < overall:
-            paste[k] = (overall - f) / (1 - f)
-    return SwapPlan(carriers=carriers, remove_prob=remove, paste_prob=paste)
+    shares = np.array([carriers[labels == k].mean() if (labels == k).any() else np.nan for k in range(n_classes)])
+    removal, paste = np.zeros(n_classes), np.zeros(n_classes)
+    if remove:
+        over, under = shares > overall, shares < overall
+        removal[over] = (shares[over] - overall) / shares[over]
+        paste[under] = (overall - shares[under]) / (1 - shares[under])
+        return SwapPlan(carriers=carriers, donors=carriers, remove_prob=removal, paste_prob=paste)
+    target = np.nanmax(shares)
+    under = shares < target
+    paste[under] = (target - shares[under]) / (1 - shares[under])
+    donor_class = np.zeros(n_classes + 1, dtype=bool)
+    donor_class[:n_classes] = shares <= overall  # nan (empty class) compares False
+    donors = carriers & known & donor_class[np.where(known, labels, n_classes)]
+    if not donors.any():
+        tied = [k for k in range(n_classes) if shares[k] > overall]
+        raise ValueError(f"paste-only swaps need images carrying the audit's spurious regions outside the class(es) "
+                         f"the feature is tied to ({tied}); all {int(carriers[known].sum())} carriers are in them")
+    return SwapPlan(carriers=carriers, donors=donors, remove_prob=removal, paste_prob=paste)
 
 
 def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -127,7 +148,7 @@ class CounterfactualSwapd(Randomizable, MapTransform):
                  feature_of: Callable[[int], tuple[torch.Tensor, torch.Tensor]], keys: Sequence[str] = ("image",)) -> None:
         MapTransform.__init__(self, keys)
         self.plan, self.image_of, self.feature_of = plan, image_of, feature_of
-        self.carrier_rows = np.flatnonzero(plan.carriers)
+        self.donor_rows = np.flatnonzero(plan.donors)
         self.clean_rows = np.flatnonzero(~plan.carriers)
 
     def randomize(self, data: Any = None) -> None:
@@ -144,7 +165,7 @@ class CounterfactualSwapd(Randomizable, MapTransform):
         carrier = bool(self.plan.carriers[row])
         # A carrier takes a non-carrier's pixels under its own feature (removed); a non-carrier takes a carrier's
         # pixels under the carrier's feature (pasted).
-        probability, pool = (self.plan.remove_prob, self.clean_rows) if carrier else (self.plan.paste_prob, self.carrier_rows)
+        probability, pool = (self.plan.remove_prob, self.clean_rows) if carrier else (self.plan.paste_prob, self.donor_rows)
         if self._u >= probability[label]:
             return d
         other = int(pool[int(self._other * len(pool))])
@@ -172,10 +193,11 @@ class CounterfactualDataset(Dataset):
         seed: the run's seed.
         masks: oracle only: (N,) ground-truth artefact masks ((S, S) bool or ``None``) per row; carriers are
             then the rows with a non-empty mask and the swaps move those pixels.
+        remove: ``False``: paste only (:func:`decorrelating_plan`).
     """
 
     def __init__(self, base, region_labels: Mapping[str, np.ndarray], n_classes: int, seed: int,
-                 masks: Sequence[np.ndarray | None] | None = None) -> None:
+                 masks: Sequence[np.ndarray | None] | None = None, remove: bool = True) -> None:
         self.base, self.seed, self.epoch = base, int(seed), 0
         self.flags = [np.asarray(region_labels.get(str(k), np.zeros(0, dtype=bool)), dtype=bool) for k in base.keys]
         self.masks = None if masks is None else [None if m is None or not m.any() else torch.as_tensor(m, dtype=torch.float32)
@@ -183,7 +205,7 @@ class CounterfactualDataset(Dataset):
         self.mask_boxes = None if self.masks is None else [None if m is None else _bounding_box(m) for m in self.masks]
         carriers = (np.array([m is not None for m in self.masks]) if self.masks is not None
                     else np.array([f.any() for f in self.flags], dtype=bool))
-        self.plan = decorrelating_plan(base.labels.numpy(), carriers, n_classes)
+        self.plan = decorrelating_plan(base.labels.numpy(), carriers, n_classes, remove=remove)
         self.swap = CounterfactualSwapd(self.plan, self._image, self._feature)
 
     @property

@@ -18,8 +18,9 @@ exponentiated-gradient weights), ``spurious_aware`` (contrastive loss plus a ter
 towards its class text and away from texts naming the spurious attribute; project reading of
 Yang et al. 2023). ``counterfactual``, ``counterfactual_upsampled`` and ``counterfactual_ravl`` train
 the standard, upsampled and RaVL objectives on counterfactual images (the audit's spurious regions moved
-across classes, :mod:`ravl_med.mitigate.counterfactual`); ``oracle_counterfactual`` moves the ground-truth
-artefact pixels instead (a ceiling).
+across classes, :mod:`ravl_med.mitigate.counterfactual`); ``counterfactual_paste`` and
+``counterfactual_paste_upsampled`` only paste them, from carriers outside the tied class;
+``oracle_counterfactual`` moves the ground-truth artefact pixels instead (a ceiling).
 """
 
 from __future__ import annotations
@@ -352,7 +353,7 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
     """The trainer arguments of a method.
 
     Returns:
-        ``{"objective": ..., "sampler_factory": ... or None, "counterfactual": "audit" | "oracle" | None}``
+        ``{"objective": ..., "sampler_factory": ... or None, "counterfactual": "audit" | "audit_paste" | "oracle" | None}``
         (the training images' swaps, :mod:`ravl_med.mitigate.counterfactual`).
     """
     label_aware = bool(finetune_config.label_aware)
@@ -360,9 +361,9 @@ def build_method(method: str, *, finetune_config, region_labels: Mapping[str, np
     sampler = None
     if method in ("ravl", "counterfactual_ravl"):
         objective: Any = RaVLObjective(lambda_, temperature, label_aware)
-    elif method in ("standard", "counterfactual", "oracle_counterfactual"):
+    elif method in ("standard", "counterfactual", "counterfactual_paste", "oracle_counterfactual"):
         objective = ContrastiveObjective(label_aware, rank, world)
-    elif method in ("upsampled", "counterfactual_upsampled"):
+    elif method in ("upsampled", "counterfactual_upsampled", "counterfactual_paste_upsampled"):
         objective = ContrastiveObjective(label_aware, rank, world)
         sampler = _group_sampler_factory(region_labels)
     elif method == "vl_erm":

@@ -20,7 +20,8 @@ class MitigationMethodSpec:
             the audit's stage-1 medoids (and so the audit folder and the stage-1 model).
         summary: one line for ``--help`` and the docs.
         counterfactual: ``"audit"``: training images go through the counterfactual swaps of the audit's
-            spurious regions (:mod:`ravl_med.mitigate.counterfactual`); ``"oracle"``: of the ground-truth
+            spurious regions (:mod:`ravl_med.mitigate.counterfactual`); ``"audit_paste"``: the same regions
+            pasted only, from carriers outside the tied class(es); ``"oracle"``: swaps of the ground-truth
             artefact masks; ``None``: images as ingested.
         oracle: the method reads ground truth (masks): a ceiling, reported as such, never a method to use.
     """
@@ -45,6 +46,11 @@ MITIGATION_METHODS: dict[str, MitigationMethodSpec] = {
     "counterfactual_upsampled": MitigationMethodSpec(
         True, "counterfactual images, (class x spurious region) groups sampled evenly", "audit"),
     "counterfactual_ravl": MitigationMethodSpec(True, "counterfactual images with RaVL's region-aware loss", "audit"),
+    "counterfactual_paste": MitigationMethodSpec(
+        True, "the recipe's loss on images of other classes given the audit's spurious regions of carriers outside "
+        "the tied class (nothing removed, no region of the tied class moved)", "audit_paste"),
+    "counterfactual_paste_upsampled": MitigationMethodSpec(
+        True, "paste-only counterfactual images, (class x spurious region) groups sampled evenly", "audit_paste"),
     "oracle_counterfactual": MitigationMethodSpec(
         False, "ORACLE (reads the ground-truth artefact masks; a ceiling, not a method): counterfactual images "
         "from the masks' pixels", "oracle", oracle=True),

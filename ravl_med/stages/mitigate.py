@@ -361,8 +361,9 @@ ORACLE_MASK_COLUMN = "mask_artefact"
 def _counterfactual_wrapper(config: MitigateConfig, kind: str | None, region_labels: dict[str, np.ndarray]):
     """The training-set wrapper of a counterfactual method (``None`` for the others).
 
-    ``audit``: swaps of the regions the stage-1 labels call spurious; ``oracle``: of the ground-truth masks
-    (manifest column :data:`ORACLE_MASK_COLUMN`), read here and nowhere else.
+    ``audit``: swaps of the regions the stage-1 labels call spurious; ``audit_paste``: those regions pasted
+    only; ``oracle``: swaps of the ground-truth masks (manifest column :data:`ORACLE_MASK_COLUMN`), read here
+    and nowhere else.
     """
     if kind is None:
         return None
@@ -372,11 +373,12 @@ def _counterfactual_wrapper(config: MitigateConfig, kind: str | None, region_lab
 
     def swapped(train, masks=None):
         try:
-            return CounterfactualDataset(train, region_labels, len(ft.classes), ft.seed, masks=masks)
+            return CounterfactualDataset(train, region_labels, len(ft.classes), ft.seed, masks=masks,
+                                         remove=kind != "audit_paste")
         except ValueError as err:
             raise ConfigError(f"{config.method}: {err}") from None
 
-    if kind == "audit":
+    if kind in ("audit", "audit_paste"):
         return swapped
 
     def oracle(train):
