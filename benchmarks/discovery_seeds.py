@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from rescore_discovery import rescore  # benchmarks/, on sys.path when this script runs
 
 from ravl_med.evaluate.intervals import mean_interval
 
@@ -44,20 +45,15 @@ DEFAULT_REGIONS = {
 RULES = ("visible", "either")
 
 
-def _precision(audit, dataset, rule: str) -> dict[str, float]:
-    from ravl_med.discover.metrics import precision_at_k
-    from ravl_med.stages.audit import ground_truth_regions
-
-    config = audit.config.model_copy(update={"evaluation": audit.config.evaluation.model_copy(
-        update={"overlap_rule": rule, "overlap_threshold": None})})
-    truth, _ = ground_truth_regions(config, dataset, audit.embeddings, audit.audit["model"]["input_size"])
-    return {m: float(precision_at_k(d.top_ranked_regions(), truth, 10)) for m, d in audit.discoverers.items()}
+def _precision(audit_folder: Path) -> dict[str, dict[str, float]]:
+    """rule -> method -> P@10 of one stored audit, under today's rules (``rescore_discovery.py``)."""
+    scores = rescore(audit_folder, list(RULES))
+    return {rule: {method: row[rule] for method, row in scores.items()} for rule in RULES}
 
 
 def run_setting(name: str, suite: str, out: Path, regions: dict[str, dict]) -> list[dict]:
     """Stage 1 (reused when done) and one audit per region set; returns and writes the rows."""
     from ravl_med.config import load_config
-    from ravl_med.data.dataset import RadiographDataset
     from ravl_med.evaluate.groups import shortcut_gaps, shortcut_learned
     from ravl_med.phantom import find_suite, write_setting
     from ravl_med.reproducibility import pin_cpu_kernels
@@ -91,14 +87,13 @@ def run_setting(name: str, suite: str, out: Path, regions: dict[str, dict]) -> l
             table = evaluation.images.by_group
             gap = float(shortcut_gaps(table, setting.spurious_class)["spurious_gap"])
             valid = bool(shortcut_learned(table, setting.spurious_class, base.min_shortcut_gap))
-        dataset = RadiographDataset(manifest, audit_config.ingest, setting.classes, split="test")
         ravl = audit.discoverers["ravl"]
         top = ravl.ranked_clusters_[0] if ravl.ranked_clusters_ else None
         rows.append({
             "setting": name, "artefact": setting.artefact, "spurious_class": setting.spurious_class,
             "strength": setting.strength, "seed": setting.seed, "regions": label, "valid": valid, "gap": gap,
             "outcome": ravl.outcome_, "n_regions": int(len(audit.embeddings.region_image)),
-            "precision": {rule: _precision(audit, dataset, rule) for rule in RULES},
+            "precision": _precision(root / f"audit-{label}"),
             "top_class": None if top is None else top.attribute_name,
             "top_p_adjusted": None if top is None else top.p_adjusted,
             "top_stability": None if top is None else top.stability,
@@ -124,8 +119,9 @@ def report(out: Path, alpha: float = 0.01) -> None:
     rows = [r for path in sorted(out.glob("*/discovery_rows.json")) for r in json.loads(path.read_text())]
     if not rows:
         sys.exit(f"no rows under {out}")
-    for row in rows:
+    for row in rows:  # scored again from the stored audits: a changed hit rule applies to old rows too
         row["found"] = _found(row, out, alpha)
+        row["precision"] = _precision(out / row["setting"] / f"audit-{row['regions']}")
     methods = list(rows[0]["precision"]["visible"])
     print(f"{len({r['setting'] for r in rows})} settings, {sum(r['valid'] for r in rows) // max(1, len({r['regions'] for r in rows}))} valid")
     print("\nValid settings: Precision@10 mean [95% t-interval] per region set and rule; "

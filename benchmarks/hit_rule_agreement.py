@@ -10,11 +10,11 @@ rendered again here from its row (artefact, seed, finding, image size) with
 :func:`~ravl_med.phantom.render.render_phantom`; ``visible`` is the person's answer to "can I see
 the artefact in this crop?", given while looking at the crops alone (zoomed as the audit gallery
 zooms them, nearest-neighbour to 160 px, without masks). The default command fits the ``visible``
-rule's threshold on the even crop ids, then prints every rule's agreement with the labels on the
-even ids (fit), the odd ids (held out) and all, with the confusion counts, all measured in this run.
-It also fits a prototype that is not a rule of the audit yet: the ``visible`` rule on the feature's
-pixels that contrast with their surroundings (:func:`contrast_mask`), with its contrast threshold and
-rule threshold fitted together on the even ids.
+rule's contrast delta and threshold together on the even crop ids (the library's
+:data:`~ravl_med.discover.metrics.VISIBLE_CONTRAST` and ``RULE_THRESHOLDS["visible"]`` are this fit),
+and the same rule on the mask alone (contrast 0), then prints every rule's agreement with the labels
+on the even ids (fit), the odd ids (held out) and all, with the confusion counts, all measured in
+this run.
 
 ``select`` draws the crops of a new label file: per artefact, images with seeds ``base + i``; per
 image, boxes from the audit's grids (2 x 2 .. 6 x 6, with and without 50% overlap) drawn at random
@@ -36,7 +36,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from ravl_med.discover.metrics import OVERLAP_RULES, region_overlaps_mask
+from ravl_med.discover.metrics import OVERLAP_RULES, RULE_THRESHOLDS, VISIBLE_CONTRAST, region_overlaps_mask
 from ravl_med.phantom.artefacts import ARTEFACTS
 from ravl_med.phantom.findings import CLASSES
 from ravl_med.phantom.render import render_phantom
@@ -136,37 +136,16 @@ def write_sheets(frame: pd.DataFrame, folder: Path, per_sheet: int = 20, columns
     return paths
 
 
-def contrast_mask(image: np.ndarray, mask: np.ndarray, delta: float, window: int = 7) -> np.ndarray:
-    """The feature's pixels that stand out from their surroundings (prototype of a contrast-aware rule).
-
-    A mask pixel counts when its intensity differs by at least ``delta`` (image units, [0, 1]) from the
-    mean of the *non*-feature pixels in the ``window`` x ``window`` square around it: a faint token on a
-    bright field, or a lead over the mediastinum, is in the mask but not in the picture.
-
-    Args:
-        image: (H, W) float in [0, 1]. mask: (H, W) bool. delta: contrast threshold. window: side, pixels.
-
-    Returns:
-        (H, W) bool, a subset of ``mask``.
-    """
-    background = (~mask).astype(np.float64)
-    total = ndimage.uniform_filter(image * background, window)
-    weight = ndimage.uniform_filter(background, window)
-    local = np.where(weight > 1e-9, total / np.maximum(weight, 1e-9), image)
-    return mask & (np.abs(image - local) >= delta)
-
-
-def rule_hits(frame: pd.DataFrame, rule: str, threshold: float | None, contrast: float | None = None) -> np.ndarray:
-    """(M,) bool: each labelled crop under ``rule`` at ``threshold`` (``None``: the rule's default).
-
-    ``contrast``: score against :func:`contrast_mask` of the feature at that ``delta`` instead of its mask.
-    """
+def rule_hits(frame: pd.DataFrame, rule: str, threshold: float | None, contrast: float = VISIBLE_CONTRAST) -> np.ndarray:
+    """(M,) bool: each labelled crop under ``rule`` at ``threshold`` (``None``: the rule's default) and,
+    for "visible", contrast ``delta`` ``contrast``."""
     keys = list(dict.fromkeys(zip(frame.artefact, frame.seed, frame.finding, frame["size"])))
     index = {key: k for k, key in enumerate(keys)}
-    masks = [render_case(*key)[1] if contrast is None else contrast_mask(*render_case(*key), contrast) for key in keys]
+    images, masks = zip(*(render_case(*key) for key in keys))
     region_image = np.array([index[key] for key in zip(frame.artefact, frame.seed, frame.finding, frame["size"])])
     boxes = frame[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64)
-    return region_overlaps_mask(boxes, region_image, masks, rule=rule, threshold=threshold)
+    return region_overlaps_mask(boxes, region_image, masks, rule=rule, threshold=threshold, images=images,
+                                contrast=contrast)
 
 
 def agreement_row(name: str, hits: np.ndarray, labels: np.ndarray, parts: dict[str, np.ndarray]) -> dict:
@@ -185,20 +164,19 @@ def report(labels_path: Path) -> None:
     parts = {"fit (even ids)": fit, "held out (odd ids)": ~fit, "all": np.ones_like(fit)}
     counts = frame.assign(visible=frame.visible).groupby(["artefact", "visible"]).size().unstack(fill_value=0)
     print(f"{len(frame)} labelled crops ({labels.sum()} yes, {(~labels).sum()} no):\n{counts.to_string()}\n")
-    grid = np.round(np.arange(0.05, 0.805, 0.01), 2)
-    scores = [float((rule_hits(frame[fit], "visible", t) == labels[fit]).mean()) for t in grid]
-    best = float(grid[int(np.argmax(scores))])  # the smallest threshold with the best fit-half agreement
-    print(f"visible: best threshold on the fit half {best:.2f} (agreement {max(scores):.3f}); "
-          f"fit-half agreement over thresholds {grid[0]:.2f}..{grid[-1]:.2f}: "
-          + " ".join(f"{t:.2f}:{s:.2f}" for t, s in zip(grid[::5], scores[::5])) + "\n")
-    rows = [agreement_row(f"visible@{best:.2f} (fitted here)", rule_hits(frame, "visible", best), labels, parts)]
-    # Prototype: the visible rule on the feature's contrasting pixels; delta and t fitted on the even ids
-    # (largest fit-half agreement, ties to the smaller delta, then the smaller t).
-    fitted = max(((float((rule_hits(frame[fit], "visible", t, d) == labels[fit]).mean()), -d, -t)
-                  for d in np.round(np.arange(0.0, 0.245, 0.02), 2) for t in np.round(np.arange(0.10, 0.405, 0.02), 2)))
-    delta, t_best = -fitted[1], -fitted[2]
-    rows.append(agreement_row(f"visible@{t_best:.2f}, contrast >= {delta:.2f} (prototype, fitted here)",
-                              rule_hits(frame, "visible", t_best, delta), labels, parts))
+    # "visible": contrast delta and threshold t fitted together on the even ids (largest fit-half agreement,
+    # ties to the smaller delta, then the smaller t); delta 0 counts every mask pixel (the mask alone).
+    deltas, ts = np.round(np.arange(0.0, 0.205, 0.02), 2), np.round(np.arange(0.04, 0.405, 0.02), 2)
+    scores = {(d, t): float((rule_hits(frame[fit], "visible", t, d) == labels[fit]).mean()) for d in deltas for t in ts}
+    delta, t_best = max(scores, key=lambda dt: (scores[dt], -dt[0], -dt[1]))
+    mask_only = max(ts, key=lambda t: (scores[(0.0, t)], -t))
+    print(f"visible: fitted on the even ids: contrast >= {delta:.2f}, t {t_best:.2f} (agreement {scores[(delta, t_best)]:.3f}); "
+          f"the library's: contrast >= {VISIBLE_CONTRAST:.2f}, t {RULE_THRESHOLDS['visible']:.2f}; "
+          f"mask only (contrast 0): t {mask_only:.2f} (agreement {scores[(0.0, mask_only)]:.3f})\n")
+    rows = [agreement_row(f"visible@{t_best:.2f}, contrast {delta:.2f} (fitted here)",
+                          rule_hits(frame, "visible", t_best, delta), labels, parts),
+            agreement_row(f"visible@{mask_only:.2f}, contrast 0 (mask only, fitted here)",
+                          rule_hits(frame, "visible", mask_only, 0.0), labels, parts)]
     rows += [agreement_row(f"{rule}@default", rule_hits(frame, rule, None), labels, parts) for rule in OVERLAP_RULES]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

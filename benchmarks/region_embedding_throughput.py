@@ -50,7 +50,7 @@ def agreement(args) -> None:
 
     from ravl_med.config import IngestConfig, RegionConfig
     from ravl_med.data.dataset import RadiographDataset
-    from ravl_med.data.masks import ingested_masks
+    from ravl_med.data.masks import ingested_masks_and_images
     from ravl_med.discover.metrics import RULE_THRESHOLDS, region_overlaps_mask
     from ravl_med.models.zeroshot import class_text_embeddings
 
@@ -59,8 +59,9 @@ def agreement(args) -> None:
                           regions=RegionConfig(grid_sizes=[3], overlap=0.5, within="content"))
     data = RadiographDataset(args.manifest, ingest, args.classes, split=args.split)
     rows = list(range(min(args.agreement_images, len(data))))
-    masks = ingested_masks(data.table.iloc[rows], ["mask_artefact"], ingest, Path(args.manifest).resolve().parent) \
-        if args.spurious_class else [None] * len(rows)
+    masks, mask_images = ingested_masks_and_images(data.table.iloc[rows], ["mask_artefact"], ingest,
+                                                   Path(args.manifest).resolve().parent) \
+        if args.spurious_class else ([None] * len(rows), [None] * len(rows))
     with torch.no_grad():
         texts = class_text_embeddings(model, tokenizer, args.classes, ["a chest x-ray showing {}."])
     spurious = args.classes.index(args.spurious_class) if args.spurious_class else None
@@ -83,7 +84,8 @@ def agreement(args) -> None:
                     continue
                 region_boxes = item["regions"].numpy()
                 hits = region_overlaps_mask(region_boxes, np.zeros(len(region_boxes), dtype=np.int64), [mask],
-                                            rule="visible", threshold=RULE_THRESHOLDS["visible"])
+                                            rule="visible", threshold=RULE_THRESHOLDS["visible"],
+                                            images=[mask_images[start + index]])
                 for mode, emb in (("one_pass", a), ("crop", b)):
                     top = (emb @ texts.T).argmax(dim=1).numpy()
                     feature_rows += [(mode, bool(t == spurious)) for t in top[hits]]

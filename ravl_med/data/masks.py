@@ -17,7 +17,7 @@ import pandas as pd
 from ravl_med.config import IngestConfig
 from ravl_med.data.pipeline import ingest_transforms, run_ingest_transforms
 
-__all__ = ["ingested_masks", "mask_path"]
+__all__ = ["ingested_masks", "ingested_masks_and_images", "mask_path"]
 
 
 def mask_path(value: object, root: Path) -> Path | None:
@@ -45,17 +45,30 @@ def ingested_masks(
     Raises:
         FileNotFoundError: a named mask file does not exist (the message names the row key).
     """
+    return ingested_masks_and_images(table, columns, ingest, root)[0]
+
+
+def ingested_masks_and_images(
+    table: pd.DataFrame, columns: Sequence[str], ingest: IngestConfig, root: str | Path
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """As :func:`ingested_masks`, plus each masked row's ingested image: (S, S) float32, the first
+    channel, intensities in [0, 1] (what the region rules that look at the picture read); ``None``
+    where the row has no mask."""
     root = Path(root)
     transform = ingest_transforms(ingest, mask_keys=("mask",), regions=False)
     masks: list[np.ndarray | None] = []
+    images: list[np.ndarray | None] = []
     for _, row in table.iterrows():
         path = next((p for p in (mask_path(row[c], root) for c in columns) if p is not None), None)
         if path is None:
             masks.append(None)
+            images.append(None)
             continue
         if not path.is_file():
             raise FileNotFoundError(f"mask of image {row['key']} not found: {path} (columns {list(columns)})")
         sample = run_ingest_transforms(transform, {"image": row["path"], "mask": str(path)})
         mask = np.asarray(sample["mask"])
         masks.append(mask.reshape(mask.shape[-2:]) > 0)
-    return masks
+        image = np.asarray(sample["image"], dtype=np.float32)
+        images.append(image.reshape(-1, *image.shape[-2:])[0])
+    return masks, images

@@ -228,15 +228,16 @@ def ground_truth_regions(config: AuditConfig, dataset, embeddings, model_side: i
         truth = quadrant_is_spurious(quadrant, embeddings.region_image, square)
         info = {"kind": "quadrant", "rule": "region centre in the square's quadrant"}
     else:
-        from ravl_med.data.masks import ingested_masks
+        from ravl_med.data.masks import ingested_masks_and_images
 
         try:
-            masks = ingested_masks(table, [column], config.ingest, Path(config.manifest).resolve().parent)
+            masks, images = ingested_masks_and_images(table, [column], config.ingest, Path(config.manifest).resolve().parent)
         except FileNotFoundError as err:
             raise ConfigError(f"evaluation: {err}") from None
         rule, threshold = evaluation.overlap_rule, evaluation.overlap_threshold
         threshold = RULE_THRESHOLDS[rule] if threshold is None else threshold
-        truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=rule, threshold=threshold)
+        truth = region_overlaps_mask(boxes, embeddings.region_image, masks, rule=rule, threshold=threshold,
+                                     images=images)
         info = {"kind": "mask", "rule": rule, "threshold": threshold,
                 "images_with_feature": int(sum(m is not None for m in masks))}
     info.update(k=evaluation.precision_k, n_spurious_regions=int(truth.sum()))
