@@ -16,6 +16,9 @@ and the same rule on the mask alone (contrast 0), then prints every rule's agree
 on the even ids (fit), the odd ids (held out) and all, with the confusion counts, all measured in
 this run.
 
+``--labels tests/data/hit_rule_labels_224.csv``: the same report on 96 crops of 224-px phantoms labelled
+by another reviewer (the fit there is only a check; the library's rule is the 128-px fit).
+
 ``select`` draws the crops of a new label file: per artefact, images with seeds ``base + i``; per
 image, boxes from the audit's grids (2 x 2 .. 6 x 6, with and without 50% overlap) drawn at random
 from strata of "artefact pixels inside the box" (none but near it, 1-5, 6-20, 21-60, more), so

@@ -46,6 +46,23 @@ def test_default_rule_agrees_with_the_labels(labelled_crops):
     assert agreement > old + 0.1, f"default {agreement:.3f} vs either {old:.3f}"
 
 
+def test_at_224_px_the_rule_is_strict_not_loose():
+    # 96 crops of 224-px phantoms, labelled by eye by another reviewer (tests/data/hit_rule_labels_224.csv).
+    # The rule, fitted at 128 px, misses 17 crops the reviewer could see and calls none visible that the
+    # reviewer could not: P@10 of 224-px audits is a lower bound. Measured, not fixed (BENCHMARKS.md).
+    frame = pd.read_csv(LABELS.parent / "hit_rule_labels_224.csv")
+    keys = list(dict.fromkeys(zip(frame.artefact, frame.seed, frame.finding, frame["size"])))
+    phantoms = [render_phantom(int(seed), finding, artefact, int(size)) for artefact, seed, finding, size in keys]
+    index = {key: k for k, key in enumerate(keys)}
+    region_image = np.array([index[key] for key in zip(frame.artefact, frame.seed, frame.finding, frame["size"])])
+    labels = frame.visible.map({"yes": True, "no": False}).to_numpy(dtype=bool)
+    hits = region_overlaps_mask(frame[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64), region_image,
+                                [p.artefact_mask for p in phantoms], images=[p.image for p in phantoms])
+    assert (frame["size"] == 224).all() and len(frame) == 96
+    assert (hits & ~labels).sum() <= 2, "the rule calls crops visible that the reviewer could not see"
+    assert (hits == labels).mean() >= 0.8
+
+
 def _wire_image(mask: np.ndarray, value: float = 0.9, background: float = 0.3) -> np.ndarray:
     """An image on which the mask's pixels stand out."""
     return np.where(mask, value, background)
