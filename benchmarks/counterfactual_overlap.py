@@ -47,15 +47,18 @@ def _inside(mask: np.ndarray | None, swap: np.ndarray) -> float:
     return float(swap[mask.astype(bool)].mean())
 
 
-def overlap(root: Path) -> dict[str, dict[str, float]]:
-    """Per class of the carriers: the four figures of the module docstring, plus ``tied`` (the audit's class)."""
+def overlap(root: Path, audit: str = "audit") -> dict[str, dict[str, float]]:
+    """Per class of the carriers: the four figures of the module docstring, plus ``tied`` (the audit's class).
+
+    ``audit``: the audit folder under ``root`` whose medoids label the regions (e.g. ``audit-crop`` of
+    ``region_mode_discovery.py``: the regions are then embedded as crops, as its medoids were)."""
     recipe = json.loads((root / "stage1" / "metrics.json").read_text())["config"]
     classes = recipe["classes"]
     ingest = IngestConfig.model_validate(recipe["ingest"])
     manifest_path = next((root / "data").glob("*/manifest.csv"))
     manifest = Manifest.read(manifest_path, classes=classes)
     train = RadiographDataset(manifest, ingest, classes, split="train", cache=True)
-    medoids = Stage1Medoids.load(root / "audit" / MEDOIDS_FILE).with_spurious_ranks([1])
+    medoids = Stage1Medoids.load(root / audit / MEDOIDS_FILE).with_spurious_ranks([1])
     checkpoint = root / "stage1" / "model.safetensors"
     sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     model, preprocess, _ = create_backbone(recipe["backbone"], checkpoint=checkpoint)
@@ -90,11 +93,12 @@ def overlap(root: Path) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, help="benchmark setting folders")
+    parser.add_argument("--audit", default="audit", help="audit folder under each setting (default: audit)")
     args = parser.parse_args()
     with fixed_threads(1):
         for root in args.roots:
-            result = overlap(root)
-            print(f"\n{root}")
+            result = overlap(root, args.audit)
+            print(f"\n{root} ({args.audit})")
             print(f"  {'carriers of':<18} {'images':>6} {'swap area':>9} {'artefact in':>11} {'finding in':>10}")
             for name, row in result.items():
                 mark = " (tied)" if row["tied"] else ""
