@@ -107,9 +107,7 @@ def decorrelating_plan(labels: Sequence[int] | np.ndarray, carriers: Sequence[bo
     target = np.nanmax(shares)
     under = shares < target
     paste[under] = (target - shares[under]) / (1 - shares[under])
-    donor_class = np.zeros(n_classes + 1, dtype=bool)
-    donor_class[:n_classes] = shares <= overall  # nan (empty class) compares False
-    donors = carriers & known & donor_class[np.where(known, labels, n_classes)]
+    donors = carriers & np.isin(labels, np.flatnonzero(shares <= overall))  # nan (empty class) compares False
     if not donors.any():
         tied = [k for k in range(n_classes) if shares[k] > overall]
         raise ValueError(f"paste-only swaps need images carrying the audit's spurious regions outside the class(es) "
