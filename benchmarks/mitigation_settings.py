@@ -17,12 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ravl_med.evaluate.intervals import MeanInterval
 from ravl_med.stages.tables import load_rows, paired_differences, summarise
-
-
-def _cell(mean: float, low: float, high: float, sign: str = "") -> str:
-    """``mean [low, high]`` to 3 decimals (``sign="+"`` for differences); the mean alone without an interval."""
-    return f"{mean:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]" if low == low else f"{mean:{sign}.3f}"
 
 
 def method_table(rows: Sequence[dict]) -> str:
@@ -30,7 +26,7 @@ def method_table(rows: Sequence[dict]) -> str:
     table = summarise(rows)["mitigation"]
     lines = ["| method | n | image overall | image worst group | core-region worst group |", "|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
-        cells = [_cell(getattr(r, f"{k}_mean"), getattr(r, f"{k}_ci_low"), getattr(r, f"{k}_ci_high"))
+        cells = [f"{MeanInterval(getattr(r, f'{k}_mean'), getattr(r, f'{k}_ci_low'), getattr(r, f'{k}_ci_high'), r.n):.3f}"
                  for k in ("image_accuracy", "image_worst_group", "region_worst_group")]
         lines.append(f"| {r.method} | {r.n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -43,7 +39,8 @@ def differences_table(rows: Sequence[dict], method: str) -> str:
     lines = ["| versus | n | image worst group | image overall |", "|---|---|---|---|"]
     for versus, part in diff.groupby("versus", sort=False):
         by = {r.metric: r for r in part.itertuples(index=False)}
-        cells = [_cell(by[m].mean, by[m].ci_low, by[m].ci_high, "+") for m in ("image_worst_group", "image_accuracy")]
+        cells = [f"{MeanInterval(by[m].mean, by[m].ci_low, by[m].ci_high, by[m].n):+.3f}"
+                 for m in ("image_worst_group", "image_accuracy")]
         lines.append(f"| {versus} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

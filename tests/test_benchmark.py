@@ -255,3 +255,6 @@ def test_summarise_reports_means_with_95_intervals_over_seeds_and_false_alarms()
     assert alarms.loc[True, "found_rate"] == 1.0
     assert mean_interval([0.5]).n == 1 and np.isnan(mean_interval([0.5]).low)
     assert str(mean_interval([])) == "n/a"
+    assert str(mean_interval([0.1, 0.3])).startswith("0.20 [-")
+    assert f"{mean_interval([0.1, 0.3]):+.3f}".startswith("+0.200 [-")  # t(1) interval crosses zero
+    assert f"{mean_interval([0.5]):.3f}" == "0.500 (n=1)"

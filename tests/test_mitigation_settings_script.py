@@ -17,8 +17,9 @@ def _script():
 def _row(folder: Path, artefact: str, seed: int, valid: bool, cf: float, up: float) -> None:
     """One benchmark ``result.json`` with two methods' image worst group (overall fixed)."""
     setting = f"{artefact}-pneumothorax-v0.90-s{seed}"
-    metrics = lambda wga, acc: {"image_accuracy": acc, "image_worst_group": wga,  # noqa: E731
-                                "region_accuracy": 0.5, "region_worst_group": 0.1}
+    def metrics(wga: float, acc: float) -> dict:
+        return {"image_accuracy": acc, "image_worst_group": wga, "region_accuracy": 0.5, "region_worst_group": 0.1}
+
     row = {"setting": setting, "artefact": artefact, "spurious_class": "pneumothorax", "strength": 0.9,
            "seed": seed, "valid": valid, "shortcut_gap": 0.8 if valid else 0.0, "stage1": metrics(0.0, 0.6),
            "discovery": {"ravl": 1.0}, "audit_outcome": "found",

@@ -23,11 +23,17 @@ class MeanInterval(NamedTuple):
     n: int
 
     def __str__(self) -> str:
+        return format(self, ".2f")
+
+    def __format__(self, spec: str) -> str:
+        """``mean [low, high]`` with each number in ``spec`` (e.g. ``f"{interval:+.3f}"``); ``str()`` uses ``.2f``."""
+        if not spec:
+            return str(self)
         if self.n == 0:
             return "n/a"
         if self.n < 2:
-            return f"{self.mean:.2f} (n=1)"
-        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
+            return f"{self.mean:{spec}} (n=1)"
+        return f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
 
 
 def mean_interval(values: Iterable[float], level: float = 0.95) -> MeanInterval:
