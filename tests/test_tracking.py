@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from ravl_med.cli import main
 from ravl_med.data.manifest import Manifest
 from ravl_med.phantom import PhantomSetting, write_setting
-from ravl_med.tracking import Tracker, group_metric_name, metric_key
+from ravl_med.tracking import Tracker, TrackingError, group_metric_name, metric_key
 from tests.factories import PATIENT_IDENTIFIERS, add_patient_identifiers
 
 CLASSES = ["no finding", "cardiomegaly", "pneumothorax"]
@@ -55,11 +56,11 @@ def _free_port() -> int:
 class MlflowServer:
     """``mlflow server`` in its own process group; ``stop()`` kills it by its PID."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
         self.db = folder / "server.db"
         self.artifacts = folder / "server-artifacts"
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = open(folder / "server.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -265,6 +266,59 @@ def test_lost_server_falls_back_to_the_local_store(server, tmp_path, recwarn):
     assert {a.path for a in client.list_artifacts(run.run_id)} >= {"a.txt", "b.txt"}
     kids = client.search_runs([got.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'")
     assert len(kids) == 1 and kids[0].data.metrics["test/acc/worst_group"] == 0.5
+
+
+def test_a_server_that_starts_late_is_waited_for(tmp_path, recwarn, caplog):
+    """A server not up yet when the run starts (restarting, or started with the job) gets the run: no fallback."""
+    port = _free_port()
+    started: list[MlflowServer] = []
+    launcher = threading.Thread(target=lambda: started.append(MlflowServer(tmp_path, port)))
+    launcher.start()
+    try:
+        with Tracker("ravl-med/late", "bench", tracking_uri=f"http://127.0.0.1:{port}", local_dir=tmp_path / "local",
+                     server_wait_s=120) as run:
+            run.log_metric("test/acc/worst_group", 0.5)
+        launcher.join()
+        assert "does not answer; waiting up to 120 s" in caplog.text  # it was not up at the start
+        assert run.store == "remote" and not (tmp_path / "local").exists()
+        assert not any("unreachable" in str(w.message) for w in recwarn)
+        assert MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics["test/acc/worst_group"] == 0.5
+    finally:
+        launcher.join()
+        for srv in started:
+            srv.stop()
+
+
+def test_an_unwritable_local_store_is_a_one_line_error(tmp_path, phantom, monkeypatch, capsys):
+    """A dead server and a local store that cannot be written (a read-only working directory in a hardened
+    container) stop the command with one line that says what to do, before any work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = blocker / "store"  # a folder below a file: mkdir fails, as root too
+    with pytest.raises(TrackingError, match="cannot write the local MLflow store"):
+        with Tracker("ravl-med/x", "t", local_dir=unwritable):
+            pass
+
+    monkeypatch.setenv("RAVL_TRACKING_DIR", str(unwritable))
+    finetune_yaml = _yaml(tmp_path / "finetune.yaml", {
+        "backbone": "tiny-rn", "manifest": str(phantom), "classes": CLASSES, "ingest": {"image_size": 64},
+        "epochs": 1, "batch_size": 8, "output_dir": str(tmp_path / "finetune"), "device": "cpu", "seed": 0})
+    monkeypatch.setattr("ravl_med.tracking.store.SERVER_WAIT_S", 0.0)  # (the tracker's default, read at call time)
+    code = main(["finetune", "--config", finetune_yaml, "--no-progress",
+                 "--tracking-uri", f"http://127.0.0.1:{_free_port()}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not any((tmp_path / "finetune").iterdir())  # stopped before any training
+    assert err[-1].startswith("ravl-med finetune: error: tracking server http://127.0.0.1:") and "Traceback" not in err
+    assert "unreachable, and cannot write the local MLflow store in" in err[-1] and "RAVL_TRACKING_DIR" in err[-1]
+
+
+def test_the_local_store_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAVL_TRACKING_DIR", str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    with Tracker("ravl-med/env", "t") as run:
+        run.log_metric("m", 1.0)
+    assert run.tracking_uri == f"sqlite:///{tmp_path / 'store' / 'mlruns.db'}" and not (tmp_path / "mlruns.db").exists()
+    assert MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics["m"] == 1.0
 
 
 # ----------------------------------------------------------------------------- experiments and parent runs

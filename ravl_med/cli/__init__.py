@@ -31,6 +31,7 @@ from ravl_med.cli import (
 from ravl_med.config import ConfigError
 from ravl_med.data.errors import IngestError
 from ravl_med.reproducibility import pin_cpu_kernels
+from ravl_med.tracking.store import TrackingError
 
 __all__ = ["build_parser", "main"]
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except (ConfigError, IngestError) as err:
+    except (ConfigError, IngestError, TrackingError) as err:
         print(f"ravl-med {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -44,8 +44,9 @@ def add_tracking_options(parser, local: str = "<cwd>", experiment: str = "ravl-m
     """
     from ravl_med.tracking import DEFAULT_ARTIFACT_DIR, DEFAULT_DB
 
+    folder = "" if local != "<cwd>" else "; <cwd> is $RAVL_TRACKING_DIR when set"
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR})")
+                        f"sqlite:///{local}/{DEFAULT_DB} with artifacts in {local}/{DEFAULT_ARTIFACT_DIR}{folder})")
     parser.add_argument("--experiment", help=f"MLflow experiment name (default: {experiment})")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
 

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
         ),
     )
     compare.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                         f"sqlite:///<cwd>/{DEFAULT_DB})")
+                         f"sqlite:///<cwd>/{DEFAULT_DB}; <cwd> is $RAVL_TRACKING_DIR when set)")
     compare.add_argument("--experiment", action="append",
                          help="experiment name (repeatable; default: every experiment)")
     compare.add_argument("--split", default="test", help="split whose metrics are compared (default: test)")

@@ -8,8 +8,9 @@ seed, with tags (``method``, ``setting``, ``artefact``, ``spurious_class``, ``st
 that make ``mlflow.search_runs(filter_string="tags.method = 'ravl'")`` filters natural.
 
 Where it logs (first that applies): the ``tracking_uri`` argument (``--tracking-uri``), the
-``MLFLOW_TRACKING_URI`` variable, else a local SQLite store ``sqlite:///<cwd>/mlruns.db`` with
-artifacts under ``<cwd>/mlartifacts`` (no server needed).
+``MLFLOW_TRACKING_URI`` variable, else a local SQLite store ``sqlite:///<folder>/mlruns.db`` with
+artifacts under ``<folder>/mlartifacts`` (no server needed); the folder is ``$RAVL_TRACKING_DIR``,
+else the working directory.
 
 Metric names: :mod:`ravl_med.tracking.names` (every name the package logs, defined once). The parent
 run of a benchmark or demo has one column per method (``test/acc/worst_group/<method>``, ...), so the
@@ -22,11 +23,14 @@ metric column only once someone picks it: :meth:`Tracker.ui_url` adds ``?workflo
 and, after :func:`~ravl_med.tracking.observe.log_benchmark_summary`, the key of a saved view of the runs
 table (:meth:`Tracker.save_runs_view`) that picks the per-method columns.
 
-Server loss. When a remote server stops answering mid-run, the tracker does not raise: it warns
-once, opens the same runs in the local SQLite store, replays everything already logged to them
-(each run keeps a journal of its calls) and continues there. Such runs carry the tags
+Server loss. A remote server that does not answer when a run starts is waited for (up to
+:data:`~ravl_med.tracking.store.SERVER_WAIT_S`, 60 s: it may be restarting). When it still does not
+answer, or stops answering mid-run, the tracker does not raise: it warns once, opens the same runs
+in the local SQLite store, replays everything already logged to them (each run keeps a journal of
+its calls) and continues there. Such runs carry the tags
 ``ravl.store = local-fallback``, ``ravl.fallback_from`` (the remote URI) and
-``ravl.remote_run_id``.
+``ravl.remote_run_id``. A local store that cannot be written (a read-only working directory and no
+``RAVL_TRACKING_DIR``) is a :class:`~ravl_med.tracking.store.TrackingError`: one line from the CLI.
 
 Privacy: only what callers pass is logged; the commands pass configs, digests, counts, metrics
 and the outputs that are already free of DICOM header fields and image paths.
@@ -39,8 +43,11 @@ from ravl_med.tracking.store import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
     MODEL_TRAINING_VIEW_QUERY,
+    SERVER_WAIT_S,
+    TRACKING_DIR_ENV,
     TrackedRun,
     Tracker,
+    TrackingError,
     code_version,
     flatten,
     image_embedder_class,
@@ -55,8 +62,11 @@ __all__ = [
     "EXPERIMENT_KIND_TAG",
     "MODEL_TRAINING_KIND",
     "MODEL_TRAINING_VIEW_QUERY",
+    "SERVER_WAIT_S",
+    "TRACKING_DIR_ENV",
     "TrackedRun",
     "Tracker",
+    "TrackingError",
     "code_version",
     "flatten",
     "group_metric_name",

@@ -31,8 +31,11 @@ __all__ = [
     "MODEL_TRAINING_KIND",
     "MODEL_TRAINING_VIEW_QUERY",
     "SAVED_VIEW_TAG_PREFIX",
+    "SERVER_WAIT_S",
+    "TRACKING_DIR_ENV",
     "TrackedRun",
     "Tracker",
+    "TrackingError",
     "code_version",
     "flatten",
     "local_store_path",
@@ -58,6 +61,16 @@ MODEL_TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 #: ``{"name", "createdAt", "updatedAt" (ms), "state": <JSON text of the table state>}``; a UI that reads
 #: another format ignores it and shows its default columns.
 SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+#: The environment variable naming the local store's folder (default: the working directory). Set it
+#: where the working directory is read-only, e.g. in a hardened container (docker/compose.yaml).
+TRACKING_DIR_ENV = "RAVL_TRACKING_DIR"
+#: How long (seconds) a run waits for a tracking server that does not answer when it starts, before it
+#: logs to the local store: a server that was restarting (or still starting) is back within a minute.
+SERVER_WAIT_S = 60.0
+
+
+class TrackingError(RuntimeError):
+    """A store that cannot be used (e.g. a local store in a read-only folder); the message says what to do."""
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -94,7 +107,7 @@ def code_version() -> str:
 
 
 def resolve_tracking_uri(uri: str | None = None, local_dir: str | Path | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<local_dir or cwd>/mlruns.db``."""
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<folder>/mlruns.db`` in :func:`local_folder`."""
     if uri:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -102,10 +115,19 @@ def resolve_tracking_uri(uri: str | None = None, local_dir: str | Path | None = 
     return _local_uri(local_dir)
 
 
+def local_folder(local_dir: str | Path | None = None) -> Path:
+    """The local store's folder: ``local_dir``, else ``$RAVL_TRACKING_DIR``, else the working directory."""
+    return Path(local_dir or os.environ.get(TRACKING_DIR_ENV) or Path.cwd()).resolve()
+
+
+def _unwritable(folder: Path, err: OSError) -> str:
+    return (f"cannot write the local MLflow store in {folder} ({err.strerror or err}): set {TRACKING_DIR_ENV} "
+            "to a writable folder, give --tracking-uri, or pass --no-tracking")
+
+
 def _local_uri(local_dir: str | Path | None) -> str:
-    folder = Path(local_dir or Path.cwd()).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / DEFAULT_DB}"
+    """The local store's URI; nothing is created (the tracker makes the folder when it connects)."""
+    return f"sqlite:///{local_folder(local_dir) / DEFAULT_DB}"
 
 
 def local_store_path(uri: str) -> Path | None:
@@ -330,7 +352,13 @@ class Tracker(TrackedRun):
         tags: tags of the parent run (``method``, ``setting``, ...; ``None`` values are dropped).
         tracking_uri: see :func:`resolve_tracking_uri`.
         local_dir: folder of the local store (``mlruns.db``, ``mlartifacts/``) used by default and
-            as the fallback when a remote server is lost; default the working directory.
+            as the fallback when a remote server is lost; default :func:`local_folder`.
+        server_wait_s: how long to wait for a remote server that does not answer at the start
+            before falling back to the local store (default :data:`SERVER_WAIT_S`; a server lost
+            mid-run costs seconds, not this).
+
+    Raises:
+        TrackingError: on entry or at a fallback, when the local store's folder cannot be written.
 
     Example::
 
@@ -341,10 +369,12 @@ class Tracker(TrackedRun):
     """
 
     def __init__(self, experiment: str, run_name: str, *, tags: Mapping[str, Any] | None = None,
-                 tracking_uri: str | None = None, local_dir: str | Path | None = None) -> None:
+                 tracking_uri: str | None = None, local_dir: str | Path | None = None,
+                 server_wait_s: float | None = None) -> None:
         super().__init__(self, run_name, tags or {}, None)
         self.experiment = experiment
-        self.local_dir = Path(local_dir or Path.cwd()).resolve()
+        self.local_dir = local_folder(local_dir)
+        self.server_wait_s = SERVER_WAIT_S if server_wait_s is None else server_wait_s
         self.tracking_uri = resolve_tracking_uri(tracking_uri, self.local_dir)
         self.fallback_from: str | None = None
         self.runs: list[TrackedRun] = []
@@ -426,7 +456,7 @@ class Tracker(TrackedRun):
         except Exception as err:
             if not self._lost(err):
                 raise
-            self._fall_back(err, replay=False)
+            self._connect_late(err)
         self._open(self)
         return self
 
@@ -452,7 +482,11 @@ class Tracker(TrackedRun):
         # another process doing the same: two runs started together on a new store crashed one of them
         # ("table ... already exists"). A lock file beside the database serialises the set-up.
         database = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-        with _store_lock(database):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(_store_lock(database))
+            except OSError as err:  # e.g. a read-only folder (a hardened container's working directory)
+                raise TrackingError(_unwritable(database.parent, err)) from err
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(self.experiment)
             # Every experiment used is tagged a model-training one: MLflow 3.x UIs that read the tag may
@@ -526,14 +560,37 @@ class Tracker(TrackedRun):
             return False
         return not _server_alive(self.tracking_uri)
 
+    def _connect_late(self, err: BaseException) -> None:
+        """Connects to a remote server that did not answer at the start, once it answers within
+        ``server_wait_s`` (polled every 2 s); else falls back to the local store."""
+        remote = self.tracking_uri
+        if self.server_wait_s > 0:
+            logger.warning("tracking server %s does not answer; waiting up to %.0f s for it", remote,
+                           self.server_wait_s)
+            deadline = time.monotonic() + self.server_wait_s
+            while time.monotonic() < deadline:
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+                if _server_alive(remote):
+                    try:
+                        self._connect(remote)
+                        return
+                    except Exception as again:
+                        if not self._lost(again):
+                            raise
+                        err = again
+        self._fall_back(err, replay=False)
+
     def _fall_back(self, err: BaseException, *, replay: bool) -> None:
         remote = self.tracking_uri
-        message = (f"tracking server {remote} unreachable ({type(err).__name__}); logging to the local store "
-                   f"{_local_uri(self.local_dir)} instead")
+        try:
+            local = _local_uri(self.local_dir)
+            self._connect(local)
+        except TrackingError as unusable:
+            raise TrackingError(f"tracking server {remote} unreachable, and {unusable}") from err
+        message = f"tracking server {remote} unreachable ({type(err).__name__}); logging to the local store {local} instead"
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         logger.warning(message)
-        self.fallback_from, self.tracking_uri = remote, _local_uri(self.local_dir)
-        self._connect(self.tracking_uri)
+        self.fallback_from, self.tracking_uri = remote, local
         if not replay:
             return
         # Replay every run's journal, parents first (creation order), so nothing logged is lost.
