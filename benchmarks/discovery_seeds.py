@@ -8,7 +8,8 @@ the model with the demo's audit (RaVL + the four baselines) once per ``--regions
 per setting and region set: RaVL's outcome, Precision@10 of every method under the default hit rule
 ("visible") and the old one ("either" at 0.25), the top cluster's class, adjusted p-value and
 stability, the region count and the audit's wall time. ``report`` prints means with 95% intervals
-(valid settings) and the false-alarm rate (RaVL reports a finding on an invalid setting).
+(valid settings) and the false-alarm rate (RaVL reports a finding on an invalid setting: a kept cluster
+at ``--alpha`` and ``--min-stability``, judged from the stored audits).
 
     .venv/bin/python benchmarks/discovery_seeds.py run --settings 'chest_drain-pneumothorax-v0.90-*' --jobs 2
     .venv/bin/python benchmarks/discovery_seeds.py report
@@ -107,20 +108,22 @@ def run_setting(name: str, suite: str, out: Path, regions: dict[str, dict]) -> l
     return rows
 
 
-def _found(row: dict, out: Path, alpha: float) -> bool:
-    """RaVL reported a finding at ``alpha``: a kept cluster with Holm-adjusted p <= alpha (from audit.json,
-    so rows audited with a larger alpha are judged at this one; lowering alpha only removes clusters)."""
+def _found(row: dict, out: Path, alpha: float, min_stability: float) -> bool:
+    """RaVL reported a finding at ``alpha`` and ``min_stability``: a kept cluster with Holm-adjusted p <= alpha
+    and stability >= min_stability (from audit.json, so rows audited with a looser rule are judged by this one;
+    tightening either only removes clusters)."""
     audit = json.loads((out / row["setting"] / f"audit-{row['regions']}" / "audit.json").read_text())
     return any(c["p_adjusted"] is not None and c["p_adjusted"] <= alpha
+               and (c.get("stability") is None or c["stability"] >= min_stability)
                for c in audit["methods"]["ravl"]["ranked_clusters"])
 
 
-def report(out: Path, alpha: float = 0.01) -> None:
+def report(out: Path, alpha: float = 0.01, min_stability: float = 0.5) -> None:
     rows = [r for path in sorted(out.glob("*/discovery_rows.json")) for r in json.loads(path.read_text())]
     if not rows:
         sys.exit(f"no rows under {out}")
     for row in rows:  # scored again from the stored audits: a changed hit rule applies to old rows too
-        row["found"] = _found(row, out, alpha)
+        row["found"] = _found(row, out, alpha, min_stability)
         row["precision"] = _precision(out / row["setting"] / f"audit-{row['regions']}")
     methods = list(rows[0]["precision"]["visible"])
     print(f"{len({r['setting'] for r in rows})} settings, {sum(r['valid'] for r in rows) // max(1, len({r['regions'] for r in rows}))} valid")
@@ -139,7 +142,8 @@ def report(out: Path, alpha: float = 0.01) -> None:
             print(f"  {rule:8s} " + "; ".join(cells) + f"; RaVL hits {hits}/{len(valid)}")
         found_valid = sum(r["found"] for r in valid)
         false_alarms = sum(r["found"] for r in invalid)
-        print(f"  RaVL finding (a kept cluster with adjusted p <= {alpha}) on valid settings {found_valid}/{len(valid)}; "
+        print(f"  RaVL finding (a kept cluster with adjusted p <= {alpha}, stability >= {min_stability}) on valid "
+              f"settings {found_valid}/{len(valid)}; "
               f"false alarms on invalid settings {false_alarms}/{len(invalid)}")
         for r in valid + invalid:
             print(f"    {r['setting']:40s} valid={r['valid']!s:5s} gap {r['gap']:+.2f} {r['outcome']:15s} "
@@ -159,9 +163,11 @@ def main() -> None:
                         help="region sets to audit with (default: grid3, multigrid, grid4+fz, fz)")
     parser.add_argument("--jobs", type=int, default=2, help="settings in parallel (one thread each)")
     parser.add_argument("--alpha", type=float, default=0.01, help="report: level of the gap test for a finding")
+    parser.add_argument("--min-stability", type=float, default=0.5,
+                        help="report: stability a finding needs (default 0.5, the audit's; 0: any)")
     args = parser.parse_args()
     if args.action == "report":
-        report(args.out, args.alpha)
+        report(args.out, args.alpha, args.min_stability)
         return
     from ravl_med.phantom import find_suite
 
@@ -177,7 +183,7 @@ def main() -> None:
             rows = future.result()
             print(f"{name}: " + "; ".join(f"{r['regions']} {r['outcome']} P@10 {r['precision']['visible']['ravl']:.1f}"
                                           f"/{r['precision']['either']['ravl']:.1f}" for r in rows), flush=True)
-    report(args.out, args.alpha)
+    report(args.out, args.alpha, args.min_stability)
 
 
 if __name__ == "__main__":

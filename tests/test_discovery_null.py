@@ -46,6 +46,42 @@ def test_planted_feature_is_found_with_small_p_values_and_is_stable():
     assert record["structure_test"]["p_value"] <= 0.05
 
 
+def test_unstable_clusters_are_not_reported(monkeypatch):
+    """Significant clusters that refits on half the images do not find again (stability < min_stability) are
+    dropped; none left gives "unstable". The stability measure itself is tested above: here it is replaced."""
+    from ravl_med.discover.report import OUTCOME_TEXT
+
+    data = make_planted_spurious(n_images=300, regions_per_image=4, n_classes=3, random_state=1)
+    every_candidate = {"n_boot": 0, "n_stability": 5, "alpha": 1.0, "influence_threshold": 0.0}  # 4 kept clusters
+
+    def top_one_stable(make, clusters, *args, **kwargs):
+        return np.array([0.2 if i else 1.0 for i in range(len(clusters))])  # clusters come ranked by G
+
+    monkeypatch.setattr("ravl_med.discover.ravl.cluster_stability", top_one_stable)
+    kept = RaVLDiscoverer(**every_candidate, min_stability=0).fit(*data.fit_args())
+    assert kept.outcome_ == "found" and len(kept.ranked_clusters_) == 4
+    assert [c.stability for c in kept.ranked_clusters_] == [1.0, 0.2, 0.2, 0.2]
+    assert any("fewer than half of them: unstable, treat with caution" in note for note in kept.notes_)
+    filtered = RaVLDiscoverer(**every_candidate).fit(*data.fit_args())  # min_stability 0.5, the default
+    assert filtered.outcome_ == "found" and filtered.kept_.tolist() == [kept.ranked_clusters_[0].cluster]
+    assert [(c.rank, c.cluster, c.stability) for c in filtered.ranked_clusters_] == [
+        (1, kept.ranked_clusters_[0].cluster, 1.0)]
+    assert any("3 significant cluster(s)" in note and "unstable, not reported" in note for note in filtered.notes_)
+
+    monkeypatch.setattr("ravl_med.discover.ravl.cluster_stability", lambda make, clusters, *a, **k: np.full(len(clusters), 0.3))
+    none_left = RaVLDiscoverer(**every_candidate).fit(*data.fit_args())
+    assert none_left.outcome_ == "unstable" and none_left.ranked_clusters_ == [] and none_left.kept_.size == 0
+    assert any("stability 0.30, 0.30, 0.30, 0.30" in note for note in none_left.notes_) and "unstable" in OUTCOME_TEXT
+    assert none_left.to_dict()["outcome"] == "unstable"
+
+
+def test_without_stability_refits_the_filter_is_off_and_says_so():
+    data = make_planted_spurious(n_images=300, regions_per_image=4, n_classes=3, random_state=1)
+    disc = RaVLDiscoverer(n_boot=0, n_stability=0).fit(*data.fit_args())
+    assert disc.outcome_ == "found" and disc.ranked_clusters_[0].stability is None
+    assert any("without the min_stability 0.5 filter" in note for note in disc.notes_)
+
+
 def test_clusters_without_an_accuracy_gap_are_not_reported():
     # Structured embeddings, but the model's right and wrong answers are unrelated to any region:
     # shuffle the image scores across images of the same class.

@@ -23,8 +23,8 @@ from ._groups import (
 __all__ = ["BaseDiscoverer", "scores_from_embeddings"]
 
 #: The legitimate outcomes of an audit (``outcome_``).
-OUTCOMES = ("found", "no_structure", "no_candidate", "no_influential", "not_significant", "too_few_regions",
-            "no_selection")
+OUTCOMES = ("found", "no_structure", "no_candidate", "no_influential", "not_significant", "unstable",
+            "too_few_regions", "no_selection")
 
 
 def scores_from_embeddings(embeddings, text_embeddings, temperature: float = 0.07,

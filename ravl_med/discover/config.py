@@ -64,6 +64,11 @@ class DiscoveryConfig(StrictModel):
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.01
     #: Stability: refits on this many random halves of the images (0: not measured).
     n_stability: Annotated[int, Field(ge=0)] = 20
+    #: A kept cluster must be found again in at least this share of the stability refits, else it is
+    #: not reported ("unstable" when none is left; 0, or n_stability 0: no such filter). 0.5, fixed
+    #: before the fresh negative controls of 2026-12-07 (BENCHMARKS.md): the first controls' two false
+    #: alarms had stability 0.00 and 0.30, the valid settings' top clusters 0.85-1.00.
+    min_stability: Annotated[float, Field(ge=0, le=1)] = 0.5
 
     @field_validator("k_range")
     @classmethod

@@ -87,6 +87,8 @@ class RaVLDiscoverer(BaseDiscoverer):
         n_permutations: within-class shuffles of the correctness for each candidate's p-value of G.
         alpha: a kept cluster needs a Holm-adjusted p-value <= alpha ("not_significant" otherwise).
         n_stability: refits on random halves of the images for each kept cluster's stability (0: none).
+        min_stability: kept clusters found again in fewer than this share of the refits are not
+            reported ("unstable" when none is left; 0, or ``n_stability`` 0: no such filter, with a note).
         random_state: seed for sampling, FasterPAM, the null models and the bootstrap.
 
     Attributes:
@@ -109,7 +111,7 @@ class RaVLDiscoverer(BaseDiscoverer):
         kept_: clusters passing the gap filter, the influence threshold and the gap test.
         ranked_clusters_: list of :class:`RankedCluster`, kept clusters by G descending.
         ranked_regions_: list of (n_c,) region indices per ranked cluster, by similarity to the medoid.
-        outcome_: "found", "no_structure", "no_candidate", "no_influential", "not_significant" or
+        outcome_: "found", "no_structure", "no_candidate", "no_influential", "not_significant", "unstable" or
             "too_few_regions".
         notes_: human-readable reasons.
     """
@@ -127,7 +129,7 @@ class RaVLDiscoverer(BaseDiscoverer):
                  block_rows: int = _DEFAULTS.block_rows, n_jobs: int = _DEFAULTS.n_jobs,
                  structure_null: int = _DEFAULTS.structure_null, structure_sample: int = _DEFAULTS.structure_sample,
                  n_permutations: int = _DEFAULTS.n_permutations, alpha: float = _DEFAULTS.alpha,
-                 n_stability: int = _DEFAULTS.n_stability,
+                 n_stability: int = _DEFAULTS.n_stability, min_stability: float = _DEFAULTS.min_stability,
                  random_state: int | None = _DEFAULTS.random_state):
         self.temperature = temperature
         self.k_range = k_range
@@ -149,6 +151,7 @@ class RaVLDiscoverer(BaseDiscoverer):
         self.n_permutations = n_permutations
         self.alpha = alpha
         self.n_stability = n_stability
+        self.min_stability = min_stability
         self.random_state = random_state
 
     def k_values(self, n_classes: int) -> list[int]:
@@ -259,33 +262,50 @@ class RaVLDiscoverer(BaseDiscoverer):
             return self._finish()
         # Sort by G descending; ties by cluster id for determinism.
         order = sorted(self.kept_.tolist(), key=lambda c: (-stats.gap_score[c], c))
+        stability = self._stability(order, region_embeddings, inputs) if self.n_stability else {}
+        if not stability and self.min_stability:
+            self.notes_.append(f"stability not measured (n_stability 0): clusters are reported without the "
+                               f"min_stability {self.min_stability} filter.")
+        unstable = [c for c in order if stability and stability[c] < self.min_stability]
+        if unstable:
+            order = [c for c in order if c not in unstable]
+            self.kept_ = np.asarray(sorted(order), dtype=np.int64)
+            self.notes_.append(
+                f"{len(unstable)} significant cluster(s) were found again in fewer than {self.min_stability:.0%} of "
+                f"{self.n_stability} refits on random halves of the images (stability "
+                f"{', '.join(f'{stability[c]:.2f}' for c in unstable)}): unstable, not reported.")
+        if not order:
+            self.outcome_ = "unstable"
+            self.notes_.append("no significant cluster is stable: no spurious correlation is reported.")
+            return self._finish()
         ranked_regions = [self._cluster_regions(c) for c in range(result.k)]
         self._ranked(self.labels_, order, stats.gap_score, ranked_regions, inputs, medoids=self.medoids_, stats=stats)
         for cluster in self.ranked_clusters_:
             cluster.p_value = float(self.p_values_[cluster.cluster])
             cluster.p_adjusted = float(self.p_adjusted_[cluster.cluster])
+            cluster.stability = stability.get(cluster.cluster)
         self.outcome_ = "found"
         self.notes_.append(f"{len(order)} cluster(s) kept out of {result.k} ({self.candidates_.size} passed the "
-                           f"gap filter; kept ones have influence >= {self.influence_threshold} and a Holm-adjusted "
-                           f"permutation p-value <= {self.alpha}).")
-        if self.n_stability:
-            self._measure_stability(region_embeddings, inputs)
+                           f"gap filter; kept ones have influence >= {self.influence_threshold}, a Holm-adjusted "
+                           f"permutation p-value <= {self.alpha}"
+                           + (f" and stability >= {self.min_stability}" if self.min_stability and stability else "")
+                           + ").")
+        if stability:
+            caution = [c.rank for c in self.ranked_clusters_ if c.stability < 0.5]
+            self.notes_.append(f"stability: each kept cluster was looked for again in {self.n_stability} refits on "
+                               "random halves of the images (a match shares >= 50% of its regions, Jaccard)"
+                               + (f"; cluster(s) {caution} were found again in fewer than half of them: unstable, "
+                                  "treat with caution." if caution else "."))
         return self._finish()
 
-    def _measure_stability(self, region_embeddings, inputs) -> None:
-        """Each ranked cluster's stability: refits on random halves of the images (see :mod:`.stability`)."""
-        clusters = [np.flatnonzero(self.labels_ == c.cluster) for c in self.ranked_clusters_]
-        refit = self.get_params() | {"n_stability": 0, "n_boot": 0, "structure_null": 0}
+    def _stability(self, clusters: list[int], region_embeddings, inputs) -> dict[int, float]:
+        """{cluster: stability} of ``clusters``: refits on random halves of the images (see :mod:`.stability`)."""
+        members = [np.flatnonzero(self.labels_ == c) for c in clusters]
+        refit = self.get_params() | {"n_stability": 0, "min_stability": 0.0, "n_boot": 0, "structure_null": 0}
         scores = cluster_stability(
-            lambda: type(self)(**refit), clusters, np.asarray(region_embeddings), inputs,
+            lambda: type(self)(**refit), members, np.asarray(region_embeddings), inputs,
             n_resamples=self.n_stability, random_state=self.random_state)
-        for cluster, score in zip(self.ranked_clusters_, scores):
-            cluster.stability = float(score)
-        unstable = [c.rank for c in self.ranked_clusters_ if c.stability < 0.5]
-        self.notes_.append(f"stability: each kept cluster was looked for again in {self.n_stability} refits on random "
-                           "halves of the images (a match shares >= 50% of its regions, Jaccard)"
-                           + (f"; cluster(s) {unstable} were found again in fewer than half of them: unstable, "
-                              "treat with caution." if unstable else "."))
+        return {c: float(score) for c, score in zip(clusters, scores, strict=True)}
 
     def fit_embeddings(self, region_embeddings, region_image, image_labels, image_embeddings, text_embeddings, *,
                        class_names=None) -> RaVLDiscoverer:
