@@ -67,7 +67,9 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
              "--workers", "1"],
-            cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            # No job runner (GenAI scorers): 8 fewer processes, 1.3 GiB less (docker/compose.yaml).
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
