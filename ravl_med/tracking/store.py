@@ -581,9 +581,8 @@ class Tracker(TrackedRun):
         self._fall_back(err, replay=False)
 
     def _fall_back(self, err: BaseException, *, replay: bool) -> None:
-        remote = self.tracking_uri
+        remote, local = self.tracking_uri, _local_uri(self.local_dir)
         try:
-            local = _local_uri(self.local_dir)
             self._connect(local)
         except TrackingError as unusable:
             raise TrackingError(f"tracking server {remote} unreachable, and {unusable}") from err
