@@ -46,8 +46,9 @@ OUTCOME_TEXT = {
                        "but no difference was larger than chance produces (permutation test, corrected for the "
                        "number of groups tested): nothing is reported as a shortcut.",
     "unstable": "Some groups of image regions went with higher accuracy for one class and lower for another, "
-                "beyond chance, but none of them came back when the audit was repeated on random halves of the "
-                "images (found again in fewer than half of the repeats): nothing is reported as a shortcut.",
+                "beyond chance, but none of them came back reliably when the audit was repeated on random halves "
+                "of the images (stability below the audit's min_stability; the notes give it): nothing is reported "
+                "as a shortcut.",
     "too_few_regions": "There were too few image regions to cluster: nothing could be analysed.",
     "no_selection": "The method selected no group of images.",
     "too_little_data": "Too little data to conclude: the audited images cannot tell a shortcut from chance (the "
