@@ -280,7 +280,6 @@ def test_a_server_that_starts_late_is_waited_for(tmp_path, recwarn, caplog):
         with Tracker("ravl-med/late", "bench", tracking_uri=f"http://127.0.0.1:{port}", local_dir=tmp_path / "local",
                      server_wait_s=120) as run:
             run.log_metric("test/acc/worst_group", 0.5)
-        launcher.join()
         assert "does not answer; waiting up to 120 s" in caplog.text  # it was not up at the start
         assert run.store == "remote" and not (tmp_path / "local").exists()
         assert not any("unreachable" in str(w.message) for w in recwarn)

@@ -266,14 +266,14 @@ class RaVLDiscoverer(BaseDiscoverer):
         if not stability and self.min_stability:
             self.notes_.append(f"stability not measured (n_stability 0): clusters are reported without the "
                                f"min_stability {self.min_stability} filter.")
-        unstable = [c for c in order if stability and stability[c] < self.min_stability]
+        unstable = {c for c, score in stability.items() if score < self.min_stability}
         if unstable:
             order = [c for c in order if c not in unstable]
             self.kept_ = np.asarray(sorted(order), dtype=np.int64)
             self.notes_.append(
                 f"{len(unstable)} significant cluster(s) were found again in fewer than {self.min_stability:.0%} of "
                 f"{self.n_stability} refits on random halves of the images (stability "
-                f"{', '.join(f'{stability[c]:.2f}' for c in unstable)}): unstable, not reported.")
+                f"{', '.join(f'{stability[c]:.2f}' for c in stability if c in unstable)}): unstable, not reported.")
         if not order:
             self.outcome_ = "unstable"
             self.notes_.append("no significant cluster is stable: no spurious correlation is reported.")

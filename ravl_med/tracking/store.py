@@ -149,14 +149,29 @@ def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _store_lock(database: Path | None):
-    """An inter-process lock on ``<database>.lock`` (a no-op context without a database)."""
+@contextlib.contextmanager
+def _store_lock(database: Path | None) -> Iterator[None]:
+    """An inter-process lock on ``<database>.lock`` (nothing without a database).
+
+    Raises:
+        TrackingError: the database's folder cannot be created or written (e.g. a read-only working
+            directory in a hardened container).
+    """
     if database is None:
-        return contextlib.nullcontext()
+        yield
+        return
     from filelock import FileLock
 
-    database.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(database) + ".lock", timeout=600)
+    lock = FileLock(str(database) + ".lock", timeout=600)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise TrackingError(_unwritable(database.parent, err)) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _server_alive(uri: str, timeout: float = 3.0) -> bool:
@@ -482,11 +497,7 @@ class Tracker(TrackedRun):
         # another process doing the same: two runs started together on a new store crashed one of them
         # ("table ... already exists"). A lock file beside the database serialises the set-up.
         database = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(_store_lock(database))
-            except OSError as err:  # e.g. a read-only folder (a hardened container's working directory)
-                raise TrackingError(_unwritable(database.parent, err)) from err
+        with _store_lock(database):
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(self.experiment)
             # Every experiment used is tagged a model-training one: MLflow 3.x UIs that read the tag may
@@ -563,21 +574,21 @@ class Tracker(TrackedRun):
     def _connect_late(self, err: BaseException) -> None:
         """Connects to a remote server that did not answer at the start, once it answers within
         ``server_wait_s`` (polled every 2 s); else falls back to the local store."""
-        remote = self.tracking_uri
+        remote, deadline = self.tracking_uri, time.monotonic() + self.server_wait_s
         if self.server_wait_s > 0:
             logger.warning("tracking server %s does not answer; waiting up to %.0f s for it", remote,
                            self.server_wait_s)
-            deadline = time.monotonic() + self.server_wait_s
-            while time.monotonic() < deadline:
-                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-                if _server_alive(remote):
-                    try:
-                        self._connect(remote)
-                        return
-                    except Exception as again:
-                        if not self._lost(again):
-                            raise
-                        err = again
+        while time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            if not _server_alive(remote):
+                continue
+            try:
+                self._connect(remote)
+                return
+            except Exception as again:
+                if not self._lost(again):
+                    raise
+                err = again
         self._fall_back(err, replay=False)
 
     def _fall_back(self, err: BaseException, *, replay: bool) -> None:
