@@ -68,7 +68,7 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
              "--workers", "1"],
             cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            # No job runner (GenAI scorers): 8 fewer processes, 1.3 GiB less (docker/compose.yaml).
+            # No job runner (GenAI scorers): 8 fewer processes, 1.3 GiB less (benchmarks/mlflow_server_memory.py).
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
