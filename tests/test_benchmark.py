@@ -159,6 +159,35 @@ def test_invalid_setting_is_reported_and_not_mitigated(tmp_path, capsys):
     assert not (tmp_path / "out" / SETTING / "mitigate").exists()
     tables = summarise([row])
     assert len(tables["mitigation"]) == 0 and len(tables["settings"]) == 1
+    assert len(tables["mitigation_invalid"]) == 0
+
+
+def test_on_invalid_mitigates_invalid_settings_and_reports_them_apart(tmp_path, capsys):
+    # Do no harm (issue 16): what each method does to a model that learned no shortcut is measured,
+    # and kept out of the valid settings' tables.
+    config = _config(tmp_path, min_shortcut_gap=1.0,
+                     mitigation={"methods": ["standard", "upsampled"], "on_invalid": True})
+    data = yaml.safe_load(config.read_text())
+    data["audit"]["methods"] = ["ravl"]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
+    out = capsys.readouterr().out
+    assert "INVALID" in out and "mitigation skipped" not in out
+    row = load_rows(tmp_path / "out")[0]
+    assert row["valid"] is False and set(row["mitigation"]) == {"standard", "upsampled"}
+    assert (tmp_path / "out" / SETTING / "mitigate" / "upsampled").is_dir()
+    tables = summarise([row])
+    assert len(tables["mitigation"]) == 0 and len(tables["differences"]) == 0
+    harm = tables["mitigation_invalid"].set_index("method")
+    assert harm.loc["upsampled", "n"] == 1
+    assert harm.loc["upsampled", "image_worst_group_mean"] == pytest.approx(
+        row["mitigation"]["upsampled"]["image_worst_group"])
+    pair = tables["differences_invalid"].set_index(["metric", "method", "versus"])
+    assert pair.loc[("image_worst_group", "upsampled", "standard"), "mean"] == pytest.approx(
+        row["mitigation"]["upsampled"]["image_worst_group"] - row["mitigation"]["standard"]["image_worst_group"])
+    tables_dir = tmp_path / "out" / "tables"
+    assert "upsampled" in (tables_dir / "mitigation_invalid.md").read_text()
+    assert (tables_dir / "mitigation.md").read_text() == "(no setting has results for this table)\n"
 
 
 def test_unknown_setting_and_method_are_clear_errors(tmp_path, capsys):

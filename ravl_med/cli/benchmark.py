@@ -37,8 +37,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--suite", choices=[p.stem for p in sorted(benchmarks_dir().glob("*.yaml"))],
                         help="built-in definition datasets/benchmarks/SUITE.yaml: smoke (CI-sized, minutes), "
                              "standard (the discovery table, hours on a CPU), mitigation (the mitigation table on "
-                             "learnable spurious classes, about 1.5 hours on a CPU), gpu (larger, for a GPU machine), "
-                             "demo")
+                             "learnable spurious classes, and what each method does where no shortcut was "
+                             "learned; hours on a CPU), gpu (larger, for a GPU machine), demo")
     source.add_argument("--config", type=Path, help="a benchmark YAML (format of datasets/benchmarks/*.yaml)")
     parser.add_argument("--out", type=Path, help="output folder (overrides output_dir)")
     parser.add_argument("--settings", help="comma-separated setting names or shell patterns to run, e.g. "

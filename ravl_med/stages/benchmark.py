@@ -10,9 +10,9 @@ interrupted suite resumes where it stopped):
    the audit's region embeddings (the split is embedded once), where the feature is independent of the
    class: the setting is *valid* only when the model learned the shortcut
    (:func:`~ravl_med.evaluate.shortcut_learned`, as in the paper);
-4. ``mitigation`` (valid settings only): every method of ``config.mitigation.methods`` from the
-   weights stage 1 started from, same recipe, same seed, each evaluated on the test split
-   (:func:`~ravl_med.stages.mitigate.run_mitigation`).
+4. ``mitigation`` (valid settings, and invalid ones too with ``mitigation.on_invalid``): every method
+   of ``config.mitigation.methods`` from the weights stage 1 started from, same recipe, same seed,
+   each evaluated on the test split (:func:`~ravl_med.stages.mitigate.run_mitigation`).
 
 Outputs of one setting under ``output_dir/<setting>``: ``data/``, ``stage1/``, ``audit/``,
 ``mitigate/<method>/``, ``groups/<method>.csv`` (the per-group tables) and ``result.json``
@@ -172,10 +172,10 @@ def _run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None,
     ranked = audit.audit["methods"][audit.primary]["ranked_clusters"]  # as in audit.json
 
     mitigation: dict[str, dict[str, Any]] = {}
-    if not stage1.valid:
-        say(f"{setting.name}: [4/4] mitigation skipped (invalid setting)")
-    else:
+    if stage1.valid or config.mitigation.on_invalid:
         mitigation = _mitigate(setting, config, ft, stage1, root, tags, observer, progress, say)
+    else:
+        say(f"{setting.name}: [4/4] mitigation skipped (invalid setting; mitigation.on_invalid is off)")
     result = SettingResult(
         setting=setting.name, artefact=setting.artefact, spurious_class=setting.spurious_class,
         strength=setting.strength, seed=setting.seed, device=device, valid=stage1.valid,
@@ -224,7 +224,7 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
 
     plan = config.mitigation
     results: dict[str, Any] = {}
-    knobs = plan.model_dump(exclude={"methods", "spurious_template", "method", "spurious_prompts"})
+    knobs = plan.model_dump(exclude={"methods", "spurious_template", "method", "spurious_prompts", "on_invalid"})
     prompts = [plan.spurious_template.format(artefact_label(setting.artefact).replace("_", " "))]
     evaluation = MitigationEvaluation(spurious_class=setting.spurious_class, batch_size=config.audit.batch_size,
                                       n_boot=config.n_boot)
@@ -238,8 +238,8 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
                                       method=method, stage1_checkpoint=stage1.fit.checkpoint,
                                       stage1_sha256=stage1.fit.sha256, audit_dir=root / "audit",
                                       spurious_prompts=prompts, evaluation=evaluation, **knobs)
-            # Every method runs on every valid setting, whatever the audit's outcome (force): the tables
-            # record the outcome, and what mitigation does without a significant finding is measured.
+            # Every method runs whatever the audit's outcome (force): the tables record the outcome, and
+            # what mitigation does without a significant finding (or without a learned shortcut) is measured.
             observed = run_mitigation(mitigate, resume=True, progress=progress, force=True)
             if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
                 raise ConfigError(f"{setting.name}: {method} was not evaluated: "
@@ -251,7 +251,7 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
             f"{outcome.image_worst_group:.3f}")
         if observer is not None:
             observer(f"{setting.name}/mitigate/{method}", observed,
-                     tags | {"stage": "mitigation", "method": method, "valid": True})
+                     tags | {"stage": "mitigation", "method": method, "valid": stage1.valid})
     return results
 
 

@@ -202,6 +202,10 @@ class BenchmarkMitigation(MitigationSettings):
     #: Texts naming the spurious attribute for ``spurious_aware``, with ``{}`` for the artefact's
     #: name in words (``chest_drain`` -> ``chest drain``).
     spurious_template: str = "a chest x-ray with a {}."
+    #: Also mitigate *invalid* settings (the stage-1 model did not learn the shortcut): what each method
+    #: does to a model that has none (do no harm), reported apart from the valid settings' tables
+    #: (``mitigation_invalid``, ``differences_invalid``). Costs the methods' training again per invalid setting.
+    on_invalid: bool = False
 
     _distinct_methods = field_validator("methods")(classmethod(lambda cls, v: _distinct(v, "methods")))
 
@@ -211,8 +215,8 @@ class BenchmarkConfig(StrictModel):
 
     Per setting: write the phantom DICOMs, fine-tune stage 1 (``finetune`` recipe), judge validity
     (did the model learn the shortcut?), audit (``audit``: RaVL and the discovery baselines,
-    Precision@k), then, for valid settings, every mitigation method and its evaluation on the test
-    split. The model, the prompts and the ingestion (with the candidate regions) are named once, at
+    Precision@k), then, for valid settings (and invalid ones with ``mitigation.on_invalid``), every
+    mitigation method and its evaluation on the test split. The model, the prompts and the ingestion (with the candidate regions) are named once, at
     the top, and used by every stage of a setting; the manifest, classes and seed come from the setting.
     """
 

@@ -1,7 +1,9 @@
 """The benchmark's result tables and plots, from the per-setting rows (``<setting>/result.json``).
 
 :func:`write_tables` turns rows into ``settings.csv``, ``discovery.csv|md``, ``mitigation.csv|md``,
-``differences.csv|md`` (methods compared seed by seed) and two PNG plots; :func:`summarise` computes the tables; :func:`load_rows` reads a suite's rows.
+``differences.csv|md`` (methods compared seed by seed), the same two for invalid settings where they were
+mitigated (``mitigation_invalid``, ``differences_invalid``: do no harm) and two PNG plots;
+:func:`summarise` computes the tables; :func:`load_rows` reads a suite's rows.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
         ``settings`` (one row per setting), ``discovery`` (mean, 95% interval and n of Precision@k per
         method and strength, over valid settings), ``mitigation`` (mean and 95% interval of each metric
         per method, over valid settings), ``differences`` (:func:`paired_differences` over valid settings),
-        ``alarms`` (per validity and strength: settings whose audit
-        reported a finding; on invalid settings that is a false alarm).
+        ``mitigation_invalid`` and ``differences_invalid`` (the same over invalid settings that were
+        mitigated: what each method does to a model without the shortcut), ``alarms`` (per validity
+        and strength: settings whose audit reported a finding; on invalid settings that is a false alarm).
     """
     flat = []
     for row in rows:
@@ -56,23 +59,29 @@ def summarise(rows: Sequence[dict[str, Any]], precision_k: int = 10) -> dict[str
         discovery = pd.DataFrame([
             {"method": method, "strength": strength, **_interval_columns(part["precision"])}
             for (method, strength), part in discovery.groupby(["method", "strength"], sort=False)])
-    mitigation = pd.DataFrame([{"method": m, **{k: v.get(k) for k in METRICS}}
-                               for r in valid for m, v in r.get("mitigation", {}).items()])
-    if len(mitigation):
-        mitigation = pd.DataFrame([
-            {"method": method, "n": len(part),
-             **{f"{k}_{column}": value for k in METRICS
-                for column, value in _interval_columns(part[k]).items() if column != "n"}}
-            for method, part in mitigation.groupby("method", sort=False)])
-    differences = paired_differences(valid)
+    invalid = [r for r in rows if not r["valid"]]
     alarms = pd.DataFrame([
         {"valid": is_valid, "strength": strength, "settings": len(part),
          "found": int((part == "found").sum()), "found_rate": float((part == "found").mean())}
         for (is_valid, strength), part in pd.DataFrame(
             [{"valid": r["valid"], "strength": r["strength"], "outcome": r.get("audit_outcome")} for r in rows]
         ).groupby(["valid", "strength"], sort=True)["outcome"]]) if rows else pd.DataFrame()
-    return {"settings": settings, "discovery": discovery, "mitigation": mitigation, "differences": differences,
-            "alarms": alarms}
+    return {"settings": settings, "discovery": discovery, "mitigation": _method_means(valid),
+            "differences": paired_differences(valid), "mitigation_invalid": _method_means(invalid),
+            "differences_invalid": paired_differences(invalid), "alarms": alarms}
+
+
+def _method_means(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Per mitigation method: ``n`` and mean and 95% interval of each of :data:`METRICS` over ``rows``."""
+    table = pd.DataFrame([{"method": m, **{k: v.get(k) for k in METRICS}}
+                          for r in rows for m, v in r.get("mitigation", {}).items()])
+    if not len(table):
+        return table
+    return pd.DataFrame([
+        {"method": method, "n": len(part),
+         **{f"{k}_{column}": value for k in METRICS
+            for column, value in _interval_columns(part[k]).items() if column != "n"}}
+        for method, part in table.groupby("method", sort=False)])
 
 
 #: The metrics :func:`paired_differences` compares.
@@ -120,7 +129,7 @@ def _error_bars(mean, low, high) -> np.ndarray:
 def _markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table (floats to 3 decimals; no extra dependency)."""
     if not len(table):
-        return "(no valid setting)\n"
+        return "(no setting has results for this table)\n"
 
     def cell(value):
         if isinstance(value, float):
