@@ -3,8 +3,10 @@
 A setting family is one artefact, spurious class and strength over its seeds. For each family and
 for all valid settings pooled, prints per method: n, image overall accuracy, image worst-group
 accuracy and core-region worst-group accuracy (mean [95% t-interval] over seeds), then the paired
-differences (same seed) of ``--method`` against every other method. Reads ``<setting>/result.json``
-only (no ground truth beyond what the benchmark already stored; ``oracle_*`` rows are ceilings).
+differences (same seed) of ``--method`` against every other method. Invalid settings that were mitigated
+(``mitigation.on_invalid``) are pooled apart: what each method does to a model without the shortcut,
+as each method minus standard, paired by setting (do no harm). Reads ``<setting>/result.json`` only (no
+ground truth beyond what the benchmark already stored; ``oracle_*`` rows are ceilings).
 
     python benchmarks/mitigation_settings.py outputs/mit-v099-a outputs/mit-v099-b \
         --method counterfactual_upsampled
@@ -21,9 +23,10 @@ from ravl_med.evaluate.intervals import MeanInterval
 from ravl_med.stages.tables import load_rows, paired_differences, summarise
 
 
-def method_table(rows: Sequence[dict]) -> str:
-    """Markdown: per method, n and mean [95% interval] of image overall, image and core-region worst group."""
-    table = summarise(rows)["mitigation"]
+def method_table(rows: Sequence[dict], table: str = "mitigation") -> str:
+    """Markdown: per method, n and mean [95% interval] of image overall, image and core-region worst group,
+    over the valid rows (``table="mitigation_invalid"``: over the invalid ones)."""
+    table = summarise(rows)[table]
     lines = ["| method | n | image overall | image worst group | core-region worst group |", "|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         cells = [f"{MeanInterval(getattr(r, f'{k}_mean'), getattr(r, f'{k}_ci_low'), getattr(r, f'{k}_ci_high'), r.n):.3f}"
@@ -42,6 +45,19 @@ def differences_table(rows: Sequence[dict], method: str) -> str:
         cells = [f"{MeanInterval(by[m].mean, by[m].ci_low, by[m].ci_high, by[m].n):+.3f}"
                  for m in ("image_worst_group", "image_accuracy")]
         lines.append(f"| {versus} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def harm_table(rows: Sequence[dict]) -> str:
+    """Markdown: each method minus ``standard``, paired by setting, on the invalid rows that were mitigated."""
+    diff = summarise(rows)["differences_invalid"]
+    diff = diff[diff["versus"] == "standard"] if len(diff) else diff
+    lines = ["| method minus standard | n | image worst group | image overall |", "|---|---|---|---|"]
+    for method, part in diff.groupby("method", sort=False):
+        by = {r.metric: r for r in part.itertuples(index=False)}
+        cells = [f"{MeanInterval(by[m].mean, by[m].ci_low, by[m].ci_high, by[m].n):+.3f}"
+                 for m in ("image_worst_group", "image_accuracy")]
+        lines.append(f"| {method} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -74,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(method_table(valid))
         print()
         print(differences_table(valid, args.method))
+    harmed = [r for r in rows if not r["valid"] and r.get("mitigation")]
+    if harmed:
+        print(f"\n## Invalid settings, mitigated anyway: do no harm ({len(harmed)}: "
+              + ", ".join(r["setting"] for r in harmed) + ")")
+        print(method_table(harmed, "mitigation_invalid"))
+        print()
+        print(harm_table(harmed))
 
 
 if __name__ == "__main__":
