@@ -38,26 +38,23 @@ def method_table(rows: Sequence[dict], table: str = "mitigation") -> str:
 def differences_table(rows: Sequence[dict], method: str) -> str:
     """Markdown: ``method`` minus each other method, paired by seed, image worst group and overall."""
     diff = paired_differences(rows)
-    diff = diff[diff["method"] == method]
-    lines = ["| versus | n | image worst group | image overall |", "|---|---|---|---|"]
-    for versus, part in diff.groupby("versus", sort=False):
-        by = {r.metric: r for r in part.itertuples(index=False)}
-        cells = [f"{MeanInterval(by[m].mean, by[m].ci_low, by[m].ci_high, by[m].n):+.3f}"
-                 for m in ("image_worst_group", "image_accuracy")]
-        lines.append(f"| {versus} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _paired_table(diff[diff["method"] == method], "versus", "versus")
 
 
 def harm_table(rows: Sequence[dict]) -> str:
     """Markdown: each method minus ``standard``, paired by setting, on the invalid rows that were mitigated."""
     diff = summarise(rows)["differences_invalid"]
-    diff = diff[diff["versus"] == "standard"] if len(diff) else diff
-    lines = ["| method minus standard | n | image worst group | image overall |", "|---|---|---|---|"]
-    for method, part in diff.groupby("method", sort=False):
+    return _paired_table(diff[diff["versus"] == "standard"] if len(diff) else diff, "method", "method minus standard")
+
+
+def _paired_table(diff, key: str, header: str) -> str:
+    """Markdown: one line per value of ``key`` of the paired differences ``diff``, worst group and overall."""
+    lines = [f"| {header} | n | image worst group | image overall |", "|---|---|---|---|"]
+    for name, part in diff.groupby(key, sort=False):
         by = {r.metric: r for r in part.itertuples(index=False)}
         cells = [f"{MeanInterval(by[m].mean, by[m].ci_low, by[m].ci_high, by[m].n):+.3f}"
                  for m in ("image_worst_group", "image_accuracy")]
-        lines.append(f"| {method} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {by['image_worst_group'].n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
