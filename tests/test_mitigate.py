@@ -188,7 +188,7 @@ def test_one_pass_image_embedding_matches_encode_image(stage1):
 def test_ravl_loss_is_finite_and_falls(stage1, tmp_path):
     config = _config(stage1, tmp_path / "out", "ravl")
     config.finetune.batch_size = 16  # one batch = the whole training split: the same images each step
-    summary = run_mitigation(config, max_steps=5, progress=False).to_json()
+    summary = run_mitigation(config, max_steps=5, progress=False, force=True).to_json()
     losses = summary["result"]["step_losses"]
     assert len(losses) == 5 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
@@ -208,10 +208,10 @@ def test_methods_of_one_folder_embed_the_training_regions_once(stage1, tmp_path)
     def shards(out: Path) -> dict[Path, int]:
         return {p: p.stat().st_mtime_ns for p in (out / STAGE1_REGION_CACHE).rglob("shard-*.npz")}
 
-    first = run_mitigation(_config(stage1, tmp_path / "out", "upsampled"), max_steps=1, progress=False)
+    first = run_mitigation(_config(stage1, tmp_path / "out", "upsampled"), max_steps=1, progress=False, force=True)
     written = shards(tmp_path / "out")
     assert written
-    second = run_mitigation(_config(stage1, tmp_path / "out", "vl_gdro"), max_steps=1, progress=False)
+    second = run_mitigation(_config(stage1, tmp_path / "out", "vl_gdro"), max_steps=1, progress=False, force=True)
     assert shards(tmp_path / "out") == written
     assert second.region_labels["group_sizes"] == first.region_labels["group_sizes"]
     assert second.region_labels["spurious_fraction"] == first.region_labels["spurious_fraction"]
@@ -219,7 +219,8 @@ def test_methods_of_one_folder_embed_the_training_regions_once(stage1, tmp_path)
 
 @pytest.mark.parametrize("method", [m for m, spec in MITIGATION_METHODS.items() if m != "ravl" and not spec.counterfactual])
 def test_every_baseline_runs(stage1, tmp_path, method):
-    summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False).to_json()
+    summary = run_mitigation(_config(stage1, tmp_path / "out", method), max_steps=2, progress=False,
+                             force=True).to_json()
     assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
 
 
@@ -246,13 +247,13 @@ def test_counterfactual_methods_run_without_ground_truth(stage1, tmp_path):
                    "counterfactual_paste_upsampled"):
         config = _config(stage1, tmp_path / "out", method, audit_dir=audit)
         config.finetune.manifest = tmp_path / "manifest.csv"
-        summary = run_mitigation(config, max_steps=2, progress=False).to_json()
+        summary = run_mitigation(config, max_steps=2, progress=False, force=True).to_json()
         assert summary["result"]["steps"] == 2 and all(np.isfinite(summary["result"]["step_losses"]))
         labelled = sum(n for g, n in summary["region_labels"]["group_sizes"].items() if g.endswith("|with"))
         assert 0 < labelled < len(blind.query("split == 'train'"))
     # Every training image carrying the feature: nothing to swap, one clear error.
     with pytest.raises(ConfigError, match="counterfactual: .*with and without"):
-        run_mitigation(_config(stage1, tmp_path / "all", "counterfactual"), max_steps=1, progress=False)
+        run_mitigation(_config(stage1, tmp_path / "all", "counterfactual"), max_steps=1, progress=False, force=True)
 
 
 def test_oracle_reads_the_masks_and_says_so(stage1, tmp_path, caplog):
@@ -262,7 +263,7 @@ def test_oracle_reads_the_masks_and_says_so(stage1, tmp_path, caplog):
     table.to_csv(tmp_path / "manifest.csv", index=False)
     config = _config(stage1, tmp_path / "out", "oracle_counterfactual")
     config.finetune.manifest = tmp_path / "manifest.csv"
-    summary = run_mitigation(config, max_steps=2, progress=False).to_json()
+    summary = run_mitigation(config, max_steps=2, progress=False, force=True).to_json()
     assert summary["result"]["steps"] == 2 and "ORACLE" in caplog.text
     table.drop(columns=["mask_artefact"]).to_csv(tmp_path / "blind.csv", index=False)
     config.finetune.manifest = tmp_path / "blind.csv"
@@ -322,8 +323,15 @@ def test_mitigation_reads_the_review(stage1, tmp_path):
     """review.yaml decides the spurious clusters (report ranks); unfinished or empty reviews are refused."""
     audit = _audit_copy(stage1, tmp_path / "audit", [2, 0, 1])
     config = _config(stage1, tmp_path / "out", "ravl", audit_dir=audit, spurious_ranks=[3])
-    with pytest.raises(ConfigError, match="spurious_ranks: the audit kept no cluster of rank \\[3\\]"):
+    # No review: the audit cannot tell a shortcut from the class's own evidence, so a person decides.
+    with pytest.raises(ConfigError, match="no review.yaml: .*ravl-med review .* --spurious RANKS.*--force"):
         run_mitigation(config, max_steps=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="spurious_ranks \\(no review, forced\\): the audit kept no cluster of rank"):
+        run_mitigation(config, max_steps=1, progress=False, force=True)
+    forced = run_mitigation(config.model_copy(update={"spurious_ranks": [1]}), max_steps=1, progress=False,
+                            force=True).region_labels
+    assert forced["spurious_ranks"] == [1] and forced["forced"] and forced["spurious_from"].endswith("forced)")
     run_review(audit)
     with pytest.raises(ConfigError, match="cluster\\(s\\) \\[1, 2\\] not reviewed yet"):
         run_mitigation(config, max_steps=1, progress=False)
@@ -349,7 +357,7 @@ def test_a_recipe_unlike_stage_ones_is_named(stage1, tmp_path):
     config = _config(stage1, tmp_path / "out", "vl_erm", stage1_checkpoint=folder)
     recipe = config.finetune.model_dump(mode="json") | {"lr": 0.01, "output_dir": "elsewhere"}
     (folder / "metrics.json").write_text(json.dumps({"sha256": stage1.sha, "config": recipe}))
-    notes = run_mitigation(config, max_steps=1, progress=False).notes
+    notes = run_mitigation(config, max_steps=1, progress=False, force=True).notes
     assert [n for n in notes if "recipe" in n] == [
         f"warning: the mitigation recipe differs from the stage-1 model's ({(folder / 'metrics.json').as_posix()}): "
         "lr 0.01 in stage 1, 0.001 here. RaVL compares methods trained with the stage-1 recipe; set the same values "
@@ -385,7 +393,7 @@ def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
     path = tmp_path / "mitigate.yaml"
     path.write_text(yaml.safe_dump(config))
     code = main(["mitigate", "--config", str(path), "--method", "vl_gdro", "--out", str(tmp_path / "cli"),
-                 "--max-steps", "1", "--no-progress"])
+                 "--max-steps", "1", "--no-progress", "--force"])
     assert code == 0
     assert '"method": "vl_gdro"' in capsys.readouterr().out
     assert (tmp_path / "cli" / "vl_gdro" / "mitigate.json").is_file()
@@ -394,12 +402,13 @@ def test_cli_mitigate_smoke(stage1, tmp_path, capsys):
 
 def test_vl_gdro_resumes_with_its_group_weights(stage1, tmp_path):
     # 16 rows / 8 = 2 steps per epoch; the interrupted run stops after step 1 (mid-epoch) and resumes.
-    straight = run_mitigation(_config(stage1, tmp_path / "a", "vl_gdro"), max_steps=3, progress=False).to_json()
+    straight = run_mitigation(_config(stage1, tmp_path / "a", "vl_gdro"), max_steps=3, progress=False,
+                              force=True).to_json()
     config = _config(stage1, tmp_path / "b", "vl_gdro")
-    run_mitigation(config, max_steps=1, progress=False)
+    run_mitigation(config, max_steps=1, progress=False, force=True)
     saved = torch.load(latest_state(tmp_path / "b" / "vl_gdro"), weights_only=False)["objective"]["group_weights"]
     assert saved.shape == (2 * len(CLASSES),) and not torch.allclose(saved, torch.full_like(saved, saved.mean()))
-    resumed = run_mitigation(config, resume=True, max_steps=3, progress=False).to_json()
+    resumed = run_mitigation(config, resume=True, max_steps=3, progress=False, force=True).to_json()
     # From uniform weights the second step's loss (sum_g q_g L_g) would differ.
     assert resumed["result"]["step_losses"] == straight["result"]["step_losses"]
     final = [torch.load(latest_state(out / "vl_gdro"), weights_only=False)["objective"]["group_weights"]

@@ -27,6 +27,7 @@ from ravl_med.evaluate.groups import worst_group_accuracy
 from ravl_med.stages.audit import run_audit
 from ravl_med.stages.config import AuditConfig, MitigateConfig, MitigationEvaluation
 from ravl_med.stages.mitigate import run_mitigation
+from ravl_med.stages.review import run_review
 from tests.shortcut_fixtures import ShortcutRun, describe
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,7 @@ def _mitigate(run: ShortcutRun, tmp_path) -> dict:
     config = MitigateConfig(finetune=finetune, method="ravl", stage1_checkpoint=run.result.checkpoint,
                             stage1_sha256=run.result.sha256, audit_dir=audit.output_dir, spurious_ranks=spurious_ranks,
                             evaluation=MitigationEvaluation(spurious_class=run.spurious_class, n_boot=0))
+    run_review(audit.output_dir, spurious_ranks)  # what the reviewer confirmed from the galleries
     result = run_mitigation(config, progress=False)
     summary = result.to_json()
     assert summary["result"]["steps"] == run.result.steps

@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
         help="fine-tune away a discovered shortcut (region-aware loss) or run a mitigation baseline",
         description=textwrap.fill(
             "Label every training region spurious or relevant by its nearest stage-1 medoid (the audit's "
-            "medoids.npz, regions embedded with the audited stage-1 model), then fine-tune with the chosen "
+            "medoids.npz, regions embedded with the audited stage-1 model; spurious = the clusters the "
+            "audit's review.yaml marks yes, written by 'ravl-med review'), then fine-tune with the chosen "
             "method through the same loop as 'ravl-med finetune' (checkpoints, --resume, CUDA bf16, torchrun), "
             "starting from finetune.checkpoint (the paper's protocol: the weights stage 1 started from). "
             "Outputs go to OUT/<method>: checkpoints/, model.safetensors, metrics.json, mitigate.json, and, "
@@ -49,9 +50,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--spurious-class", help="class the shortcut is tied to (adds predicted_spurious to the "
                         "group table)")
     parser.add_argument("--force", action="store_true",
-                        help="train even when no cluster is marked spurious (the audit found no significant shortcut, "
-                        "or its review marks none); without it mitigate refuses, since fine-tuning a model that has "
-                        "no shortcut lowered its worst-group accuracy in the benchmark")
+                        help="train without a review of the audit (the config's spurious_ranks mark the spurious "
+                        "clusters), or even when no cluster is marked spurious (the audit found no significant "
+                        "shortcut, or its review marks none); without it mitigate refuses both, since fine-tuning a "
+                        "model that has no shortcut lowered its worst-group accuracy in the benchmark")
     parser.add_argument("--resume", action="store_true", help="continue from the latest training state")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -77,14 +77,15 @@ class MitigationResult:
 def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str]:
     """The audit's medoids with the spurious clusters marked, and where the marks came from.
 
-    The marks come from the audit folder's ``review.yaml`` when there is one (:mod:`ravl_med.stages.review`),
-    else from ``config.spurious_ranks``.
+    The marks come from the audit folder's ``review.yaml`` (:mod:`ravl_med.stages.review`); without one,
+    only when forced, from ``config.spurious_ranks``. The audit cannot tell a shortcut from the class's
+    own evidence (both raise one class's accuracy and lower another's), so a person decides.
 
     Raises:
         ConfigError: no audit folder or medoids; regions made differently from the audit's; a review with
             clusters not yet reviewed; ranks the audit did not keep; or, unless ``force``, an audit with too
-            little data or nothing marked spurious (the audit found no significant shortcut, or the review
-            marks none).
+            little data, no review, or nothing marked spurious (the audit found no significant shortcut, or
+            the review marks none).
     """
     if config.audit_dir is None:
         raise ConfigError("audit_dir: no audit folder given (set it or pass --audit)")
@@ -105,7 +106,7 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
                               f"set spurious: yes/no for each, or run 'ravl-med review {audit_dir} --spurious RANKS'")
         ranks, source = review.spurious_ranks, REVIEW_FILE
     else:
-        ranks, source = config.spurious_ranks, "spurious_ranks"
+        ranks, source = config.spurious_ranks, "spurious_ranks (no review, forced)"
     if medoids.outcome == TOO_LITTLE_DATA and not force:
         raise ConfigError(f"{audit_dir}: the audit had too little data to conclude (see its report); mitigating its "
                           "clusters could train on chance; --force trains anyway")
@@ -119,6 +120,12 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
         log.warning("%s: the audit kept no cluster (outcome %s); every region counts as relevant (forced)",
                     audit_dir, medoids.outcome)
         return medoids.with_spurious_ranks([]), source
+    if review is None and not force:
+        raise ConfigError(
+            f"{audit_dir}: no {REVIEW_FILE}: look at the galleries of report.html first. The audit cannot tell a "
+            "shortcut from the class's own evidence, and mitigating the top cluster of models without a shortcut "
+            f"lowered worst-group accuracy in the benchmark. Mark the shortcut: 'ravl-med review {audit_dir} "
+            f"--spurious RANKS' (or --none); --force mitigates spurious_ranks {ranks} unreviewed")
     unknown = sorted(set(ranks or []) - set(kept))
     if unknown:
         raise ConfigError(f"{source}: the audit kept no cluster of rank {unknown} (kept: {kept})")
@@ -158,9 +165,9 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
         max_steps: stop after this many optimizer steps.
         progress: progress bars.
         on_step: the trainer's per-step callback (tracking).
-        force: run a method that reads the audit's clusters even when none is marked spurious (the
-            audit found no significant shortcut, or its review marks none): every region then counts
-            as relevant.
+        force: run a method that reads the audit's clusters without a review (``config.spurious_ranks``
+            then marks the spurious clusters) or when none is marked spurious (the audit found no
+            significant shortcut, or its review marks none: every region then counts as relevant).
 
     Returns:
         the :class:`MitigationResult`; under ``torchrun`` only rank 0 writes ``mitigate.json`` and evaluates.
@@ -328,7 +335,8 @@ def _stage1_region_labels(config: MitigateConfig, marked: tuple[Stage1Medoids, s
                         int((groups == g).sum()) for g in range(2 * len(ft.classes))},
         "spurious_ranks": medoids.spurious_ranks, "spurious_from": source,
         "tied_to": sorted({str(t) for t in medoids.tied_to[medoids.spurious] if t}),
-        "audit_outcome": medoids.outcome, "forced": not medoids.spurious.any(),  # _medoids returns none marked only when forced
+        "audit_outcome": medoids.outcome, # _medoids returns none marked, or marks without a review, only when forced
+        "forced": not medoids.spurious.any() or source != REVIEW_FILE,
     }
     truth = feature_presence(manifest, train.keys)
     if truth is not None:
