@@ -166,7 +166,7 @@ def test_on_invalid_mitigates_invalid_settings_and_reports_them_apart(tmp_path, 
     # Do no harm (issue 16): what each method does to a model that learned no shortcut is measured,
     # and kept out of the valid settings' tables.
     config = _config(tmp_path, min_shortcut_gap=1.0,
-                     mitigation={"methods": ["standard", "upsampled"], "on_invalid": True})
+                     mitigation={"methods": ["standard", "vl_erm"], "on_invalid": True})
     data = yaml.safe_load(config.read_text())
     data["audit"]["methods"] = ["ravl"]
     config.write_text(yaml.safe_dump(data))
@@ -174,20 +174,40 @@ def test_on_invalid_mitigates_invalid_settings_and_reports_them_apart(tmp_path, 
     out = capsys.readouterr().out
     assert "INVALID" in out and "mitigation skipped" not in out
     row = load_rows(tmp_path / "out")[0]
-    assert row["valid"] is False and set(row["mitigation"]) == {"standard", "upsampled"}
-    assert (tmp_path / "out" / SETTING / "mitigate" / "upsampled").is_dir()
+    assert row["valid"] is False and set(row["mitigation"]) == {"standard", "vl_erm"}
+    assert (tmp_path / "out" / SETTING / "mitigate" / "vl_erm" / "model.safetensors").is_file()
     tables = summarise([row])
     assert len(tables["mitigation"]) == 0 and len(tables["differences"]) == 0
     harm = tables["mitigation_invalid"].set_index("method")
-    assert harm.loc["upsampled", "n"] == 1
-    assert harm.loc["upsampled", "image_worst_group_mean"] == pytest.approx(
-        row["mitigation"]["upsampled"]["image_worst_group"])
+    assert harm.loc["vl_erm", "n"] == 1
+    assert harm.loc["vl_erm", "image_worst_group_mean"] == pytest.approx(row["mitigation"]["vl_erm"]["image_worst_group"])
     pair = tables["differences_invalid"].set_index(["metric", "method", "versus"])
-    assert pair.loc[("image_worst_group", "upsampled", "standard"), "mean"] == pytest.approx(
-        row["mitigation"]["upsampled"]["image_worst_group"] - row["mitigation"]["standard"]["image_worst_group"])
+    assert pair.loc[("image_worst_group", "vl_erm", "standard"), "mean"] == pytest.approx(
+        row["mitigation"]["vl_erm"]["image_worst_group"] - row["mitigation"]["standard"]["image_worst_group"])
     tables_dir = tmp_path / "out" / "tables"
-    assert "upsampled" in (tables_dir / "mitigation_invalid.md").read_text()
+    assert "vl_erm" in (tables_dir / "mitigation_invalid.md").read_text()
     assert (tables_dir / "mitigation.md").read_text() == "(no setting has results for this table)\n"
+
+
+def test_methods_reading_the_audit_score_the_kept_stage_one_model_when_it_found_nothing(tmp_path, capsys):
+    # An audit that keeps no cluster: 'ravl-med mitigate' refuses the methods that read its clusters, so the
+    # user keeps the stage-1 model; the benchmark scores them so (it used to stop with a counterfactual's
+    # "0 of N labelled training images carry them" error on such settings).
+    config = _config(tmp_path, min_shortcut_gap=1.0,
+                     mitigation={"methods": ["standard", "counterfactual_upsampled", "vl_erm"], "on_invalid": True})
+    data = yaml.safe_load(config.read_text())
+    data["audit"]["methods"] = ["ravl"]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
+    out = capsys.readouterr().out
+    assert "counterfactual_upsampled: the audit kept no cluster, so 'ravl-med mitigate' refuses it" in out
+    row = load_rows(tmp_path / "out")[0]
+    assert row["audit_outcome"] == "too_little_data" and row["top_cluster"] is None  # 16 test images
+    refused, standard = row["mitigation"]["counterfactual_upsampled"], row["mitigation"]["standard"]
+    assert refused["refused"] is True and {k: refused[k] for k in standard} == standard
+    assert "refused" not in row["mitigation"]["vl_erm"]  # reads no cluster: trained
+    assert (tmp_path / "out" / SETTING / "mitigate" / "vl_erm" / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / SETTING / "mitigate" / "counterfactual_upsampled").exists()
 
 
 def test_unknown_setting_and_method_are_clear_errors(tmp_path, capsys):

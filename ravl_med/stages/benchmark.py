@@ -173,7 +173,7 @@ def _run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None,
 
     mitigation: dict[str, dict[str, Any]] = {}
     if stage1.valid or config.mitigation.on_invalid:
-        mitigation = _mitigate(setting, config, ft, stage1, root, tags, observer, progress, say)
+        mitigation = _mitigate(setting, config, ft, stage1, root, tags, observer, progress, say, found=bool(ranked))
     else:
         say(f"{setting.name}: [4/4] mitigation skipped (invalid setting; mitigation.on_invalid is off)")
     result = SettingResult(
@@ -217,8 +217,15 @@ def _stage1(setting, config: BenchmarkConfig, ft, fit: FitResult, audit, train_s
 
 
 def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: Path, tags: dict,
-              observer: Observer | None, progress: bool, say) -> dict[str, Any]:
-    """Every mitigation method of the setting, evaluated; returns method -> metrics and ``train_s``."""
+              observer: Observer | None, progress: bool, say, *, found: bool) -> dict[str, Any]:
+    """Every mitigation method of the setting, evaluated; returns method -> metrics and ``train_s``.
+
+    ``found``: the audit kept a cluster. When it kept none, ``ravl-med mitigate`` refuses the methods that
+    read the audit's clusters and the user keeps the stage-1 model, so that is what those methods score
+    (``refused: true``); the others train as usual. With a cluster, every method runs on the top-ranked
+    cluster(s) of ``mitigation.spurious_ranks`` unreviewed (``force``): a reviewer who accepts them.
+    """
+    from ravl_med.mitigate.registry import MITIGATION_METHODS
     from ravl_med.phantom.artefacts import artefact_label
     from ravl_med.stages.mitigate import run_mitigation
 
@@ -230,23 +237,26 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
                                       n_boot=config.n_boot)
     for index, method in enumerate(plan.methods, 1):
         say(f"{setting.name}: [4/4] mitigation {index}/{len(plan.methods)}: {method}")
-        if method == "standard":
-            # Same initialisation, recipe and seed as stage 1: standard fine-tuning is the stage-1 model.
+        refused = not found and MITIGATION_METHODS[method].reads_region_labels
+        if method == "standard" or refused:
+            # Same initialisation, recipe and seed as stage 1: standard fine-tuning is the stage-1 model; a
+            # refused method leaves the user with it.
             outcome, train_s, observed = stage1.evaluation, 0.0, stage1.evaluation
+            if refused:
+                say(f"{setting.name}: {method}: the audit kept no cluster, so 'ravl-med mitigate' refuses it; "
+                    "scored as the stage-1 model the user keeps")
         else:
             mitigate = MitigateConfig(finetune=ft.model_copy(update={"output_dir": root / "mitigate"}),
                                       method=method, stage1_checkpoint=stage1.fit.checkpoint,
                                       stage1_sha256=stage1.fit.sha256, audit_dir=root / "audit",
                                       spurious_prompts=prompts, evaluation=evaluation, **knobs)
-            # Every method runs whatever the audit's outcome (force): the tables record the outcome, and
-            # what mitigation does without a significant finding (or without a learned shortcut) is measured.
             observed = run_mitigation(mitigate, resume=True, progress=progress, force=True)
             if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
                 raise ConfigError(f"{setting.name}: {method} was not evaluated: "
                                   + ("; ".join(observed.notes) or "the manifest has no test rows"))
             outcome, train_s = observed.evaluation, observed.train_seconds
         outcome.images.by_group.to_csv(root / "groups" / f"{method}.csv", index=False)
-        results[method] = {**_metrics(outcome), "train_s": round(train_s, 1)}
+        results[method] = {**_metrics(outcome), "train_s": round(train_s, 1)} | ({"refused": True} if refused else {})
         say(f"{setting.name}: {method}: accuracy {outcome.image_accuracy:.3f}, worst-group "
             f"{outcome.image_worst_group:.3f}")
         if observer is not None:
