@@ -173,7 +173,7 @@ def _run_setting(setting, config: BenchmarkConfig, *, observer: Observer | None,
 
     mitigation: dict[str, dict[str, Any]] = {}
     if stage1.valid or config.mitigation.on_invalid:
-        mitigation = _mitigate(setting, config, ft, stage1, root, tags, observer, progress, say, found=bool(ranked))
+        mitigation = _mitigate(setting, config, ft, stage1, root, tags, observer, progress, say)
     else:
         say(f"{setting.name}: [4/4] mitigation skipped (invalid setting; mitigation.on_invalid is off)")
     result = SettingResult(
@@ -217,17 +217,16 @@ def _stage1(setting, config: BenchmarkConfig, ft, fit: FitResult, audit, train_s
 
 
 def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: Path, tags: dict,
-              observer: Observer | None, progress: bool, say, *, found: bool) -> dict[str, Any]:
+              observer: Observer | None, progress: bool, say) -> dict[str, Any]:
     """Every mitigation method of the setting, evaluated; returns method -> metrics and ``train_s``.
 
-    ``found``: the audit kept a cluster. When it kept none, ``ravl-med mitigate`` refuses the methods that
-    read the audit's clusters and the user keeps the stage-1 model, so that is what those methods score
-    (``refused: true``); the others train as usual. With a cluster, every method runs on the top-ranked
-    cluster(s) of ``mitigation.spurious_ranks`` unreviewed (``force``): a reviewer who accepts them.
+    Every method runs on the cluster(s) of ``mitigation.spurious_ranks`` without a review (``unreviewed``):
+    a reviewer who accepts them. Where the audit gives nothing to mitigate, ``ravl-med mitigate`` refuses a
+    method that reads its clusters (:class:`~ravl_med.stages.mitigate.NothingToMitigate`) and the user keeps
+    the stage-1 model, so that is what the method scores (``refused: true``).
     """
-    from ravl_med.mitigate.registry import MITIGATION_METHODS
     from ravl_med.phantom.artefacts import artefact_label
-    from ravl_med.stages.mitigate import run_mitigation
+    from ravl_med.stages.mitigate import NothingToMitigate, run_mitigation
 
     plan = config.mitigation
     results: dict[str, Any] = {}
@@ -237,24 +236,25 @@ def _mitigate(setting, config: BenchmarkConfig, ft, stage1: Stage1Result, root: 
                                       n_boot=config.n_boot)
     for index, method in enumerate(plan.methods, 1):
         say(f"{setting.name}: [4/4] mitigation {index}/{len(plan.methods)}: {method}")
-        refused = not found and MITIGATION_METHODS[method].reads_region_labels
-        if method == "standard" or refused:
-            # Same initialisation, recipe and seed as stage 1: standard fine-tuning is the stage-1 model; a
-            # refused method leaves the user with it.
-            outcome, train_s, observed = stage1.evaluation, 0.0, stage1.evaluation
-            if refused:
-                say(f"{setting.name}: {method}: the audit kept no cluster, so 'ravl-med mitigate' refuses it; "
-                    "scored as the stage-1 model the user keeps")
-        else:
+        # Same initialisation, recipe and seed as stage 1: standard fine-tuning is the stage-1 model, and so
+        # is what a refused method leaves the user with.
+        outcome, train_s, observed, refused = stage1.evaluation, 0.0, stage1.evaluation, False
+        if method != "standard":
             mitigate = MitigateConfig(finetune=ft.model_copy(update={"output_dir": root / "mitigate"}),
                                       method=method, stage1_checkpoint=stage1.fit.checkpoint,
                                       stage1_sha256=stage1.fit.sha256, audit_dir=root / "audit",
                                       spurious_prompts=prompts, evaluation=evaluation, **knobs)
-            observed = run_mitigation(mitigate, resume=True, progress=progress, force=True)
-            if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
-                raise ConfigError(f"{setting.name}: {method} was not evaluated: "
-                                  + ("; ".join(observed.notes) or "the manifest has no test rows"))
-            outcome, train_s = observed.evaluation, observed.train_seconds
+            try:
+                observed = run_mitigation(mitigate, resume=True, progress=progress, unreviewed=True)
+            except NothingToMitigate as refusal:
+                refused = True
+                say(f"{setting.name}: {method}: 'ravl-med mitigate' refuses it ({refusal}); scored as the stage-1 "
+                    "model the user keeps")
+            else:
+                if observed.evaluation is None:  # a phantom setting always has a test split with ground truth
+                    raise ConfigError(f"{setting.name}: {method} was not evaluated: "
+                                      + ("; ".join(observed.notes) or "the manifest has no test rows"))
+                outcome, train_s = observed.evaluation, observed.train_seconds
         outcome.images.by_group.to_csv(root / "groups" / f"{method}.csv", index=False)
         results[method] = {**_metrics(outcome), "train_s": round(train_s, 1)} | ({"refused": True} if refused else {})
         say(f"{setting.name}: {method}: accuracy {outcome.image_accuracy:.3f}, worst-group "

@@ -35,13 +35,18 @@ from ravl_med.stages.config import MitigateConfig
 from ravl_med.stages.evaluate import EvaluationResult
 from ravl_med.stages.review import REVIEW_FILE, read_review
 
-__all__ = ["STAGE1_REGION_CACHE", "MitigationResult", "labelling_agreement", "run_mitigation"]
+__all__ = ["STAGE1_REGION_CACHE", "MitigationResult", "NothingToMitigate", "labelling_agreement", "run_mitigation"]
 
 log = logging.getLogger(__name__)
 
 #: Folder under ``finetune.output_dir`` caching the stage-1 model's embeddings of the training regions,
 #: shared by the methods of one output folder (keyed by the stage-1 weights, the split and the ingestion).
 STAGE1_REGION_CACHE = "stage1-region-cache"
+
+
+class NothingToMitigate(ConfigError):
+    """The audit gives a method that reads its clusters nothing to mitigate (too little data, no significant
+    shortcut, or no cluster marked spurious): refused unless forced, and the user keeps the stage-1 model."""
 
 
 @dataclass(frozen=True)
@@ -74,18 +79,18 @@ class MitigationResult:
                 "region_labels": self.region_labels, "result": self.fit.to_json()}
 
 
-def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str]:
+def _medoids(config: MitigateConfig, *, force: bool, unreviewed: bool = False) -> tuple[Stage1Medoids, str]:
     """The audit's medoids with the spurious clusters marked, and where the marks came from.
 
     The marks come from the audit folder's ``review.yaml`` (:mod:`ravl_med.stages.review`); without one,
-    only when forced, from ``config.spurious_ranks``. The audit cannot tell a shortcut from the class's
-    own evidence (both raise one class's accuracy and lower another's), so a person decides.
+    only when ``unreviewed`` or ``force``, from ``config.spurious_ranks``. The audit cannot tell a shortcut
+    from the class's own evidence (both raise one class's accuracy and lower another's), so a person decides.
 
     Raises:
+        NothingToMitigate: unless ``force``, an audit with too little data or nothing marked spurious (the
+            audit found no significant shortcut, or the review marks none).
         ConfigError: no audit folder or medoids; regions made differently from the audit's; a review with
-            clusters not yet reviewed; ranks the audit did not keep; or, unless ``force``, an audit with too
-            little data, no review, or nothing marked spurious (the audit found no significant shortcut, or
-            the review marks none).
+            clusters not yet reviewed; ranks the audit did not keep; no review, unless ``unreviewed`` or ``force``.
     """
     if config.audit_dir is None:
         raise ConfigError("audit_dir: no audit folder given (set it or pass --audit)")
@@ -108,19 +113,19 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
     else:
         ranks, source = config.spurious_ranks, "spurious_ranks (no review, forced)"
     if medoids.outcome == TOO_LITTLE_DATA and not force:
-        raise ConfigError(f"{audit_dir}: the audit had too little data to conclude (see its report); mitigating its "
-                          "clusters could train on chance; --force trains anyway")
+        raise NothingToMitigate(f"{audit_dir}: the audit had too little data to conclude (see its report); "
+                                "mitigating its clusters could train on chance; --force trains anyway")
     kept = medoids.kept_ranks
     if not kept:
         if not force:
-            raise ConfigError(
+            raise NothingToMitigate(
                 f"{audit_dir}: the audit reports no significant shortcut (outcome {medoids.outcome or 'unknown'}): "
                 "there is no cluster to mitigate, and fine-tuning a model without a shortcut lowered its worst-group "
                 "accuracy in the benchmark; --force trains anyway (every region counts as relevant)")
         log.warning("%s: the audit kept no cluster (outcome %s); every region counts as relevant (forced)",
                     audit_dir, medoids.outcome)
         return medoids.with_spurious_ranks([]), source
-    if review is None and not force:
+    if review is None and not (force or unreviewed):
         raise ConfigError(
             f"{audit_dir}: no {REVIEW_FILE}: look at the galleries of report.html first. The audit cannot tell a "
             "shortcut from the class's own evidence, and mitigating the top cluster of models without a shortcut "
@@ -131,8 +136,8 @@ def _medoids(config: MitigateConfig, *, force: bool) -> tuple[Stage1Medoids, str
         raise ConfigError(f"{source}: the audit kept no cluster of rank {unknown} (kept: {kept})")
     medoids = medoids.with_spurious_ranks(ranks)
     if not medoids.spurious.any() and not force:
-        raise ConfigError(f"{source} marks no cluster spurious: nothing to mitigate (--force trains anyway, every "
-                          "region counting as relevant)")
+        raise NothingToMitigate(f"{source} marks no cluster spurious: nothing to mitigate (--force trains anyway, "
+                                "every region counting as relevant)")
     return medoids, source
 
 
@@ -156,7 +161,8 @@ def labelling_agreement(labelled: np.ndarray, present: np.ndarray) -> dict[str, 
 
 
 def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: int | None = None,
-                   progress: bool = True, on_step=None, force: bool = False) -> MitigationResult:
+                   progress: bool = True, on_step=None, force: bool = False,
+                   unreviewed: bool = False) -> MitigationResult:
     """Runs ``config.method`` (see :mod:`ravl_med.mitigate.methods`), then evaluates it on the test split.
 
     Args:
@@ -168,27 +174,29 @@ def run_mitigation(config: MitigateConfig, *, resume: bool = False, max_steps: i
         force: run a method that reads the audit's clusters without a review (``config.spurious_ranks``
             then marks the spurious clusters) or when none is marked spurious (the audit found no
             significant shortcut, or its review marks none: every region then counts as relevant).
+        unreviewed: take ``config.spurious_ranks`` when the audit has no review, but refuse (below) when the
+            audit gives nothing to mitigate: a caller that reviews by rule (the benchmark).
 
     Returns:
         the :class:`MitigationResult`; under ``torchrun`` only rank 0 writes ``mitigate.json`` and evaluates.
 
     Raises:
         ConfigError: missing manifest, audit folder, medoids or stage-1 model; nothing to mitigate
-            (see ``force``); a review not finished.
+            (see ``force``; :class:`NothingToMitigate`); a review not finished.
     """
     with fixed_threads(config.finetune.threads):
         return _run_mitigation(config, resume=resume, max_steps=max_steps, progress=progress, on_step=on_step,
-                               force=force)
+                               force=force, unreviewed=unreviewed)
 
 
 def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | None, progress: bool,
-                    on_step, force: bool) -> MitigationResult:
+                    on_step, force: bool, unreviewed: bool) -> MitigationResult:
     ft = config.finetune
     if ft.manifest is None or not Path(ft.manifest).is_file():
         raise ConfigError(f"finetune.manifest not found: {ft.manifest}")
     start = time.perf_counter()
     labelled = MITIGATION_METHODS[config.method].reads_region_labels
-    medoids, skipped = _marked_medoids(config, labelled=labelled, force=force)
+    medoids, skipped = _marked_medoids(config, labelled=labelled, force=force, unreviewed=unreviewed)
     region_labels, stats = _stage1_region_labels(config, medoids, progress=progress) if labelled else ({}, {})
     stage1 = read_fit_record(config.stage1_checkpoint) if config.stage1_checkpoint is not None else None
     fit = _stage1_as_standard(config, stage1) if max_steps is None else None
@@ -212,8 +220,8 @@ def _run_mitigation(config: MitigateConfig, *, resume: bool, max_steps: int | No
                                + notes)
 
 
-def _marked_medoids(config: MitigateConfig, *, labelled: bool,
-                    force: bool) -> tuple[tuple[Stage1Medoids, str] | None, str | None]:
+def _marked_medoids(config: MitigateConfig, *, labelled: bool, force: bool,
+                    unreviewed: bool) -> tuple[tuple[Stage1Medoids, str] | None, str | None]:
     """The audit's marked medoids (:func:`_medoids`) once for training and evaluation: ``((medoids, source), None)``.
 
     A method that reads the region labels needs them (errors raise); for the others they only define the
@@ -221,7 +229,7 @@ def _marked_medoids(config: MitigateConfig, *, labelled: bool,
     (``(None, why)``) and nothing gates them. ``(None, None)``: no audit medoids to use.
     """
     if labelled:
-        return _medoids(config, force=force), None
+        return _medoids(config, force=force, unreviewed=unreviewed), None
     if config.audit_dir is None or not (Path(config.audit_dir) / MEDOIDS_FILE).is_file():
         return None, None
     try:
@@ -335,7 +343,8 @@ def _stage1_region_labels(config: MitigateConfig, marked: tuple[Stage1Medoids, s
                         int((groups == g).sum()) for g in range(2 * len(ft.classes))},
         "spurious_ranks": medoids.spurious_ranks, "spurious_from": source,
         "tied_to": sorted({str(t) for t in medoids.tied_to[medoids.spurious] if t}),
-        "audit_outcome": medoids.outcome, # _medoids returns none marked, or marks without a review, only when forced
+        "audit_outcome": medoids.outcome,
+        # _medoids returns none marked only when forced, and marks without a review only when asked to
         "forced": not medoids.spurious.any() or source != REVIEW_FILE,
     }
     truth = feature_presence(manifest, train.keys)
