@@ -147,11 +147,17 @@ def test_rerun_reuses_finished_settings(finished, capsys):
     assert (tmp / "out" / SETTING / "result.json").stat().st_mtime_ns == before
 
 
-def test_invalid_setting_is_reported_and_not_mitigated(tmp_path, capsys):
-    config = _config(tmp_path, min_shortcut_gap=1.0)  # no model reaches a gap of 1 after one epoch
+def _invalid_config(tmp: Path, **mitigation) -> Path:
+    """The tiny suite with RaVL's audit only and a validity bar no one-epoch model reaches (every setting invalid)."""
+    config = _config(tmp, min_shortcut_gap=1.0, **({"mitigation": mitigation} if mitigation else {}))
     data = yaml.safe_load(config.read_text())
     data["audit"]["methods"] = ["ravl"]
     config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def test_invalid_setting_is_reported_and_not_mitigated(tmp_path, capsys):
+    config = _invalid_config(tmp_path)
     assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
     out = capsys.readouterr().out
     assert "INVALID" in out and "0 valid" in out
@@ -164,19 +170,23 @@ def test_invalid_setting_is_reported_and_not_mitigated(tmp_path, capsys):
 
 
 def test_on_invalid_mitigates_invalid_settings_and_reports_them_apart(tmp_path, capsys):
-    # Do no harm (issue 16): what each method does to a model that learned no shortcut is measured,
-    # and kept out of the valid settings' tables.
-    config = _config(tmp_path, min_shortcut_gap=1.0,
-                     mitigation={"methods": ["standard", "vl_erm"], "on_invalid": True})
-    data = yaml.safe_load(config.read_text())
-    data["audit"]["methods"] = ["ravl"]
-    config.write_text(yaml.safe_dump(data))
+    # Do no harm (issue 16): what each method does to a model that learned no shortcut is measured, and kept
+    # out of the valid settings' tables. This audit keeps no cluster (16 test images): 'ravl-med mitigate'
+    # refuses the methods that read its clusters, so the user keeps the stage-1 model and the benchmark scores
+    # them so (it used to stop with a counterfactual's "0 of N labelled training images carry them" error).
+    config = _invalid_config(tmp_path, methods=["standard", "counterfactual_upsampled", "vl_erm"], on_invalid=True)
     assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
     out = capsys.readouterr().out
     assert "INVALID" in out and "mitigation skipped" not in out
+    assert "counterfactual_upsampled: 'ravl-med mitigate' refuses it (" in out
     row = load_rows(tmp_path / "out")[0]
-    assert row["valid"] is False and set(row["mitigation"]) == {"standard", "vl_erm"}
+    assert row["valid"] is False and set(row["mitigation"]) == {"standard", "counterfactual_upsampled", "vl_erm"}
+    assert row["audit_outcome"] == "too_little_data" and row["top_cluster"] is None
+    refused, standard = row["mitigation"]["counterfactual_upsampled"], row["mitigation"]["standard"]
+    assert refused["refused"] is True and {k: refused[k] for k in standard} == standard
+    assert "refused" not in row["mitigation"]["vl_erm"]  # reads no cluster: trained
     assert (tmp_path / "out" / SETTING / "mitigate" / "vl_erm" / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / SETTING / "mitigate" / "counterfactual_upsampled").exists()
     tables = summarise([row])
     assert len(tables["mitigation"]) == 0 and len(tables["differences"]) == 0
     harm = tables["mitigation_invalid"].set_index("method")
@@ -188,27 +198,6 @@ def test_on_invalid_mitigates_invalid_settings_and_reports_them_apart(tmp_path, 
     tables_dir = tmp_path / "out" / "tables"
     assert "vl_erm" in (tables_dir / "mitigation_invalid.md").read_text()
     assert (tables_dir / "mitigation.md").read_text() == "(no setting has results for this table)\n"
-
-
-def test_methods_reading_the_audit_score_the_kept_stage_one_model_when_it_found_nothing(tmp_path, capsys):
-    # An audit that keeps no cluster: 'ravl-med mitigate' refuses the methods that read its clusters, so the
-    # user keeps the stage-1 model; the benchmark scores them so (it used to stop with a counterfactual's
-    # "0 of N labelled training images carry them" error on such settings).
-    config = _config(tmp_path, min_shortcut_gap=1.0,
-                     mitigation={"methods": ["standard", "counterfactual_upsampled", "vl_erm"], "on_invalid": True})
-    data = yaml.safe_load(config.read_text())
-    data["audit"]["methods"] = ["ravl"]
-    config.write_text(yaml.safe_dump(data))
-    assert main(["benchmark", "--config", str(config), "--no-progress", "--no-tracking"]) == 0
-    out = capsys.readouterr().out
-    assert "counterfactual_upsampled: 'ravl-med mitigate' refuses it (" in out
-    row = load_rows(tmp_path / "out")[0]
-    assert row["audit_outcome"] == "too_little_data" and row["top_cluster"] is None  # 16 test images
-    refused, standard = row["mitigation"]["counterfactual_upsampled"], row["mitigation"]["standard"]
-    assert refused["refused"] is True and {k: refused[k] for k in standard} == standard
-    assert "refused" not in row["mitigation"]["vl_erm"]  # reads no cluster: trained
-    assert (tmp_path / "out" / SETTING / "mitigate" / "vl_erm" / "model.safetensors").is_file()
-    assert not (tmp_path / "out" / SETTING / "mitigate" / "counterfactual_upsampled").exists()
 
 
 def test_unknown_setting_and_method_are_clear_errors(tmp_path, capsys):
