@@ -1,4 +1,4 @@
-"""Same command, config and seed -> same numbers, whatever the process's thread environment (issue 14)."""
+"""Same command, config and seed -> same numbers, whatever the thread environment and machine (issue 14)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ from ravl_med.models.runtime import fixed_threads
 from ravl_med.reproducibility import CPU_KERNEL_PINS, pin_cpu_kernels, provenance
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What ``tests.reproducible_run`` gave on 2026-12-08 (AMD EPYC, AVX2 kernels pinned, 1 thread, the versions of
+# constraints.txt). Another machine of the same kind must give the same bytes: CI checks it on every run. A
+# change to the training or clustering numerics changes these on purpose: record the new values with
+# ``python -m tests.reproducible_run /tmp/out`` and say why in the commit.
+RECORDED_CHECKPOINT_SHA256 = "50e16d4a0c9cbe7b62dce0c41bf8186ecd805784a869bc2010ce976a0cf7797f"
+RECORDED_CLUSTER_LABELS_SHA256 = "9e13dcf59d1663924409ce07b39ac6450709ad85c23ebba76ca78ef9a2c95a61"
 
 
 def _run(out: Path, threads_env: str) -> subprocess.Popen:
@@ -42,6 +49,10 @@ def test_stage1_and_audit_identical_in_two_processes_with_different_thread_envir
         assert record["threads"] == 1 and record["seed"] == 0
         assert record["versions"]["torch"] == torch.__version__.split("+")[0]
     assert first["fit_provenance"]["cpu_capability"] == second["fit_provenance"]["cpu_capability"]
+    # Across machines: the bytes recorded on another machine of this kind.
+    where = json.dumps({k: first["fit_provenance"][k] for k in ("cpu", "cpu_capability", "kernel_pins", "versions")})
+    assert (first["sha256"], first["cluster_labels_sha256"]) == (
+        RECORDED_CHECKPOINT_SHA256, RECORDED_CLUSTER_LABELS_SHA256), f"not the recorded run's bytes on {where}"
 
 
 def test_fixed_threads_sets_and_restores_torch_and_blas_threads():
