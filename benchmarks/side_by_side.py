@@ -8,12 +8,15 @@ Usage::
 
 Reads each setting's ``result.json`` and ``groups/stage1.csv`` under both
 folders (``ravl-med benchmark`` outputs) and prints, per artefact x class x strength, over the seeds
-both models finished (finished: ``result.json`` with every mitigation method of the other model),
-mean and 95% Student-t interval of each model's value and of the paired difference (second minus
-first):
+both models finished (a ``result.json`` in both folders), mean and 95% Student-t interval of each
+model's value and of the paired difference (second minus first); a measure only one model has (a
+mitigation method the other did not run) is named below the table, not compared:
 
 * stage 1: shortcut gap (validity), zero-shot image accuracy, accuracy on the spurious class's
-  images *without* the artefact (the true finding), and training wall time;
+  images *without* the artefact (the true finding), training wall time and throughput (training
+  images per second, mean over epochs, from ``stage1/metrics.json``: it holds for a reused stage 1 too);
+* audit: wall time of embedding the test split's regions (left out where the audit reused a cached
+  embedding) and of RaVL's discovery fit;
 * discovery: Precision@10 of each method's top cluster under today's "visible" hit rule, scored again
   from the stored audit (``rescore_discovery.py``);
 * mitigation: image worst-group and core-region worst-group accuracy, overall image accuracy and
@@ -45,6 +48,12 @@ def _metrics(setting: Path) -> dict[str, float] | None:
     result = json.loads((setting / "result.json").read_text())
     out = {"stage1/gap": result["shortcut_gap"], "stage1/zero-shot accuracy": result["stage1"]["image_accuracy"],
            "stage1/train s": result["stage1"].get("train_s")}
+    history = json.loads((setting / "stage1" / "metrics.json").read_text())["history"]
+    out["stage1/images per s"] = sum(e["images_per_s"] for e in history) / len(history)  # as trained, even if reused
+    audit = json.loads((setting / "audit" / "audit.json").read_text())
+    embedded = audit["embedding"]["batches_reused"] == 0  # a reused cache would time the reading, not the model
+    out["audit/embedding s"] = audit["embedding"]["time_s"] if embedded else None
+    out["audit/RaVL fit s"] = audit["methods"]["ravl"]["fit_time_s"]
     groups = pd.read_csv(setting / "groups" / "stage1.csv")
     clean = groups[(groups["class"] == result["spurious_class"]) & (~groups["feature_present"].astype(bool))]
     out[f"stage1/{result['spurious_class']} without artefact"] = float(clean["accuracy"].iloc[0])
