@@ -18,7 +18,8 @@ mitigation method the other did not run) is named below the table, not compared:
 * audit: wall time of embedding the test split's regions (left out where the audit reused a cached
   embedding) and of RaVL's discovery fit;
 * discovery: Precision@10 of each method's top cluster under today's "visible" hit rule, scored again
-  from the stored audit (``rescore_discovery.py``);
+  from the stored audit (``rescore_discovery.py``), over the seeds where that model learned the shortcut
+  (valid; ``stage1/valid`` is the share), paired over the seeds valid for both;
 * mitigation: image worst-group and core-region worst-group accuracy, overall image accuracy and
   training wall time of each method.
 
@@ -59,8 +60,10 @@ def _metrics(setting: Path) -> dict[str, float] | None:
     out[f"stage1/{result['spurious_class']} without artefact"] = float(clean["accuracy"].iloc[0])
     # The top cluster's P@10 per method, scored again from the stored audit under today's hit rule
     # (result.json holds the value of the rule of its day).
+    out["stage1/valid"] = float(result["valid"])  # the mean over seeds is the share of valid settings
     for method, scores in rescore(setting / "audit", ["visible"]).items():
-        out[f"discovery/{method} P@10"] = scores["visible"]
+        # Only where the model learned the shortcut: on an invalid setting there is nothing to find.
+        out[f"discovery/{method} P@10"] = scores["visible"] if result["valid"] else None
     for method, scores in (result.get("mitigation") or {}).items():
         out[f"mitigation/{method}/image WGA"] = scores["image_worst_group"]
         out[f"mitigation/{method}/core-region WGA"] = scores["region_worst_group"]

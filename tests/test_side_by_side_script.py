@@ -28,7 +28,7 @@ def _setting(folder: Path, seed: int, *, gap: float, clean: float, reused: bool,
     scores = {"image_accuracy": 0.7, "image_worst_group": 0.0, "region_accuracy": 0.6, "region_worst_group": 0.2}
     mitigation = {} if wga is None else {"upsampled": {**scores, "image_worst_group": wga, "train_s": 60.0}}
     (root / "result.json").write_text(json.dumps({
-        "setting": root.name, "spurious_class": "pneumothorax", "shortcut_gap": gap,
+        "setting": root.name, "spurious_class": "pneumothorax", "shortcut_gap": gap, "valid": gap >= 0.2,
         "stage1": {**scores, "train_s": 100.0 + seed}, "mitigation": mitigation}))
     pd.DataFrame([{"class": "pneumothorax", "feature_present": False, "accuracy": clean},
                   {"class": "pneumothorax", "feature_present": True, "accuracy": 1.0}]).to_csv(
@@ -49,21 +49,25 @@ def _row(out: str, measure: str) -> list[str]:
 def test_paired_by_seed_over_settings_both_models_finished(tmp_path, monkeypatch, capsys):
     tiny, hybrid = tmp_path / "tiny", tmp_path / "hybrid"
     precision = {}
-    for seed, (gap_t, gap_h, p_t, p_h) in enumerate([(0.9, 0.3, 1.0, 1.0), (0.8, 0.2, 1.0, 0.0)]):
+    for seed, (gap_t, gap_h, p_t, p_h) in enumerate([(0.9, 0.3, 1.0, 1.0), (0.8, 0.2, 1.0, 0.0), (0.7, 0.1, 0.5, 1.0)]):
         precision[str(_setting(tiny, seed, gap=gap_t, clean=0.1, reused=False, wga=0.1))] = p_t
-        precision[str(_setting(hybrid, seed, gap=gap_h, clean=0.7, reused=seed == 0, wga=None))] = p_h
-    _setting(tiny, 2, gap=0.5, clean=0.1, reused=False, wga=0.1)  # only one model finished seed 2: left out
+        precision[str(_setting(hybrid, seed, gap=gap_h, clean=0.7, reused=seed != 1, wga=None))] = p_h
+    _setting(tiny, 3, gap=0.5, clean=0.1, reused=False, wga=0.1)  # only one model finished seed 3: left out
     script = _script(monkeypatch, precision)
 
     script.main([str(tiny), str(hybrid)])
     out = capsys.readouterr().out
 
-    assert "### chest_drain-pneumothorax-v0.90 (2 seeds: s0, s1)" in out
-    assert _row(out, "stage1/gap")[0].startswith("0.85 [")  # tiny-rn: (0.9 + 0.8) / 2
-    assert _row(out, "stage1/gap")[2].startswith("-0.60 [")  # paired hybrid - tiny: -0.6, -0.6
+    assert "### chest_drain-pneumothorax-v0.90 (3 seeds: s0, s1, s2)" in out
+    assert _row(out, "stage1/gap")[0].startswith("0.80 [")  # tiny-rn: (0.9 + 0.8 + 0.7) / 3
+    assert _row(out, "stage1/gap")[2].startswith("-0.60 [")  # paired hybrid - tiny: -0.6 each
     assert _row(out, "stage1/pneumothorax without artefact")[2].startswith("0.60 [")
     assert _row(out, "stage1/images per s")[0].startswith("20.00 [")
-    assert _row(out, "discovery/ravl P@10")[1].startswith("0.50 [")
+    # P@10 only where the model learned the shortcut: the hybrid's seed 2 (gap 0.1) is left out, and the pairs too.
+    assert _row(out, "stage1/valid")[1].startswith("0.67 [")
+    assert _row(out, "discovery/ravl P@10")[0].startswith("0.83 [")  # tiny-rn: (1 + 1 + 0.5) / 3
+    assert _row(out, "discovery/ravl P@10")[1].startswith("0.50 [")  # hybrid: (1 + 0) / 2, not (1 + 0 + 1) / 3
+    assert _row(out, "discovery/ravl P@10")[2].startswith("-0.50 [")  # pairs s0, s1
     # A reused embedding cache times the reading, not the model: left out, the other seed kept.
     assert _row(out, "audit/embedding s")[1] == "50.00 (n=1)"
     # A method only one model ran is named, not compared.
