@@ -37,6 +37,7 @@ from ravl_med.config import IngestConfig
 from ravl_med.data.dataset import RadiographDataset
 from ravl_med.data.manifest import Manifest
 from ravl_med.data.masks import ingested_masks
+from ravl_med.discover import nearest_medoid
 from ravl_med.discover.medoids import MEDOIDS_FILE, Stage1Medoids
 from ravl_med.mitigate.counterfactual import box_mask
 from ravl_med.mitigate.regions import training_region_labels
@@ -62,14 +63,12 @@ def top_k_region_labels(model, preprocess, dataset, medoids: Stage1Medoids, *, t
         image key -> (R_i,) bool, True for the kept spurious regions.
     """
     embeddings = embed_dataset(model, preprocess, dataset, mode=medoids.region_mode, **embed_kwargs)
-    regions = embeddings.region_embeddings.astype(np.float64)
-    regions /= np.linalg.norm(regions, axis=1, keepdims=True)
-    centres = medoids.embeddings.astype(np.float64)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    similarity = regions @ centres.T  # (M, K)
-    flags = medoids.spurious[medoids.predict(embeddings.region_embeddings)]
-    margin = (similarity[:, medoids.spurious].max(axis=1)
-              - np.where(medoids.spurious[None, :], -np.inf, similarity).max(axis=1))
+    regions = embeddings.region_embeddings
+    flags = medoids.spurious[medoids.predict(regions)]
+    # The package's nearest-medoid rule (float64, normalised), once per side: (M,) best cosine to each side.
+    _, to_spurious = nearest_medoid(regions, medoids.embeddings[medoids.spurious], dtype=np.float64, normalise=True)
+    _, to_other = nearest_medoid(regions, medoids.embeddings[~medoids.spurious], dtype=np.float64, normalise=True)
+    margin = to_spurious - to_other
     labels = {}
     for i, key in enumerate(embeddings.keys):
         rows = embeddings.regions_of(i)

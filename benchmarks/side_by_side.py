@@ -58,9 +58,9 @@ def _metrics(setting: Path) -> dict[str, float] | None:
     groups = pd.read_csv(setting / "groups" / "stage1.csv")
     clean = groups[(groups["class"] == result["spurious_class"]) & (~groups["feature_present"].astype(bool))]
     out[f"stage1/{result['spurious_class']} without artefact"] = float(clean["accuracy"].iloc[0])
+    out["stage1/valid"] = float(result["valid"])  # the mean over seeds is the share of valid settings
     # The top cluster's P@10 per method, scored again from the stored audit under today's hit rule
     # (result.json holds the value of the rule of its day).
-    out["stage1/valid"] = float(result["valid"])  # the mean over seeds is the share of valid settings
     for method, scores in rescore(setting / "audit", ["visible"]).items():
         # Only where the model learned the shortcut: on an invalid setting there is nothing to find.
         out[f"discovery/{method} P@10"] = scores["visible"] if result["valid"] else None

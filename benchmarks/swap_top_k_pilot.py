@@ -28,7 +28,7 @@ METHOD = "counterfactual_upsampled"
 
 
 def pilot(root: Path, top_k: int, out: Path) -> dict:
-    """Trains and evaluates ``counterfactual_upsampled`` with the top-``top_k`` unit; returns mitigate.json's figures."""
+    """Trains and evaluates ``counterfactual_upsampled`` with the top-``top_k`` unit; returns evaluation.json."""
     config = json.loads((root / "mitigate" / "upsampled" / "mitigate.json").read_text())["config"]
     config["method"] = METHOD
     config["finetune"]["output_dir"] = str(out)
@@ -39,10 +39,10 @@ def pilot(root: Path, top_k: int, out: Path) -> dict:
     labeller = stage.training_region_labels
     stage.training_region_labels = functools.partial(top_k_region_labels, top_k=top_k)
     try:
-        result = stage.run_mitigation(MitigateConfig.model_validate(config), progress=False, unreviewed=True)
+        stage.run_mitigation(MitigateConfig.model_validate(config), progress=False, unreviewed=True)
     finally:
         stage.training_region_labels = labeller
-    return json.loads((out / METHOD / "evaluation.json").read_text()) | {"region_labels": result.region_labels}
+    return json.loads((out / METHOD / "evaluation.json").read_text())
 
 
 def main() -> None:
